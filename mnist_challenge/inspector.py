@@ -1,0 +1,383 @@
+"""Receptive field, parameters and MACs of any ``nn.Module``, by watching one real forward pass.
+
+Why a forward pass and not ``nn.Sequential`` arithmetic: residual adds, concatenations, crops and
+functional calls (``F.max_pool2d``, ``torch.flatten``, ``x.mean((2, 3))``) all change what an output
+unit can see, and they only show up when the graph runs. A ``TorchFunctionMode`` sees every torch op
+as it is called; module hooks say which layer is running. Every tensor carries its *geometry*: for
+each spatial dimension, the interval of input pixels ``[lo, hi]`` that output unit 0 depends on, and
+the *jump* (input pixels between neighbouring units). Unit ``i`` then sees ``[lo + i*jump, hi + i*jump]``
+and the receptive field is ``hi - lo + 1``. Where paths merge (add, cat, multiply) the intervals are
+united, so the RF is the maximum over paths.
+
+Two receptive fields are reported:
+
+* ``receptive_field_head`` - one unit of the last feature map *before* global aggregation (the input of
+  GAP / flatten): how much of the image a single location of the final feature map sees. This is the
+  number the course asks for ("RF at the end should be >= the image size").
+* ``receptive_field`` - one unit of the model's output, *after* GAP: it spans every position of the
+  head's input map, so it is the head RF plus (map side - 1) x jump. Both are theoretical values and can
+  exceed the image side because zero padding is counted.
+
+Parameters are counted once per tensor (shared modules are not double counted, unlike torchsummary);
+parameters that never reach an op during ``forward`` are reported separately as unused. MACs count
+multiply-accumulates of convolutions, linear layers and matrix products, for one sample.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+# Ops that return a tensor but say nothing about architecture; they get no row of their own.
+_QUIET_OPS = {"contiguous", "to", "float", "half", "double", "type", "detach", "clone", "requires_grad_", "__get__", "type_as", "cpu", "cuda"}
+_CONV_OPS = {"conv1d", "conv2d", "conv3d"}
+_POOL_OPS = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool2d_with_indices", "lp_pool2d"}
+_ADAPTIVE_OPS = {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d"}
+_REDUCE_OPS = {"mean", "sum", "amax", "amin", "max", "min", "logsumexp", "std", "var"}
+_MATMUL_OPS = {"matmul", "mm", "bmm", "addmm", "baddbmm", "__matmul__"}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """Input pixels seen by output unit 0 along one spatial axis, and the stride between units."""
+
+    lo: Fraction
+    hi: Fraction
+    jump: Fraction
+
+    @property
+    def rf(self) -> Fraction:
+        return self.hi - self.lo + 1
+
+    def through(self, kernel: int, stride: Fraction, padding: Fraction, dilation: int = 1) -> "Axis":
+        """After a sliding window (conv or pool): unit u reads input units u*stride - padding + t*dilation."""
+        return Axis(self.lo - padding * self.jump, self.hi + (dilation * (kernel - 1) - padding) * self.jump, self.jump * stride)
+
+    def whole(self, size: int) -> "Axis":
+        """After aggregating all ``size`` units (GAP, flatten): one unit sees all of them."""
+        return Axis(self.lo, self.hi + (size - 1) * self.jump, self.jump * size)
+
+    def union(self, other: "Axis") -> "Axis":
+        """Both paths feed this unit; the stride between units stays ours (the full-size path's)."""
+        return Axis(min(self.lo, other.lo), max(self.hi, other.hi), self.jump)
+
+
+Geometry = tuple[Axis, ...]  # one Axis per spatial dimension of the model's input
+
+
+def _as_int(x: Fraction) -> int | float:
+    return int(x) if x.denominator == 1 else float(x)
+
+
+@dataclass
+class LayerRow:
+    name: str
+    type: str
+    out_shape: list[int]
+    rf: int | float | None  # largest RF over the spatial axes of this layer's output
+    jump: int | float | None
+    params: int
+    macs: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Report:
+    """What ``inspect_module`` found; ``as_dict`` is the ``--json`` output."""
+
+    input_size: tuple[int, ...]
+    layers: list[LayerRow]
+    params: int  # parameters that take part in forward, each shared tensor once
+    params_unused: int  # parameters of the module that forward never touched
+    params_total: int
+    trainable_params: int
+    macs: int
+    receptive_field: int | float | None  # one output unit, after global pooling
+    receptive_field_head: int | float | None  # one unit of the map entering the head (before GAP/flatten)
+    has_linear: bool
+    linear_layers: list[str] = field(default_factory=list)
+    unused_modules: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["input_size"] = list(self.input_size)
+        d["layers"] = [row.as_dict() for row in self.layers]
+        return d
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _per_axis(value: Any, n: int, default: Any = None) -> list:
+    if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
+        value = default
+    if isinstance(value, (list, tuple)):
+        return list(value) if len(value) == n else [value[0]] * n
+    return [value] * n
+
+
+def _tensors(obj: Any) -> Iterable[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+class _Tracer(TorchFunctionMode):
+    """Propagates geometry through every op and attributes MACs and rows to the running layer."""
+
+    def __init__(self, model: nn.Module, spatial_dims: int) -> None:
+        super().__init__()
+        self.k = spatial_dims
+        self.geo: dict[int, tuple[torch.Tensor, Geometry, bool]] = {}  # id -> (tensor kept alive, geometry, still spatial)
+        self.used_params: set[int] = set()
+        self.param_ids = {id(p) for p in model.parameters()}
+        self.stack: list[str] = []  # names of the modules currently running, outermost first
+        self.leaf_macs: list[int] = []  # MACs accumulated by the leaf module that is running
+        self.rows: list[LayerRow] = []
+        self.head_rf: Fraction | None = None
+        self.linear_ops = 0
+
+    # --- tensor metadata ---------------------------------------------------------------------------
+    def mark(self, t: torch.Tensor, geometry: Geometry, spatial: bool) -> None:
+        self.geo[id(t)] = (t, geometry, spatial)
+
+    def lookup(self, t: torch.Tensor) -> tuple[Geometry, bool] | None:
+        entry = self.geo.get(id(t))
+        if entry is None or entry[0] is not t:
+            return None
+        return entry[1], entry[2]
+
+    def rf_of(self, t: Any) -> tuple[int | float | None, int | float | None]:
+        found = self.lookup(t) if isinstance(t, torch.Tensor) else None
+        if found is None:
+            return None, None
+        geometry = found[0]
+        return _as_int(max(a.rf for a in geometry)), _as_int(max(a.jump for a in geometry))
+
+    def globalise(self, geometry: Geometry, sizes: list[int]) -> Geometry:
+        """Aggregate every position; remember the aggregated map's RF as the head's (last one wins)."""
+        if any(s > 1 for s in sizes):
+            self.head_rf = max(a.rf for a in geometry)
+        return tuple(a.whole(s) for a, s in zip(geometry, sizes))
+
+    # --- the op hook ----------------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", str(func))
+        if name == "__get__":
+            return out
+        for t in _tensors((args, kwargs)):
+            if id(t) in self.param_ids:
+                self.used_params.add(id(t))
+        outputs = list(_tensors(out))
+        if not outputs:
+            return out
+        first = outputs[0]
+        inputs = [(t, g) for t in _tensors(args) if (g := self.lookup(t)) is not None]
+        if inputs:
+            geometry, spatial = self.propagate(name, args, kwargs, inputs, first)
+            for t in outputs:
+                if t.dim() == first.dim():
+                    self.mark(t, geometry, spatial)
+        macs = self.macs(name, args, first)
+        if len(self.stack) and self.leaf_macs:
+            self.leaf_macs[-1] += macs
+        elif name not in _QUIET_OPS:
+            rf, jump = self.rf_of(first)
+            where = self.stack[-1] + "." if self.stack else ""
+            self.rows.append(LayerRow(f"{where}{name}", f"op:{name}", list(first.shape), rf, jump, 0, macs))
+        if name == "linear":
+            self.linear_ops += 1
+        return out
+
+    def propagate(self, name: str, args: tuple, kwargs: dict, inputs: list, out: torch.Tensor) -> tuple[Geometry, bool]:
+        x, (geometry, spatial) = inputs[0]
+        k = self.k
+        in_sizes = list(x.shape[-k:])
+        if spatial and name in _CONV_OPS and x.dim() >= k + 1:
+            weight = _arg(args, kwargs, 1, "weight")
+            kernel = list(weight.shape[-k:])
+            stride = _per_axis(_arg(args, kwargs, 3, "stride", 1), k, 1)
+            dilation = _per_axis(_arg(args, kwargs, 5, "dilation", 1), k, 1)
+            padding = _arg(args, kwargs, 4, "padding", 0)
+            if padding == "valid":
+                padding = 0
+            if padding == "same":
+                padding = [d * (kk - 1) // 2 for d, kk in zip(dilation, kernel)]
+            padding = _per_axis(padding, k, 0)
+            return tuple(a.through(kk, s, p, d) for a, kk, s, p, d in zip(geometry, kernel, stride, padding, dilation)), True
+        if spatial and name in _POOL_OPS:
+            kernel = _per_axis(_arg(args, kwargs, 1, "kernel_size"), k)
+            stride = _per_axis(_arg(args, kwargs, 2, "stride"), k, kernel[0])
+            padding = _per_axis(_arg(args, kwargs, 3, "padding", 0), k, 0)
+            dilation = _per_axis(_arg(args, kwargs, 4, "dilation", 1), k, 1) if "max" in name else [1] * k
+            return tuple(a.through(kk, s, p, d) for a, kk, s, p, d in zip(geometry, kernel, stride, padding, dilation)), True
+        if spatial and name in _ADAPTIVE_OPS:
+            out_sizes = list(out.shape[-k:])
+            if all(o == 1 for o in out_sizes):
+                return self.globalise(geometry, in_sizes), True
+            # Adaptive windows vary in width; the widest one is ceil(n/o) (+1 when n is not a multiple of o).
+            widths = [math.ceil(n / o) + (1 if n % o else 0) for n, o in zip(in_sizes, out_sizes)]
+            return tuple(a.through(w, Fraction(n, o), 0) for a, w, n, o in zip(geometry, widths, in_sizes, out_sizes)), True
+        if name == "pad" and spatial:
+            pads = list(_arg(args, kwargs, 1, "pad"))
+            shifted = list(geometry)
+            for axis in range(min(k, len(pads) // 2)):  # pads run from the last dimension backwards
+                i = k - 1 - axis
+                a = shifted[i]
+                shifted[i] = Axis(a.lo - pads[2 * axis] * a.jump, a.hi - pads[2 * axis] * a.jump, a.jump)
+            return tuple(shifted), True
+        if name == "__getitem__" and spatial and out.dim() == x.dim():
+            return self.crop(geometry, args[1], x), True
+        if name in ("interpolate", "upsample", "upsample_nearest2d", "upsample_bilinear2d") and spatial:
+            scales = [Fraction(o, n) for o, n in zip(out.shape[-k:], in_sizes)]
+            return tuple(Axis(a.lo, a.hi, a.jump / s) for a, s in zip(geometry, scales)), True
+        # Every other op: merge the inputs (residual add, cat, multiply ...). A path broadcast from a
+        # 1x1 map (squeeze-excitation's scale) already sees everything; the full-size path keeps the jump.
+        out_sizes = list(out.shape[-k:])
+        inputs = sorted(inputs, key=lambda item: list(item[0].shape[-k:]) != out_sizes)
+        x, (geometry, spatial) = inputs[0]
+        in_sizes = list(x.shape[-k:])
+        merged = geometry
+        for _, (g, _) in inputs[1:]:
+            merged = tuple(a.union(b) for a, b in zip(merged, g))
+        still_spatial = all(s for _, (_, s) in inputs)
+        broadcast = all(t.dim() == out.dim() and all(n in (o, 1) for n, o in zip(t.shape[-k:], out_sizes)) for t, _ in inputs)
+        if still_spatial and out.dim() == x.dim() and in_sizes == out_sizes and broadcast:
+            return merged, True  # elementwise or along channels: geometry unchanged
+        if still_spatial and name in _REDUCE_OPS and out.dim() == x.dim() and all(o == 1 for o in out.shape[-k:]):
+            return self.globalise(merged, in_sizes), True  # mean(..., keepdim=True) style GAP
+        if still_spatial:
+            # Spatial dims merged away (flatten/view/mean/linear) or an op we cannot map: every output
+            # may depend on every position, so take the whole map - an upper bound, never an undercount.
+            return self.globalise(merged, in_sizes), False
+        return merged, False
+
+    def crop(self, geometry: Geometry, index: Any, x: torch.Tensor) -> Geometry:
+        index = index if isinstance(index, tuple) else (index,)
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            index = index[:at] + (slice(None),) * (x.dim() - len(index) + 1) + index[at + 1 :]
+        index = index + (slice(None),) * (x.dim() - len(index))
+        cropped = list(geometry)
+        for i, (item, size) in enumerate(zip(index[-self.k :], x.shape[-self.k :])):
+            if isinstance(item, slice):
+                start, _, step = item.indices(size)
+                a = cropped[i]
+                cropped[i] = Axis(a.lo + start * a.jump, a.hi + start * a.jump, a.jump * step)
+        return tuple(cropped)
+
+    def macs(self, name: str, args: tuple, out: torch.Tensor) -> int:
+        if name in _CONV_OPS:
+            return out.numel() * args[1].shape[1:].numel()
+        if name == "linear":
+            return out.numel() * args[1].shape[-1]
+        if name in _MATMUL_OPS:
+            mats = [t for t in _tensors(args) if t.dim() >= 2]
+            return out.numel() * mats[-1].shape[-2] if mats else 0
+        return 0
+
+
+def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
+    """Run one sample of shape ``input_size`` (C, H, W) through ``model`` in eval mode and report."""
+    k = len(input_size) - 1
+    tracer = _Tracer(model, k)
+    names = {m: n or type(model).__name__ for n, m in model.named_modules()}
+    counted: set[int] = set()  # parameter tensors already shown in a row (shared ones count once)
+    called: set[nn.Module] = set()
+
+    def pre_hook(module: nn.Module, _inputs: Any) -> None:
+        tracer.stack.append(names[module])
+        called.add(module)
+        if not any(True for _ in module.children()):
+            tracer.leaf_macs.append(0)
+
+    def post_hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+        tracer.stack.pop()
+        if any(True for _ in module.children()):
+            return
+        macs = tracer.leaf_macs.pop()
+        own = [p for p in module.parameters(recurse=False) if id(p) not in counted]
+        counted.update(id(p) for p in own)
+        first = next(iter(_tensors(output)), None)
+        shape = list(first.shape) if first is not None else []
+        rf, jump = tracer.rf_of(first)
+        tracer.rows.append(LayerRow(names[module], type(module).__name__, shape, rf, jump, sum(p.numel() for p in own), macs))
+
+    was_training = model.training
+    model.eval()
+    x = torch.randn(1, *input_size)
+    tracer.mark(x, tuple(Axis(Fraction(0), Fraction(0), Fraction(1)) for _ in range(k)), True)
+    with ExitStack() as stack:
+        for module in model.modules():
+            stack.callback(module.register_forward_pre_hook(pre_hook).remove)
+            stack.callback(module.register_forward_hook(post_hook).remove)
+        with torch.no_grad(), tracer:
+            output = model(x)
+    model.train(was_training)
+
+    unique = {id(p): p for p in model.parameters()}
+    used = sum(p.numel() for i, p in unique.items() if i in tracer.used_params)
+    total = sum(p.numel() for p in unique.values())
+    out = next(iter(_tensors(output)), None)
+    rf, _ = tracer.rf_of(out)
+    head_rf = _as_int(tracer.head_rf) if tracer.head_rf is not None else rf
+    linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Bilinear, nn.LazyLinear))]
+    unused_modules = [
+        n for n, m in model.named_modules()
+        if m not in called and any(True for _ in m.parameters(recurse=False))
+    ]
+    return Report(
+        input_size=tuple(input_size),
+        layers=tracer.rows,
+        params=used,
+        params_unused=total - used,
+        params_total=total,
+        trainable_params=sum(p.numel() for i, p in unique.items() if i in tracer.used_params and p.requires_grad),
+        macs=sum(r.macs for r in tracer.rows),
+        receptive_field=rf,
+        receptive_field_head=head_rf,
+        has_linear=bool(linear) or tracer.linear_ops > 0,
+        linear_layers=linear,
+        unused_modules=unused_modules,
+    )
+
+
+def format_report(report: Report) -> str:
+    """The human-readable table printed by ``inspect``."""
+    header = f"{'layer':<32} {'type':<20} {'output shape':<18} {'RF':>6} {'jump':>5} {'params':>11} {'MACs':>13}"
+    lines = [header, "-" * len(header)]
+    for r in report.layers:
+        shape = "x".join(str(s) for s in r.out_shape)
+        rf = "-" if r.rf is None else f"{r.rf:g}"
+        jump = "-" if r.jump is None else f"{r.jump:g}"
+        lines.append(f"{r.name[:32]:<32} {r.type[:20]:<20} {shape:<18} {rf:>6} {jump:>5} {r.params:>11,} {r.macs:>13,}")
+    lines.append("-" * len(header))
+    lines += [
+        f"input size (C, H, W):           {tuple(report.input_size)}",
+        f"parameters used in forward:     {report.params:,} (trainable {report.trainable_params:,})",
+        f"parameters never used:          {report.params_unused:,}" + (f"  in {', '.join(report.unused_modules)}" if report.unused_modules else ""),
+        f"MACs per image:                 {report.macs:,}",
+        f"RF at the head's input:         {report.receptive_field_head}  (one unit of the last map before GAP/flatten)",
+        f"RF after GAP (model output):    {report.receptive_field}  (spans the whole head input map; padding counted)",
+        "fully connected layer:          " + (f"YES - breaks the no-FC rule: {', '.join(report.linear_layers) or 'F.linear'}" if report.has_linear else "none"),
+    ]
+    return "\n".join(lines)

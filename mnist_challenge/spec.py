@@ -1,0 +1,179 @@
+"""``ArchSpec``: a small GAP-headed CNN described as data.
+
+The network a spec describes is always::
+
+    input -> stem 3x3 conv -> block_1 -> [transition] -> block_2 -> [transition] ... -> head -> log_softmax
+
+* a *conv unit* is a 3x3 conv followed by ReLU and, optionally, BatchNorm (before or after the ReLU)
+  and dropout;
+* a *block* is one or more conv units sharing a padding, optionally wrapped by a residual connection;
+* a *transition* (after any block) is MaxPool2d(2) followed by a 1x1 "squeeze" conv unit;
+* the *head* is global average pooling and a 1x1 conv to the classes, in either order.
+
+There is no fully connected layer by construction. A spec is frozen, validated when it is built and
+round-trips through JSON, so every run and every search trial can save the exact network it trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+BATCHNORM_CHOICES = ("none", "before_relu", "after_relu")
+DROPOUT_PLACES = ("none", "every_conv", "block_end")
+HEAD_CHOICES = ("gap_conv", "conv_gap")
+MAX_CHANNELS = 4096  # far above anything useful on MNIST; catches typos such as 80000
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def _check_channels(value: Any, what: str) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool), f"{what} must be an integer, got {value!r}")
+    _check(0 < value <= MAX_CHANNELS, f"{what} must be in 1..{MAX_CHANNELS}, got {value}")
+
+
+@dataclass(frozen=True)
+class ConvBlock:
+    """A run of 3x3 conv units at one resolution."""
+
+    channels: tuple[int, ...]  # output channels of each 3x3 conv in the block, in order
+    padding: int = 0  # 0 shrinks the map by 2 per conv (cheap RF growth), 1 keeps its size
+    residual: bool = False  # add the block input to its output (1x1 projection if channels differ)
+    transition: int | None = None  # if set: MaxPool2d(2) + 1x1 squeeze to this many channels after the block
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(self.channels))
+        _check(len(self.channels) >= 1, "a block needs at least one conv (channels is empty)")
+        for c in self.channels:
+            _check_channels(c, "block channels")
+        _check(self.padding in (0, 1), f"block padding must be 0 or 1, got {self.padding!r}")
+        _check(isinstance(self.residual, bool), f"residual must be true or false, got {self.residual!r}")
+        if self.transition is not None:
+            _check_channels(self.transition, "transition channels")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A whole network. Field defaults give the usual MNIST setting (1x28x28 input, 10 classes)."""
+
+    blocks: tuple[ConvBlock, ...]  # the body, in order; transitions live on the blocks
+    stem_channels: int = 8  # output channels of the first 3x3 conv on the raw image
+    stem_padding: int = 0  # padding of the stem conv (0 or 1)
+    batchnorm: str = "after_relu"  # one of BATCHNORM_CHOICES: where BN sits relative to ReLU, or none
+    dropout: float = 0.0  # dropout probability (Dropout2d is not used: MNIST maps are too small)
+    dropout_at: str = "none"  # one of DROPOUT_PLACES
+    head: str = "gap_conv"  # one of HEAD_CHOICES: GAP then 1x1 conv, or 1x1 conv then GAP
+    name: str = "unnamed"  # free text, carried into logs
+    in_channels: int = 1  # image channels
+    input_size: int = 28  # square input side in pixels
+    num_classes: int = 10  # output channels of the head conv
+
+    def __post_init__(self) -> None:
+        blocks = tuple(b if isinstance(b, ConvBlock) else ConvBlock(**b) for b in self.blocks)
+        object.__setattr__(self, "blocks", blocks)
+        _check(len(self.blocks) >= 1, "a spec needs at least one block")
+        _check_channels(self.stem_channels, "stem_channels")
+        _check_channels(self.in_channels, "in_channels")
+        _check_channels(self.num_classes, "num_classes")
+        _check(self.stem_padding in (0, 1), f"stem_padding must be 0 or 1, got {self.stem_padding!r}")
+        _check(self.batchnorm in BATCHNORM_CHOICES, f"batchnorm must be one of {BATCHNORM_CHOICES}, got {self.batchnorm!r}")
+        _check(self.dropout_at in DROPOUT_PLACES, f"dropout_at must be one of {DROPOUT_PLACES}, got {self.dropout_at!r}")
+        _check(self.head in HEAD_CHOICES, f"head must be one of {HEAD_CHOICES}, got {self.head!r}")
+        _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
+        _check(isinstance(self.input_size, int) and self.input_size >= 3, f"input_size must be an integer >= 3, got {self.input_size!r}")
+        self.feature_sizes()  # raises if the map shrinks below 1x1 anywhere
+
+    def feature_sizes(self) -> list[tuple[str, int, int]]:
+        """(stage, channels, side) after the stem, each block and each transition; raises if a map vanishes."""
+        side = self.input_size - 2 * (1 - self.stem_padding)
+        sizes = [("stem", self.stem_channels, side)]
+        _check(side >= 1, f"the stem conv shrinks the {self.input_size}px input below 1x1")
+        for i, block in enumerate(self.blocks, start=1):
+            side -= 2 * (1 - block.padding) * len(block.channels)
+            _check(side >= 1, f"block {i} shrinks the feature map below 1x1 (add padding, a block fewer, or a later transition)")
+            sizes.append((f"block{i}", block.channels[-1], side))
+            if block.transition is not None:
+                side //= 2
+                _check(side >= 1, f"the transition after block {i} pools a {side * 2 or 1}px map below 1x1")
+                sizes.append((f"transition{i}", block.transition, side))
+        return sizes
+
+    # --- JSON round trip -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["blocks"] = [{**b, "channels": list(b["channels"])} for b in data["blocks"]]
+        return data
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ArchSpec":
+        _check(isinstance(data, dict), f"a spec must be a JSON object, got {type(data).__name__}")
+        _reject_unknown(data, cls, "spec")
+        _check("blocks" in data, "spec is missing the required field 'blocks'")
+        _check(isinstance(data["blocks"], list), "spec field 'blocks' must be a list of block objects")
+        blocks = []
+        for i, block in enumerate(data["blocks"], start=1):
+            _check(isinstance(block, dict), f"block {i} must be a JSON object")
+            _reject_unknown(block, ConvBlock, f"block {i}")
+            _check("channels" in block, f"block {i} is missing the required field 'channels'")
+            _check(isinstance(block["channels"], list), f"block {i} field 'channels' must be a list of integers")
+            blocks.append(ConvBlock(**block))
+        try:
+            return cls(**{**data, "blocks": tuple(blocks)})
+        except TypeError as exc:  # a wrong type the field checks did not anticipate
+            raise UserError(f"invalid spec: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "ArchSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"spec is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ArchSpec":
+        path = Path(path)
+        _check(path.is_file(), f"spec file not found: {path}")
+        try:
+            return cls.from_json(path.read_text())
+        except UserError as exc:
+            raise UserError(f"{path}: {exc}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+
+def _reject_unknown(data: dict, cls: type, what: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    _check(not unknown, f"{what} has unknown field(s) {unknown}; known fields: {sorted(known)}")
+
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def preset_path(name: str) -> Path:
+    """Path of a bundled preset spec ('classic', 'compact', ...)."""
+    path = PRESET_DIR / f"{name}.json"
+    available = sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+    _check(path.is_file(), f"spec file not found and no preset named {name!r}; presets: {available}")
+    return path
+
+
+def load_spec(path_or_preset: str | Path) -> ArchSpec:
+    """Load a spec from a file, or a bundled preset by bare name (e.g. 'classic')."""
+    path = Path(path_or_preset)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+        path = preset_path(str(path_or_preset))
+    return ArchSpec.load(path)

@@ -1,0 +1,159 @@
+"""The inspector against independent references: gradient footprints, numel sums, published counts."""
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from torch import nn
+
+from mnist_challenge import ArchSpec, ConvBlock, build_model, load_spec
+from mnist_challenge.inspector import inspect_module
+from mnist_challenge.loading import torchvision_model, torchvision_published_params
+
+from .test_spec import specs
+
+
+def linearised(model: nn.Module) -> nn.Module:
+    """Same geometry, but every path passes gradient: ReLU -> identity, max-pool -> avg-pool,
+    all weights positive. Then d(output unit)/d(input) is non-zero exactly on the unit's receptive field."""
+    model = copy.deepcopy(model).double().eval()
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, (nn.ReLU, nn.Dropout)):
+                setattr(parent, name, nn.Identity())
+            elif isinstance(child, nn.MaxPool2d):
+                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.abs() + 0.1)
+    return model
+
+
+def measured_rf(body: nn.Module, in_ch: int, side: int) -> int:
+    """Width of the input region that the centre unit of ``body``'s output depends on."""
+    x = torch.ones(1, in_ch, side, side, dtype=torch.float64, requires_grad=True)
+    out = body(x)
+    h, w = out.shape[-2] // 2, out.shape[-1] // 2
+    out[0, :, h, w].sum().backward()
+    rows = torch.nonzero(x.grad[0].abs().sum(dim=(0, 2)))
+    cols = torch.nonzero(x.grad[0].abs().sum(dim=(0, 1)))
+    assert rows.numel() and cols.numel()
+    assert rows.min() > 0 and rows.max() < side - 1, "footprint clipped by the image border: use a larger input"
+    return int(max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))
+
+
+def spec_body(spec: ArchSpec) -> nn.Sequential:
+    """The spec's model up to the head's input."""
+    model = build_model(spec)
+    return nn.Sequential(*[m for name, m in model.named_children() if name != "head"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(specs(max_channels=4, input_size=72))
+def test_head_rf_matches_gradient_footprint_for_random_specs(spec):
+    report = inspect_module(build_model(spec), (1, spec.input_size, spec.input_size))
+    assert report.receptive_field_head == measured_rf(linearised(spec_body(spec)), 1, spec.input_size)
+
+
+class TwoPathResidual(nn.Module):
+    """Path A (two 3x3 convs, padded: RF 5) + path B (a dilated 3x3 on a cropped map: RF 1 + 2*3 = 7)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a1 = nn.Conv2d(1, 3, 3)
+        self.a2 = nn.Conv2d(3, 3, 3)
+        self.b = nn.Conv2d(1, 3, 3, dilation=3)
+        self.pool = nn.MaxPool2d(2)
+        self.after = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a2(torch.relu(self.a1(x)))  # side - 4
+        b = self.b(x)[..., 1:-1, 1:-1]  # side - 6, then cropped by one per side: side - 8
+        return self.after(self.pool(a[..., 2:-2, 2:-2] + b))
+
+
+def test_residual_model_rf_is_max_over_paths_and_matches_gradient():
+    model = TwoPathResidual()
+    report = inspect_module(model, (1, 40, 40))
+    # A sees 5 px, B 7 px, both centred on the same pixel: the add sees 7; pool(2) -> 8; 3x3 at jump 2 -> 12.
+    assert report.receptive_field_head == 12
+    assert measured_rf(linearised(model), 1, 40) == 12
+
+
+def test_rf_after_gap_spans_the_whole_head_map():
+    report = inspect_module(build_model(load_spec("classic")), (1, 28, 28))
+    # After GAP one unit sees the whole 5x5 head map: head RF + (5 - 1) * jump 2.
+    assert report.receptive_field == report.receptive_field_head + 4 * 2
+
+
+def test_spec_models_are_fully_counted_without_linear():
+    model = build_model(load_spec("classic"))
+    report = inspect_module(model, (1, 28, 28))
+    assert report.params == sum(p.numel() for p in model.parameters())
+    assert report.params_unused == 0
+    assert not report.has_linear
+    assert sum(row.params for row in report.layers) == report.params
+
+
+class SharedAndUnused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(1, 4, 3, padding=1)
+        self.shared = nn.Conv2d(4, 4, 3, padding=1)  # applied twice in forward
+        self.spare = nn.Sequential(nn.Conv2d(4, 64, 3), nn.BatchNorm2d(64))  # defined, never called
+        self.out = nn.Conv2d(4, 10, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.shared(self.shared(self.first(x)))
+        return self.out(x).mean((2, 3))
+
+
+def test_shared_modules_once_and_unused_modules_separately():
+    model = SharedAndUnused()
+    used = [model.first, model.shared, model.out]
+    expected_used = sum(p.numel() for m in used for p in m.parameters())
+    expected_unused = sum(p.numel() for p in model.spare.parameters())
+    report = inspect_module(model, (1, 28, 28))
+    assert report.params == expected_used
+    assert report.params_unused == expected_unused
+    assert sorted(report.unused_modules) == ["spare.0", "spare.1"]
+    assert [row.name for row in report.layers].count("shared") == 2  # a row per call ...
+    assert sum(row.params for row in report.layers) == expected_used  # ... but its weights once
+    # torchsummary, the usual reference, counts the shared conv twice:
+    import contextlib, io, torchsummary
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        torchsummary.summary(model, (1, 28, 28), device="cpu")
+    line = next(l for l in buffer.getvalue().splitlines() if l.startswith("Total params"))
+    assert int(line.split(":")[1].replace(",", "")) == expected_used + sum(p.numel() for p in model.shared.parameters())
+
+
+def test_linear_is_flagged():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    report = inspect_module(model, (1, 28, 28))
+    assert report.has_linear and report.linear_layers == ["3"]
+    assert report.macs == 26 * 26 * 4 * 9 + 40
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "squeezenet1_1", "googlenet", "efficientnet_b0"])
+def test_torchvision_parameter_counts_match_published(name):
+    report = inspect_module(torchvision_model(name), (3, 224, 224))
+    # googlenet is built with its auxiliary classifiers, which eval-mode forward never calls: the
+    # published count excludes them, and so does ours (they show up as unused instead).
+    assert report.params == torchvision_published_params(name)
+    assert (report.params_unused > 0) == (name == "googlenet")
+
+
+def test_vgg16_per_layer_table_and_receptive_field():
+    report = inspect_module(torchvision_model("vgg16"), (3, 224, 224))
+    with_params = [row.params for row in report.layers if row.params]
+    assert with_params == [
+        1_792, 36_928, 73_856, 147_584, 295_168, 590_080, 590_080, 1_180_160,
+        2_359_808, 2_359_808, 2_359_808, 2_359_808, 2_359_808, 102_764_544, 16_781_312, 4_097_000,
+    ]
+    assert report.params == 138_357_544
+    assert report.receptive_field_head == 212  # the textbook VGG-16 value at pool5
+    assert report.has_linear
+    assert report.macs == pytest.approx(15.47e9, rel=0.01)  # the published 15.5 GMACs

@@ -1,0 +1,97 @@
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mnist_challenge import ArchSpec, ConvBlock, UserError, build_model, count_params, load_spec
+from mnist_challenge.spec import BATCHNORM_CHOICES, DROPOUT_PLACES, HEAD_CHOICES
+from torch import nn
+
+
+@st.composite
+def specs(draw, max_channels: int = 24, input_size: int = 28) -> ArchSpec:
+    """Random *valid* specs: keep drawing blocks while the feature map still has room."""
+    n_blocks = draw(st.integers(1, 3))
+    side = input_size - 2 * (1 - (stem_padding := draw(st.integers(0, 1))))
+    blocks = []
+    for _ in range(n_blocks):
+        padding = draw(st.integers(0, 1))
+        max_convs = 3 if padding else max(0, min(3, (side - 1) // 2))
+        if max_convs == 0:
+            break
+        channels = draw(st.lists(st.integers(1, max_channels), min_size=1, max_size=max_convs))
+        side -= 2 * (1 - padding) * len(channels)
+        transition = draw(st.none() | st.integers(1, max_channels)) if side >= 2 else None
+        side = side // 2 if transition else side
+        blocks.append(ConvBlock(channels, padding, draw(st.booleans()), transition))
+    if not blocks:
+        blocks = [ConvBlock([4], 1)]
+    return ArchSpec(
+        blocks=tuple(blocks),
+        stem_channels=draw(st.integers(1, max_channels)),
+        stem_padding=stem_padding,
+        batchnorm=draw(st.sampled_from(BATCHNORM_CHOICES)),
+        dropout=draw(st.sampled_from([0.0, 0.05, 0.1])),
+        dropout_at=draw(st.sampled_from(DROPOUT_PLACES)),
+        head=draw(st.sampled_from(HEAD_CHOICES)),
+        input_size=input_size,
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(specs())
+def test_json_round_trip_is_exact(spec):
+    again = ArchSpec.from_json(spec.to_json())
+    assert again == spec
+    assert json.loads(again.to_json()) == json.loads(spec.to_json())
+
+
+@settings(max_examples=30, deadline=None)
+@given(specs())
+def test_built_models_never_contain_linear_and_output_log_probs(spec):
+    import torch
+
+    model = build_model(spec).eval()
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    out = model(torch.randn(2, 1, 28, 28))
+    assert out.shape == (2, 10)
+    assert torch.allclose(out.exp().sum(1), torch.ones(2), atol=1e-5)
+
+
+def test_presets_are_in_their_budgets():
+    assert 10_000 <= count_params(build_model(load_spec("classic"))) <= 14_000
+    assert count_params(build_model(load_spec("compact"))) <= 8_000
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"blocks": [{"channels": [8]}], "colour": "red"}', "unknown field(s) ['colour']"),
+        ('{"blocks": [{"channels": [8], "kernel": 5}]}', "block 1 has unknown field(s) ['kernel']"),
+        ('{"blocks": [{"channels": [0]}]}', "block channels must be in 1.."),
+        ('{"blocks": [{"channels": [-4]}]}', "block channels must be in 1.."),
+        ('{"blocks": [{"channels": [8]}], "stem_channels": 0}', "stem_channels must be in 1.."),
+        ('{"blocks": []}', "at least one block"),
+        ('{"stem_channels": 8}', "missing the required field 'blocks'"),
+        ('{"blocks": [{"channels": [8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8]}]}', "below 1x1"),
+        ('{"blocks": [{"channels": [8], "padding": 1, "transition": 8}, {"channels": [8], "padding": 1, "transition": 8}, {"channels": [8], "padding": 1, "transition": 8}, {"channels": [8], "padding": 1, "transition": 8}, {"channels": [8], "padding": 1, "transition": 8}]}', "below 1x1"),
+        ('{"blocks": [{"channels": [8]}], "batchnorm": "sometimes"}', "batchnorm must be one of"),
+        ('{"blocks": [{"channels": [8]}], "dropout": 1.5}', "dropout must be in [0, 1)"),
+        ('{"blocks": [{"channels": [8], "padding": 2}]}', "padding must be 0 or 1"),
+        ('{"blocks": [{"channels": "eight"}]}', "must be a list of integers"),
+    ],
+)
+def test_bad_specs_are_rejected_with_a_clear_message(text, fragment):
+    with pytest.raises(UserError) as info:
+        ArchSpec.from_json(text)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_spec_is_frozen():
+    spec = load_spec("classic")
+    with pytest.raises(Exception):
+        spec.stem_channels = 3  # type: ignore[misc]
