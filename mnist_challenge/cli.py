@@ -95,10 +95,113 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_inspect)
 
 
+# --- train ---------------------------------------------------------------------------------------------
+def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15) -> None:
+    """Flags for every TrainConfig field; shared by ``train`` and the search's ``reproduce``."""
+    from .train import OPTIMIZERS, SCHEDULES
+
+    p.add_argument("--epochs", type=positive_int, default=epochs_default, help=f"epochs (default {epochs_default})")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--no-nesterov", dest="nesterov", action="store_false")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
+    p.add_argument("--step-size", type=positive_int, default=6, help="StepLR epochs between decays")
+    p.add_argument("--gamma", type=float, default=0.1, help="StepLR decay factor")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--rotation", type=float, default=7.0, help="max random rotation in degrees (0: off)")
+    p.add_argument("--translate", type=float, default=0.0, help="max random shift, fraction of the side")
+    p.add_argument("--scale", type=float, default=0.0, help="random zoom range +/-")
+    p.add_argument("--shear", type=float, default=0.0, help="max random shear in degrees")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--val-size", type=int, default=10_000, help="validation images held out of the 60k (0: train on all)")
+    p.add_argument("--split-seed", type=int, default=0, help="which images are held out")
+    p.add_argument("--train-subset", type=positive_int, default=None, help="train on only this many images")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: where the hardware has it)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC activations")
+    p.add_argument("--no-pooled-dropout", dest="pooled_dropout", action="store_false", help="plain nn.Dropout (bernoulli_ masks)")
+    p.add_argument("--no-fast-maxpool", dest="fast_maxpool", action="store_false", help="plain nn.MaxPool2d")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
+    add_data_flags(p)
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help="directory of MNIST IDX files (default: $MNIST_DATA_DIR, else ./data/mnist)")
+    p.add_argument("--download", action="store_true", help="download MNIST with torchvision if the files are missing")
+
+
+def train_config_from_args(args: argparse.Namespace):
+    import dataclasses
+
+    from .train import TrainConfig
+
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from .experiment import load_data, run_experiment
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    cfg = train_config_from_args(args)
+    data = load_data(cfg, args.data_dir, allow_download=args.download)
+    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(args.out) / name
+    print(f"run directory: {run_dir}")
+    run_experiment(spec, cfg, run_dir, data=data, data_dir=args.data_dir)
+    return 0
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a spec on MNIST and write a full run directory")
+    p.add_argument("--spec", required=True, help="spec JSON file, or a preset name (classic, compact)")
+    p.add_argument("--out", default="logs/runs", help="parent directory of the run directory (default logs/runs)")
+    p.add_argument("--name", default=None, help="run directory name (default: <spec name>-<timestamp>)")
+    add_train_config_flags(p)
+    p.set_defaults(handler=cmd_train)
+
+
+# --- check ---------------------------------------------------------------------------------------------
+def add_limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-params", type=positive_int, default=20_000, help="parameters must be fewer than this")
+    p.add_argument("--max-epochs", type=positive_int, default=19, help="at most this many epochs")
+    p.add_argument("--min-acc", type=float, default=99.4, help="test accuracy (%%) needed in each of the last k epochs")
+    p.add_argument("--last-k", type=positive_int, default=3)
+
+
+def limits_from_args(args: argparse.Namespace):
+    from .checker import Limits
+
+    return Limits(args.max_params, args.max_epochs, args.min_acc, args.last_k)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checker import check_run
+
+    verdict = check_run(args.run_dir, limits_from_args(args))
+    print(verdict.format())
+    return 0 if verdict.passed else 1
+
+
+def add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="judge a run directory against the assignment's rules (exit 0 pass, 1 fail)")
+    p.add_argument("run_dir")
+    add_limit_flags(p)
+    p.set_defaults(handler=cmd_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m mnist_challenge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_inspect(sub)
+    add_train(sub)
+    add_check(sub)
     return parser
 
 

@@ -1,0 +1,111 @@
+"""Benchmark: the kit's engine against the course pipeline, same spec, same batch size, one process.
+
+    python -m mnist_challenge.bench [--spec classic] [--steps 150] [--warmup 20] [--data-dir D]
+
+Both sides run the same number of optimizer steps after the same warm-up on real MNIST images; the
+kit's side is the real ``train_model`` loop (one epoch over exactly that many batches), so what is
+timed is what a run or a search trial runs. The last line is the speed ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from dataclasses import replace
+from typing import Sequence
+
+import torch
+
+from .cli import Parser, add_data_flags, positive_int, run_cli
+from .data import MnistData, Split, load_mnist
+from .model import build_model
+from .reference import time_reference_steps
+from .spec import load_spec
+from .train import TrainConfig, evaluate, resolve_device, train_model, use_bf16
+
+
+def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+
+
+def engine_seconds(spec, data: MnistData, cfg: TrainConfig, steps: int, warmup: int) -> tuple[float, dict]:
+    """Seconds of ``steps`` training steps through ``train_model`` (evaluation excluded), after warm-up."""
+    def subset(n_steps: int) -> MnistData:
+        n = n_steps * cfg.batch_size
+        return MnistData(Split(data.train.images[:n], data.train.labels[:n]), None, Split(data.test.images[:256], data.test.labels[:256]))
+
+    train_model(build_model(spec), subset(warmup), replace(cfg, epochs=1), progress=False)
+    result = train_model(build_model(spec), subset(steps), replace(cfg, epochs=1), progress=False)
+    return result.epochs[0]["seconds"], result.settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser, argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m mnist_challenge.bench", description="kit engine vs the course pipeline: images/s and ratio")
+    p.add_argument("--spec", default="classic", help="spec file or preset (default classic)")
+    p.add_argument("--steps", type=positive_int, default=150, help="timed optimizer steps per side (default 150)")
+    p.add_argument("--warmup", type=positive_int, default=20, help="untimed steps first (default 20)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads for both sides (default: torch's)")
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--no-pooled-dropout", dest="pooled_dropout", action="store_false")
+    p.add_argument("--no-fast-maxpool", dest="fast_maxpool", action="store_false")
+    p.add_argument("--skip-reference", action="store_true", help="time only the kit's engine (no ratio)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    add_data_flags(p)
+    p.set_defaults(handler=run_bench)
+    return p
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = load_spec(args.spec)
+    needed = (args.steps + args.warmup) * args.batch_size
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, bf16=args.bf16, channels_last=args.channels_last, pooled_dropout=args.pooled_dropout, fast_maxpool=args.fast_maxpool, threads=args.threads, val_size=0, device="cpu")
+    data = load_mnist(args.data_dir, val_size=0, train_subset=needed, allow_download=args.download)
+    threads = torch.get_num_threads()
+    print(f"spec {spec.name} | batch {args.batch_size} | {args.steps} timed steps after {args.warmup} warm-up | torch {torch.__version__}, {threads} threads")
+    figures: dict = {"spec": spec.name, "batch_size": args.batch_size, "steps": args.steps, "threads": threads, "torch": torch.__version__}
+
+    seconds, settings = engine_seconds(spec, data, cfg, args.steps, args.warmup)
+    engine_ips = args.steps * args.batch_size / seconds
+    figures.update(engine_images_per_s=engine_ips, engine_settings=settings)
+    print(f"kit engine        : {engine_ips:8.0f} img/s  ({seconds:.2f} s; bf16={settings['bf16_autocast']}, pooled_dropout={cfg.pooled_dropout}, fast_maxpool={cfg.fast_maxpool}, channels_last={cfg.channels_last})")
+
+    model = build_model(spec)
+    autocast = use_bf16(cfg, resolve_device("cpu"))
+    start = time.perf_counter()
+    evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last)
+    eval_s = time.perf_counter() - start
+    figures["eval_test_10k_seconds"] = eval_s
+    print(f"evaluate 10k test : {eval_s:8.2f} s")
+    figures["peak_rss_mib_engine"] = peak_rss_mib()
+
+    if not args.skip_reference:
+        raw = torch.randperm(len(data.train))  # any order: the loader shuffles anyway
+        images = ((data.train.images[raw, 0] * 0.3081 + 0.1307) * 255).round().clamp(0, 255).to(torch.uint8)
+        ref_seconds = time_reference_steps(build_model(spec), images, data.train.labels[raw], args.steps, args.warmup, args.batch_size)
+        ref_ips = args.steps * args.batch_size / ref_seconds
+        figures.update(reference_images_per_s=ref_ips, ratio=engine_ips / ref_ips)
+        print(f"course pipeline   : {ref_ips:8.0f} img/s  ({ref_seconds:.2f} s; PIL RandomRotation + DataLoader(num_workers=2), fp32, nn.Dropout)")
+    figures["peak_rss_mib"] = peak_rss_mib()
+    figures["peak_rss_mib_workers"] = peak_rss_mib(resource.RUSAGE_CHILDREN)
+    print(f"peak RSS          : {figures['peak_rss_mib_engine']:.0f} MiB after the engine, {figures['peak_rss_mib']:.0f} MiB overall (+ {figures['peak_rss_mib_workers']:.0f} MiB largest loader worker)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    if "ratio" in figures:
+        print(f"RATIO engine / course pipeline: {figures['ratio']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Speed tricks for small CNNs on a CPU, each one opt-out-able and recorded in ``config.json``.
+
+Measured on the 2-core course machine (see ``python -m mnist_challenge.bench``): in a 12k-parameter net
+with dropout after every conv, drawing dropout masks with ``bernoulli_`` is over a third of a training
+step, more than all the convolutions' forward passes. ``PooledDropout`` cuts the masks from a pool of
+pre-drawn random numbers instead. ATen's MaxPool2d on NCHW maps with few channels is also slow (about
+as long as a conv); ``MaxPool2x2`` computes the same thing from strided views. bf16 autocast pays only
+with AMX: on AVX512-BF16 alone, measured here, it is slower than fp32 for these tiny convolutions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast can run at all (AVX512-BF16 / AMX, or a recent GPU)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def bf16_pays(device: torch.device) -> bool:
+    """Whether bf16 autocast is worth turning on by default: GPUs with bf16, CPUs with AMX tiles."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bf16_supported(device) and bool(torch._C._cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
+class PooledDropout(nn.Module):
+    """Dropout whose masks are random windows into a pool of pre-drawn masks.
+
+    Every element of every mask is still kept with probability 1 - p and scaled by 1 / (1 - p), so the
+    expectation is exactly that of ``nn.Dropout``. The pool holds ``pool_factor`` masks' worth of
+    random numbers and is redrawn every ``refresh`` calls, so masks of neighbouring steps overlap only
+    as shifted windows of fresh noise. Same state_dict as ``nn.Dropout`` (none).
+    """
+
+    def __init__(self, p: float, pool_factor: int = 4, refresh: int = 64, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.p = p
+        self.generator = generator
+        self.pool_factor = pool_factor
+        self.refresh = refresh
+        self.pool: torch.Tensor | None = None
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = x.numel()
+        pool = self.pool
+        if pool is None or pool.numel() < self.pool_factor * n or pool.dtype != x.dtype or pool.device != x.device or self.calls % self.refresh == 0:
+            keep = torch.rand(self.pool_factor * n, generator=self.generator).to(x.device) >= self.p
+            pool = self.pool = keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+        self.calls += 1
+        start = int(torch.randint(0, pool.numel() - n + 1, (1,), generator=self.generator))
+        mask = pool[start : start + n]
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            b, c, h, w = x.shape
+            mask = mask.view(b, h, w, c).permute(0, 3, 1, 2)  # same memory order as x: a straight multiply
+        else:
+            mask = mask.view(x.shape)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, pooled"
+
+
+class _MaxPool2x2(torch.autograd.Function):
+    """max_pool2d(kernel 2, stride 2) from four strided quarter views, keeping which one won.
+
+    ATen's CPU max-pool forward is slow on NCHW maps with few channels; elementwise maxima over the four
+    quarter-size views are an order of magnitude faster. Ties go to the first element in row-major
+    order, exactly as in ``F.max_pool2d``, and the winners' flat indices feed ATen's own max-pool
+    backward, so outputs and gradients are identical.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        h, w = height // 2 * 2, width // 2 * 2
+        a0, a1 = x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2]
+        a2, a3 = x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]
+        top, bottom = torch.maximum(a0, a1), torch.maximum(a2, a3)
+        lower = bottom > top
+        right = torch.where(lower, a3 > a2, a1 > a0)
+        rows = torch.arange(0, h, 2, device=x.device).view(-1, 1) * width
+        corner = rows + torch.arange(0, w, 2, device=x.device)  # flat index of each window's top-left pixel
+        indices = corner + lower.long() * width + right.long()
+        ctx.save_for_backward(x, indices)
+        ctx.mark_non_differentiable(indices)
+        return torch.maximum(top, bottom)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, indices = ctx.saved_tensors
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+
+
+class MaxPool2x2(nn.Module):
+    """Drop-in for ``nn.MaxPool2d(2)`` on 4-D tensors (see ``_MaxPool2x2``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _MaxPool2x2.apply(x)
+
+
+def _is_plain_2x2_pool(m: nn.Module) -> bool:
+    def pair(v):
+        return v if isinstance(v, tuple) else (v, v)
+
+    return (
+        type(m) is nn.MaxPool2d and pair(m.kernel_size) == (2, 2) and pair(m.stride or m.kernel_size) == (2, 2)
+        and pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1) and not m.ceil_mode and not m.return_indices
+    )
+
+
+def speed_up(model: nn.Module, pooled_dropout: bool, fast_maxpool: bool, seed: int = 0) -> dict[str, int]:
+    """Swap layers for faster equivalents in place; returns how many of each were swapped.
+
+    Only parameter-free layers are swapped, so the state_dict (and ``model.pt``) is unchanged. Each
+    PooledDropout gets its own seeded generator: runs are repeatable whatever the layer order.
+    """
+    swapped = {"pooled_dropout": 0, "fast_maxpool": 0}
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if pooled_dropout and type(child) is nn.Dropout:
+                generator = torch.Generator().manual_seed(seed * 1000 + swapped["pooled_dropout"])
+                setattr(parent, name, PooledDropout(child.p, generator=generator))
+                swapped["pooled_dropout"] += 1
+            elif fast_maxpool and _is_plain_2x2_pool(child):
+                setattr(parent, name, MaxPool2x2())
+                swapped["fast_maxpool"] += 1
+    return swapped

@@ -1,0 +1,61 @@
+"""The course's training pipeline, kept as the speed reference for ``bench``.
+
+What the course notebook does: a Dataset that turns each uint8 image into a PIL image, applies
+``RandomRotation`` + ``ToTensor`` + ``Normalize`` per sample, a ``DataLoader`` with two worker
+processes, a plain fp32 model with ``nn.Dropout`` and SGD on ``nll_loss``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .data import MEAN, STD
+
+
+class PilMnist(Dataset):
+    """Like torchvision's MNIST dataset: one PIL image per ``__getitem__``, transformed per sample."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rotation: float) -> None:
+        from torchvision import transforms
+
+        self.images, self.labels = images, labels
+        self.transform = transforms.Compose([
+            transforms.RandomRotation((-rotation, rotation), fill=(0,)),
+            transforms.ToTensor(),
+            transforms.Normalize((MEAN,), (STD,)),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i].numpy())), int(self.labels[i])
+
+
+def time_reference_steps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int, warmup: int, batch_size: int = 128, rotation: float = 7.0, workers: int = 2) -> float:
+    """Seconds for ``steps`` optimizer steps after ``warmup`` steps, through the course pipeline."""
+    loader = DataLoader(PilMnist(images, labels, rotation), batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=False)
+    if len(loader) < steps + warmup:
+        raise ValueError(f"need {(steps + warmup) * batch_size} images for the reference run, got {len(images)}")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    batches = iter(loader)
+    start = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        x, y = next(batches)
+        loss = F.nll_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    elapsed = time.perf_counter() - start
+    del batches  # shuts the worker processes down
+    return elapsed

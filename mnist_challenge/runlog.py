@@ -1,0 +1,168 @@
+"""A run directory, written while training goes, so a killed run keeps every finished epoch.
+
+    logs/runs/<name>/
+      spec.json        the architecture (ArchSpec JSON) - rebuilds the model
+      config.json      every hyperparameter, seed, torch version, device, git commit, speed settings
+      summary.txt      torchsummary's table and the inspector's RF / params / MACs table
+      inspection.json  the inspector's report of the trained model (the checker reads it)
+      epochs.csv       per epoch: train / val / test loss and accuracy, lr, seconds
+      train.log        the same, one human-readable line per epoch, as the course notebook prints it
+      curves.png       loss and accuracy per epoch
+      model.pt         {"state_dict", "spec"}: loadable alone with ``load_checkpoint``
+      verdict.json     the constraint checker's verdict (written at the end)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .spec import ArchSpec
+
+EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds", "eval_seconds", "images_per_second"]
+
+
+def git_commit() -> str:
+    """The code version the run used; ``-dirty`` when the work tree had uncommitted changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+def format_epoch(row: dict[str, Any], total: int) -> str:
+    """One line per epoch, like the course notebook's log."""
+    val = f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}%" if not math.isnan(row["val_loss"]) else "val -"
+    return (
+        f"EPOCH {row['epoch']:>2}/{total} | lr {row['lr']:.5f} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
+        f"{val} | test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% | {row['seconds']:.1f}s ({row['images_per_second']:.0f} img/s)"
+    )
+
+
+class RunDir:
+    """Owns one run's directory; every method appends or rewrites a file completely, then returns."""
+
+    def __init__(self, path: str | Path, exist_ok: bool = False) -> None:
+        self.path = Path(path)
+        if self.path.exists() and any(self.path.iterdir()) and not exist_ok:
+            raise UserError(f"run directory {self.path} already exists and is not empty; pick another --name or --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+        self.total_epochs = 0
+
+    def start(self, spec: ArchSpec | None, config: dict[str, Any], model: nn.Module, summary: str, inspection: dict[str, Any]) -> None:
+        if spec is not None:
+            spec.save(self.path / "spec.json")
+        self.total_epochs = int(config.get("epochs", 0))
+        meta = {
+            **config,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(),
+            "git_commit": git_commit(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self.write_json("config.json", meta)
+        self.write_json("inspection.json", inspection)
+        (self.path / "summary.txt").write_text(summary)
+        with open(self.path / "epochs.csv", "w", newline="") as f:
+            csv.writer(f).writerow(EPOCH_FIELDS)
+        (self.path / "train.log").write_text("")
+
+    def update_config(self, extra: dict[str, Any]) -> None:
+        config = json.loads((self.path / "config.json").read_text())
+        self.write_json("config.json", {**config, **extra})
+
+    def log_epoch(self, row: dict[str, Any], model: nn.Module, spec: ArchSpec | None) -> str:
+        self.rows.append(row)
+        with open(self.path / "epochs.csv", "a", newline="") as f:
+            csv.DictWriter(f, EPOCH_FIELDS, extrasaction="ignore").writerow(row)
+        line = format_epoch(row, self.total_epochs)
+        with open(self.path / "train.log", "a") as f:
+            f.write(line + "\n")
+        self.save_model(model, spec)
+        plot_curves(self.rows, self.path / "curves.png")
+        return line
+
+    def log_text(self, text: str) -> None:
+        with open(self.path / "train.log", "a") as f:
+            f.write(text.rstrip("\n") + "\n")
+
+    def save_model(self, model: nn.Module, spec: ArchSpec | None) -> None:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        tmp = self.path / "model.pt.tmp"
+        torch.save({"state_dict": state, "spec": spec.to_dict() if spec else None}, tmp)
+        tmp.replace(self.path / "model.pt")  # never leave a half-written checkpoint behind
+
+    def write_json(self, name: str, data: Any) -> None:
+        (self.path / name).write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_epochs(run_dir: str | Path) -> list[dict[str, float]]:
+    path = Path(run_dir) / "epochs.csv"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory: epochs.csv is missing")
+    try:
+        with open(path, newline="") as f:
+            return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+    except (ValueError, csv.Error) as exc:
+        raise UserError(f"{path} is malformed: {exc}") from None
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, ArchSpec]:
+    """Rebuild a trained model from ``model.pt`` alone (the spec travels inside it)."""
+    from .model import build_model
+
+    try:
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise UserError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(blob, dict) or not blob.get("spec"):
+        raise UserError(f"{path} has no spec inside; it was not written by this kit")
+    spec = ArchSpec.from_dict(blob["spec"])
+    model = build_model(spec)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), spec
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    """Loss and accuracy per epoch for train / val / test, as two panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for split, style in (("train", "-"), ("val", "--"), ("test", "-.")):
+        losses = [r[f"{split}_loss"] for r in rows]
+        if all(math.isnan(v) for v in losses):
+            continue
+        ax_loss.plot(epochs, losses, style, marker="o", label=split)
+        ax_acc.plot(epochs, [r[f"{split}_acc"] for r in rows], style, marker="o", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss", yscale="log")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_acc.axhline(99.4, color="grey", lw=0.8, ls=":", label="99.4 % target")
+    accs = [r[f"{s}_acc"] for r in rows for s in ("val", "test") if not math.isnan(r[f"{s}_acc"])]
+    if accs:
+        ax_acc.set_ylim(max(0.0, min(accs) - 0.5), 100.0)
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

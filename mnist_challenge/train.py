@@ -1,0 +1,224 @@
+"""The training engine: a flat loop over in-memory tensors, evaluated on validation and test every epoch.
+
+Timing is honest: ``seconds`` in the epoch log is the training time of that epoch, evaluation excluded
+(evaluation is timed separately as ``eval_seconds``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .augment import AugmentConfig, random_affine
+from .data import MnistData, Split
+from .errors import UserError
+from .fast import bf16_pays, bf16_supported, speed_up
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "step", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a training run; saved as ``config.json`` beside the run's logs."""
+
+    epochs: int = 15  # full passes over the training split
+    batch_size: int = 128  # images per optimizer step
+    optimizer: str = "sgd"  # one of OPTIMIZERS
+    lr: float = 0.05  # peak learning rate (OneCycle's max_lr; the start value for step / none)
+    momentum: float = 0.9  # SGD momentum (AdamW uses it as beta1)
+    nesterov: bool = True  # Nesterov momentum for SGD
+    weight_decay: float = 1e-4  # L2 for SGD, decoupled decay for AdamW
+    schedule: str = "onecycle"  # one of SCHEDULES
+    step_size: int = 6  # StepLR: epochs between decays
+    gamma: float = 0.1  # StepLR: decay factor
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    rotation: float = 7.0  # augmentation: max rotation in degrees
+    translate: float = 0.0  # augmentation: max shift, fraction of the side
+    scale: float = 0.0  # augmentation: zoom range +/-
+    shear: float = 0.0  # augmentation: max shear in degrees
+    seed: int = 1  # model init, batch order, augmentation and dropout
+    val_size: int = 10_000  # images held out of the 60k training set for validation (0: train on all)
+    split_seed: int = 0  # which images are held out (fixed, so all runs share one validation set)
+    train_subset: int | None = None  # keep only this many training images (tests, quick looks)
+    device: str = "auto"  # auto (cuda if present), cpu or cuda
+    bf16: str = "auto"  # bf16 autocast: auto (GPUs with bf16, CPUs with AMX), on, off
+    channels_last: bool = False  # NHWC activations (helps max-pool, hurts tiny convs on CPU; see bench)
+    pooled_dropout: bool = True  # dropout masks from a pre-drawn pool (fast.PooledDropout) instead of bernoulli_
+    fast_maxpool: bool = True  # MaxPool2d(2) from strided views (fast.MaxPool2x2): same values, faster on CPU
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    eval_batch_size: int = 2_000  # evaluation batch size (no gradients, so larger is fine)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 2, f"batch_size must be >= 2 (BatchNorm needs two images), got {self.batch_size}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.bf16 in ("auto", "on", "off"), f"bf16 must be auto, on or off, got {self.bf16!r}"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
+            (min(self.rotation, self.translate, self.scale, self.shear) >= 0, "augmentation strengths must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+    @property
+    def augment(self) -> AugmentConfig:
+        return AugmentConfig(self.rotation, self.translate, self.scale, self.shear)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.bf16 == "on" and not bf16_supported(device):
+        raise UserError(f"--bf16 on: this {device.type} has no bf16 support; use auto or off")
+    return cfg.bf16 == "on" or (cfg.bf16 == "auto" and bf16_pays(device))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
+        return opt, sched, True  # stepped every batch
+    if cfg.schedule == "step":
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma), False
+    return opt, None, False
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: Split, batch_size: int, autocast: bool, channels_last: bool) -> tuple[float, float]:
+    """(mean NLL loss, accuracy in %) over a whole split."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=split.images.device)
+    correct = torch.zeros((), device=split.images.device, dtype=torch.int64)
+    for i in range(0, len(split), batch_size):
+        x, y = split.images[i : i + batch_size], split.labels[i : i + batch_size]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(x).float()
+        loss_sum += F.nll_loss(out, y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    model.train(was_training)
+    return loss_sum.item() / len(split), 100.0 * correct.item() / len(split)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    epochs: list[dict[str, Any]]  # one row per finished epoch, as written to epochs.csv
+    settings: dict[str, Any]  # what the run actually used (device, bf16, threads ...)
+
+
+EpochHook = Callable[[int, dict[str, Any]], None]
+
+
+def train_model(
+    model: nn.Module,
+    data: MnistData,
+    cfg: TrainConfig,
+    on_epoch: EpochHook | None = None,
+    progress: bool = True,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place. ``on_start(settings)`` gets what the run resolved (device, bf16 ...);
+    ``on_epoch(epoch, row)`` runs after each epoch (logging, pruning): an exception it raises (e.g.
+    ``optuna.TrialPruned``) stops training there."""
+    device = data.train.images.device
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    autocast = use_bf16(cfg, device)
+    swapped = speed_up(model, cfg.pooled_dropout, cfg.fast_maxpool, cfg.seed)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    n = len(data.train)
+    steps = n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0)  # a 1-image tail batch would break BatchNorm
+    if steps == 0:
+        raise UserError(f"the training split has {n} images: fewer than one batch")
+    opt, sched, per_step = make_optimizer(model, cfg, steps)
+    settings = {"device": str(device), "bf16_autocast": autocast, "threads": torch.get_num_threads(), "swapped_layers": swapped, "channels_last": cfg.channels_last, "steps_per_epoch": steps}
+    if on_start is not None:
+        on_start(settings)
+    rows: list[dict[str, Any]] = []
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        lr = opt.param_groups[0]["lr"]
+        start = time.perf_counter()
+        order = torch.randperm(n, device=device, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if progress else True, unit="batch")
+        for step in bar:
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x, y = random_affine(data.train.images[idx], cfg.augment, generator), data.train.labels[idx]
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                out = model(x)
+            out = out.float()
+            # The model returns log-probabilities; cross_entropy re-normalises them, which is the identity,
+            # and adds label smoothing that nll_loss lacks.
+            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if per_step:
+                sched.step()
+            loss_sum += loss.detach() * y.shape[0]
+            correct += (out.detach().argmax(1) == y).sum()
+        if sched is not None and not per_step:
+            sched.step()
+        seconds = time.perf_counter() - start
+        seen = min(n, steps * cfg.batch_size)
+        train_loss, train_acc = loss_sum.item() / seen, 100.0 * correct.item() / seen
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training diverged in epoch {epoch} (loss {train_loss}); lower the learning rate")
+        eval_start = time.perf_counter()
+        val_loss, val_acc = evaluate(model, data.val, cfg.eval_batch_size, autocast, cfg.channels_last) if data.val is not None else (float("nan"), float("nan"))
+        test_loss, test_acc = evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last)
+        row = {
+            "epoch": epoch, "lr": lr,
+            "train_loss": train_loss, "train_acc": train_acc,
+            "val_loss": val_loss, "val_acc": val_acc,
+            "test_loss": test_loss, "test_acc": test_acc,
+            "seconds": seconds, "eval_seconds": time.perf_counter() - eval_start,
+            "images_per_second": seen / seconds,
+        }
+        rows.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+    return TrainResult(model, rows, settings)
