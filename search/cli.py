@@ -1,0 +1,148 @@
+"""``python -m search``: find the best GAP-headed CNN under the assignment's rules.
+
+    python -m search [--study NAME] [--n-trials N] [--epochs 15] [--workers 2] [--storage URL] ...
+    python -m search reproduce [--study NAME] [--seed S] [--epochs N]
+
+Defaults need nothing: an SQLite file under logs/search/<study>/, the CPU, two single-thread workers
+(faster than one two-thread process on two cores: see the README's benchmark section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from mnist_challenge.cli import Parser, add_data_flags, add_limit_flags, limits_from_args, positive_int, run_cli
+
+DEFAULT_STUDY = "mnist-gap"
+
+
+def default_workers() -> int:
+    """Two single-thread workers on a CPU box with >= 2 cores; one worker on a GPU."""
+    import torch
+
+    return 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
+
+
+def add_study_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", default=DEFAULT_STUDY, help=f"study name (default {DEFAULT_STUDY})")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///logs/search/<study>/study.db); postgresql://... to share one study between machines")
+    p.add_argument("--logs", default="logs/search", help="parent of the study's output directory (default logs/search)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m search", description=__doc__.splitlines()[0])
+    add_study_flags(p)
+    p.add_argument("--n-trials", type=positive_int, default=20, help="trials to add in this run, over all workers (default 20)")
+    p.add_argument("--epochs", type=positive_int, default=15, help="epochs per trial; must be < 20 (default 15)")
+    p.add_argument("--max-params", type=positive_int, default=20_000, help="parameter cap, strictly fewer (default 20000)")
+    p.add_argument("--min-rf", type=positive_int, default=20, help="minimum receptive field at the head in px (default 20)")
+    p.add_argument("--mode", choices=("single", "multi"), default="single", help="single: max val acc under the cap; multi: (val acc, params) Pareto front")
+    p.add_argument("--pruner", choices=("hyperband", "median", "sha", "none"), default="hyperband")
+    p.add_argument("--workers", type=positive_int, default=None, help="worker processes on this machine (default: 2 on CPU, 1 on GPU)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--train-subset", type=positive_int, default=None, help="train each trial on this many images (quick looks, tests)")
+    p.add_argument("--val-size", type=positive_int, default=10_000, help="validation images held out of the 60k (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and training seed")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--heartbeat", type=positive_int, default=60, help="seconds between trial heartbeats (default 60)")
+    p.add_argument("--grace", type=positive_int, default=180, help="a RUNNING trial silent this long is failed and retried (default 180)")
+    add_data_flags(p)
+    p.set_defaults(handler=cmd_search)
+    return p
+
+
+def study_dir(args: argparse.Namespace) -> Path:
+    return Path(args.logs) / args.study
+
+
+def storage_url(args: argparse.Namespace) -> str:
+    from .storage import default_storage_url
+
+    return args.storage or default_storage_url(study_dir(args))
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from mnist_challenge import UserError
+    from mnist_challenge.train import TrainConfig
+
+    from .objective import SearchSettings
+    from .runner import RunPlan, run_search
+    from .space import smallest_params
+
+    if args.epochs >= 20:
+        raise UserError(f"--epochs must be < 20 (the assignment's rule), got {args.epochs}")
+    floor = smallest_params()
+    if args.max_params <= floor:
+        raise UserError(f"--max-params {args.max_params}: no spec in the search space has fewer than {floor} parameters")
+    workers = args.workers or default_workers()
+    threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
+    base = TrainConfig(epochs=args.epochs, seed=args.seed, threads=threads, train_subset=args.train_subset, val_size=args.val_size, device=args.device)
+    settings = SearchSettings(args.study, study_dir(args), base, args.max_params, args.min_rf, args.mode == "multi")
+    from mnist_challenge.data import load_raw
+
+    load_raw(args.data_dir, allow_download=args.download)  # fail on missing data before touching the study
+    plan = RunPlan(settings, storage_url(args), args.n_trials, workers, args.pruner, args.seed, args.data_dir, args.timeout, args.heartbeat, args.grace)
+    print(f"study {args.study!r}: {args.n_trials} trials, {workers} worker(s) x {threads} thread(s), {args.epochs} epochs each, storage {plan.storage_url}")
+    run_search(plan)
+    return 0
+
+
+# --- reproduce ---------------------------------------------------------------------------------------
+def build_reproduce_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m search reproduce", description="retrain the study's best spec on all 60k training images, test set reported")
+    add_study_flags(p)
+    p.add_argument("--trial", type=int, default=None, help="a trial number instead of the best")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the study's)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--out", default=None, help="run directory (default logs/search/<study>/reproduce/seed<S>)")
+    add_limit_flags(p)
+    add_data_flags(p)
+    p.set_defaults(handler=cmd_reproduce)
+    return p
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from mnist_challenge import UserError
+    from mnist_challenge.experiment import run_experiment
+
+    from .outputs import best_trial
+    from .runner import base_config_from_study, replace_config
+    from .space import recipe_from_params, spec_from_params
+    from .storage import load_study, make_storage
+
+    if args.storage is None and not (study_dir(args) / "study.db").is_file():
+        raise UserError(f"no study storage at {study_dir(args) / 'study.db'}; run the search first or pass --storage")
+    study = load_study(make_storage(storage_url(args)), args.study)
+    if args.trial is not None:
+        matches = [t for t in study.trials if t.number == args.trial]
+        if not matches:
+            raise UserError(f"study {args.study!r} has no trial {args.trial}")
+        trial = matches[0]
+    else:
+        trial = best_trial(study)
+        if trial is None:
+            raise UserError(f"study {args.study!r} has no completed trial yet")
+    spec = spec_from_params(trial.params, args.study, trial.number)
+    base = base_config_from_study(study)
+    epochs = args.epochs or base.epochs
+    # All 60k training images (no validation hold-out): selection is over, the test set is reported.
+    cfg = replace_config(recipe_from_params(trial.params, base), epochs=epochs, seed=args.seed, val_size=0, train_subset=None, threads=args.threads)
+    out = Path(args.out) if args.out else study_dir(args) / "reproduce" / f"trial{trial.number}-seed{args.seed}"
+    print(f"reproducing trial {trial.number} of {args.study!r} ({epochs} epochs, seed {args.seed}) -> {out}")
+    run_experiment(spec, cfg, out, data_dir=args.data_dir, limits=limits_from_args(args), extra_config={"study": args.study, "trial": trial.number})
+    from mnist_challenge.checker import check_run
+
+    return 0 if check_run(out, limits_from_args(args)).passed else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "reproduce":
+        return run_cli(build_reproduce_parser, argv[1:])
+    return run_cli(build_parser, argv)

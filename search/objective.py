@@ -1,0 +1,112 @@
+"""One trial: draw a spec and recipe, reject it before training if it breaks a rule, else train it.
+
+Selection uses validation accuracy only (the mean over the last ``select_last`` epochs, so a lucky
+single epoch does not win). The test set is evaluated and logged in every trial's run directory like
+any run, but no search decision reads it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from mnist_challenge import UserError, build_model
+from mnist_challenge.checker import Limits
+from mnist_challenge.data import MnistData
+from mnist_challenge.experiment import run_experiment
+from mnist_challenge.inspector import inspect_module
+from mnist_challenge.train import TrainConfig
+
+from .space import suggest_recipe, suggest_spec
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    study_name: str
+    study_dir: Path  # logs/search/<study>/ : trial run dirs and outputs
+    base: TrainConfig  # recipe fields the space does not draw (epochs, seed, threads, subset ...)
+    max_params: int = 20_000  # strictly fewer
+    min_rf: int = 20  # receptive field at the head's input, pixels
+    multi_objective: bool = False  # (val acc, params) Pareto front instead of val acc alone
+    select_last: int = 3  # objective = mean val acc of the last k epochs
+
+
+def check_constraints(spec, settings: SearchSettings) -> tuple[dict[str, Any], str | None]:
+    """Inspect the built model; return its figures and the first broken rule, if any."""
+    report = inspect_module(build_model(spec), (spec.in_channels, spec.input_size, spec.input_size))
+    figures = {"params": report.params, "rf_head": report.receptive_field_head, "macs": report.macs, "has_linear": report.has_linear}
+    if report.has_linear:
+        return figures, "has a fully connected layer"
+    if report.params >= settings.max_params:
+        return figures, f"{report.params:,} params >= cap {settings.max_params:,}"
+    if report.receptive_field_head < settings.min_rf:
+        return figures, f"RF at the head {report.receptive_field_head} < {settings.min_rf} px"
+    return figures, None
+
+
+class Objective:
+    """Called by ``study.optimize``; holds the data in memory across trials of one worker."""
+
+    def __init__(self, settings: SearchSettings, data: MnistData, progress: bool = False) -> None:
+        self.settings = settings
+        self.data = data
+        self.progress = progress
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        s = self.settings
+        started = time.time()
+        trial.set_user_attr("planned_epochs", s.base.epochs)
+        try:
+            spec = suggest_spec(trial, s.study_name)
+        except UserError as exc:  # the draw's feature map vanished: not a network
+            return self.reject(trial, f"invalid architecture: {exc}", {})
+        recipe = suggest_recipe(trial, s.base)
+        trial.set_user_attr("spec", spec.to_dict())
+        trial.study.set_user_attr(f"spec_trial_{trial.number}", spec.to_json(indent=None))
+        figures, broken = check_constraints(spec, s)
+        for key, value in figures.items():
+            trial.set_user_attr(key, value)
+        if broken:
+            return self.reject(trial, broken, figures)
+
+        run_dir = s.study_dir / "trials" / f"trial_{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        epochs_done = 0
+
+        def report(epoch: int, row: dict[str, Any]) -> None:
+            nonlocal epochs_done
+            epochs_done = epoch
+            trial.set_user_attr("epochs_run", epoch)
+            if not s.multi_objective:  # Optuna cannot prune multi-objective trials
+                trial.report(row["val_acc"], epoch)
+                if trial.should_prune():
+                    trial.set_user_attr("reason", f"pruned after epoch {epoch} (val acc {row['val_acc']:.2f}%)")
+                    raise optuna.TrialPruned()
+
+        limits = Limits(max_params=s.max_params, max_epochs=19)
+        try:
+            result = run_experiment(spec, recipe, run_dir, data=self.data, on_epoch=report, limits=limits, progress=self.progress, echo=False,
+                                    extra_config={"study": s.study_name, "trial": trial.number})
+        except FloatingPointError as exc:  # diverged: a real outcome of this recipe, not a crash
+            trial.set_user_attr("reason", str(exc))
+            trial.set_user_attr("seconds", time.time() - started)
+            raise optuna.TrialPruned() from None
+        finally:
+            trial.set_user_attr("seconds", time.time() - started)
+        tail = result.epochs[-s.select_last :]
+        val_acc = sum(r["val_acc"] for r in tail) / len(tail)
+        trial.set_user_attr("val_acc", val_acc)
+        trial.set_user_attr("epochs_run", len(result.epochs))
+        trial.set_user_attr("test_acc_last", result.epochs[-1]["test_acc"])  # logged for reading, never selected on
+        return (val_acc, float(figures["params"])) if s.multi_objective else val_acc
+
+    @staticmethod
+    def reject(trial: optuna.Trial, reason: str, figures: dict[str, Any]) -> Any:
+        """No training: record why and end the trial as pruned (it never reached epoch 1)."""
+        trial.set_user_attr("reason", f"rejected before training: {reason}")
+        trial.set_user_attr("epochs_run", 0)
+        raise optuna.TrialPruned()

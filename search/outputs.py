@@ -1,0 +1,138 @@
+"""What a search leaves in ``logs/search/<study>/``: trials.csv, best spec, Pareto front, plots, summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from .space import spec_from_params
+
+TRIAL_FIELDS = ["number", "state", "val_acc", "params", "rf_head", "macs", "epochs_run", "planned_epochs", "seconds", "test_acc_last", "reason", "run_dir", "hyperparameters"]
+
+
+def trial_row(t: FrozenTrial) -> dict[str, Any]:
+    attrs = t.user_attrs
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "val_acc": attrs.get("val_acc", ""),
+        "params": attrs.get("params", ""),
+        "rf_head": attrs.get("rf_head", ""),
+        "macs": attrs.get("macs", ""),
+        "epochs_run": attrs.get("epochs_run", ""),
+        "planned_epochs": attrs.get("planned_epochs", ""),
+        "seconds": round(attrs["seconds"], 1) if "seconds" in attrs else "",
+        "test_acc_last": attrs.get("test_acc_last", ""),
+        "reason": attrs.get("reason", ""),
+        "run_dir": attrs.get("run_dir", ""),
+        "hyperparameters": json.dumps(t.params, sort_keys=True),
+    }
+
+
+def write_trials_csv(study: optuna.Study, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, TRIAL_FIELDS)
+        writer.writeheader()
+        for t in study.get_trials(deepcopy=False):
+            writer.writerow(trial_row(t))
+
+
+def completed(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """Highest validation accuracy among completed trials; fewer parameters breaks ties."""
+    done = completed(study)
+    if not done:
+        return None
+    return max(done, key=lambda t: (t.values[0], -t.user_attrs.get("params", math.inf)))
+
+
+def pruning_savings(study: optuna.Study) -> dict[str, Any]:
+    """Epochs trained vs. epochs a no-pruning search would have trained for the same candidates."""
+    trained = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("run_dir") and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    run = sum(t.user_attrs.get("epochs_run", 0) for t in trained)
+    planned = sum(t.user_attrs.get("planned_epochs", 0) for t in trained)
+    rejected = sum(1 for t in study.get_trials(deepcopy=False) if str(t.user_attrs.get("reason", "")).startswith("rejected before training"))
+    return {
+        "trained_trials": len(trained),
+        "pruned_trials": sum(1 for t in trained if t.state == TrialState.PRUNED),
+        "rejected_before_training": rejected,
+        "epochs_run": run,
+        "epochs_without_pruning": planned,
+        "epochs_saved_fraction": round(1 - run / planned, 4) if planned else 0.0,
+        "train_seconds": round(sum(t.user_attrs.get("seconds", 0.0) for t in trained), 1),
+    }
+
+
+def export(study: optuna.Study, study_dir: Path, multi_objective: bool) -> dict[str, Any]:
+    """Rewrite every output file from the storage (cheap; called after each trial and at the end)."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    write_trials_csv(study, study_dir / "trials.csv")
+    summary: dict[str, Any] = {"study": study.study_name, "trials": len(study.trials), **pruning_savings(study)}
+    best = best_trial(study)
+    if best is not None:
+        spec = spec_from_params(best.params, study.study_name, best.number)
+        spec.save(study_dir / "best_spec.json")
+        summary["best"] = {"trial": best.number, "val_acc": best.values[0], "params": best.user_attrs.get("params"), "rf_head": best.user_attrs.get("rf_head"), "hyperparameters": best.params, "run_dir": best.user_attrs.get("run_dir")}
+    if multi_objective and completed(study):
+        front = sorted(study.best_trials, key=lambda t: t.values[1])
+        pareto = [{"trial": t.number, "val_acc": t.values[0], "params": int(t.values[1]), "spec": spec_from_params(t.params, study.study_name, t.number).to_dict()} for t in front]
+        (study_dir / "pareto.json").write_text(json.dumps(pareto, indent=2) + "\n")
+    (study_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def plot(study: optuna.Study, study_dir: Path, multi_objective: bool) -> list[str]:
+    """Optimization history, parameter importances and (multi-objective) the Pareto front, as PNGs."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Some regimes for parameter")  # PED-ANOVA on few trials
+    made = []
+    if len(completed(study)) < 2:
+        return made
+    target = (lambda t: t.values[0]) if multi_objective else None
+    jobs = {
+        "optimization_history.png": lambda: ovm.plot_optimization_history(study, target=target, target_name="val acc (%)"),
+        "param_importances.png": lambda: ovm.plot_param_importances(study, target=target, target_name="val acc (%)"),
+    }
+    if multi_objective:
+        jobs["pareto_front.png"] = lambda: ovm.plot_pareto_front(study, target_names=["val acc (%)", "params"])
+    else:
+        jobs["intermediate_values.png"] = lambda: ovm.plot_intermediate_values(study)
+    for name, make in jobs.items():
+        try:
+            ax = make()
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances need varied params
+            (study_dir / f"{Path(name).stem}.skipped.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.set_size_inches(9, 5)
+        fig.tight_layout()
+        fig.savefig(study_dir / name, dpi=100)
+        plt.close(fig)
+        made.append(name)
+    return made
+
+
+def summary_table(study: optuna.Study, top: int = 10) -> str:
+    rows = sorted(completed(study), key=lambda t: -t.values[0])[:top]
+    lines = [f"{'trial':>5} {'val acc':>8} {'params':>7} {'RF':>4} {'epochs':>6} {'seconds':>8}"]
+    for t in rows:
+        a = t.user_attrs
+        lines.append(f"{t.number:>5} {t.values[0]:>7.2f}% {a.get('params', 0):>7,} {a.get('rf_head', 0):>4} {a.get('epochs_run', 0):>6} {a.get('seconds', 0):>8.0f}")
+    return "\n".join(lines)

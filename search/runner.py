@@ -1,0 +1,154 @@
+"""Run a study: open (or resume) it, start the workers, show progress, export the outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from mnist_challenge import UserError
+from mnist_challenge.experiment import load_data
+from mnist_challenge.train import TrainConfig
+
+from .objective import Objective, SearchSettings
+from .outputs import export, plot, summary_table
+from .storage import make_storage
+
+PRUNERS = ("hyperband", "median", "sha", "none")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    settings: SearchSettings
+    storage_url: str
+    n_trials: int  # trials to add in this invocation, over all workers
+    workers: int
+    pruner: str
+    seed: int
+    data_dir: str | None
+    timeout: float | None
+    heartbeat_interval: int = 60
+    grace_period: int = 180
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def study_attrs(plan: RunPlan) -> dict:
+    s = plan.settings
+    return {"base_config": s.base.to_dict(), "max_params": s.max_params, "min_rf": s.min_rf, "multi_objective": s.multi_objective}
+
+
+def open_study(plan: RunPlan, worker: int = 0) -> optuna.Study:
+    storage = make_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period)
+    s = plan.settings
+    directions = ["maximize", "minimize"] if s.multi_objective else ["maximize"]
+    sampler = optuna.samplers.TPESampler(seed=plan.seed + worker)
+    existing = {summary.study_name: summary for summary in optuna.get_all_study_summaries(storage)}
+    if s.study_name in existing:
+        study = optuna.load_study(study_name=s.study_name, storage=storage, sampler=sampler, pruner=make_pruner(plan.pruner, s.base.epochs))
+        stored = study.user_attrs
+        wanted = study_attrs(plan)
+        differing = [k for k in ("max_params", "min_rf", "multi_objective") if stored.get(k) != wanted[k]]
+        differing += [f"base_config.{k}" for k in ("epochs", "train_subset", "val_size", "split_seed") if stored.get("base_config", {}).get(k) != wanted["base_config"][k]]
+        if differing:
+            raise UserError(f"study {s.study_name!r} exists with different settings ({', '.join(differing)}); rerun with its settings or pick another --study")
+        return study
+    study = optuna.create_study(study_name=s.study_name, storage=storage, directions=directions, sampler=sampler, pruner=make_pruner(plan.pruner, s.base.epochs))
+    for key, value in study_attrs(plan).items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> None:
+    """One worker process (or the main process when there is one worker)."""
+    import torch
+
+    if plan.settings.base.threads:
+        torch.set_num_threads(plan.settings.base.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(plan, worker)
+    data = load_data(plan.settings.base, plan.data_dir)
+    objective = Objective(plan.settings, data, progress=False)
+    bar = tqdm(total=n_trials, desc="trials", unit="trial", disable=None if progress else True)
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        bar.update(1)
+        value = f"{trial.values[0]:.2f}%" if trial.values else trial.user_attrs.get("reason", trial.state.name)
+        tqdm.write(f"trial {trial.number} {trial.state.name}: {value}")
+        export(study, plan.settings.study_dir, plan.settings.multi_objective)
+
+    study.optimize(objective, n_trials=n_trials, timeout=plan.timeout, callbacks=[after_trial], catch=(RuntimeError,))
+    bar.close()
+
+
+def _worker_entry(plan: RunPlan, worker: int, n_trials: int) -> None:
+    try:
+        worker_main(plan, worker, n_trials, progress=False)
+    except UserError as exc:
+        raise SystemExit(f"error: worker {worker}: {exc}")
+
+
+def run_search(plan: RunPlan) -> optuna.Study:
+    s = plan.settings
+    s.study_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(plan)  # creates it, or checks that the existing one matches, before any worker starts
+    before = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED])
+    started = time.time()
+    if plan.workers == 1:
+        worker_main(plan, 0, plan.n_trials, progress=True)
+    else:
+        shares = [plan.n_trials // plan.workers + (1 if i < plan.n_trials % plan.workers else 0) for i in range(plan.workers)]
+        ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked torch thread pools
+        procs = [ctx.Process(target=_worker_entry, args=(plan, i, n), daemon=False) for i, n in enumerate(shares) if n > 0]
+        for p in procs:
+            p.start()
+        bar = tqdm(total=plan.n_trials, desc=f"trials ({len(procs)} workers)", unit="trial")
+        try:
+            while any(p.is_alive() for p in procs):
+                done = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]) - before
+                bar.update(max(0, done - bar.n))
+                time.sleep(2)
+        except KeyboardInterrupt:
+            for p in procs:
+                p.terminate()
+            raise
+        finally:
+            for p in procs:
+                p.join()
+            bar.close()
+        failed = [p.exitcode for p in procs if p.exitcode]
+        if failed:
+            raise UserError(f"{len(failed)} worker(s) exited with an error (exit codes {failed}); finished trials are kept in the study")
+    summary = export(study, s.study_dir, s.multi_objective)
+    plots = plot(study, s.study_dir, s.multi_objective)
+    print(f"\n{summary['trials']} trials in study {s.study_name!r} ({time.time() - started:.0f} s this run). Top trials by validation accuracy:")
+    print(summary_table(study))
+    print(f"pruning: {summary['epochs_run']} epochs trained of {summary['epochs_without_pruning']} without pruning "
+          f"({100 * summary['epochs_saved_fraction']:.0f}% saved); {summary['rejected_before_training']} candidates rejected before training")
+    if "best" in summary:
+        print(f"best: trial {summary['best']['trial']}, val acc {summary['best']['val_acc']:.2f}%, {summary['best']['params']:,} params -> {s.study_dir / 'best_spec.json'}")
+    print(f"outputs: {s.study_dir} (trials.csv, summary.json, {', '.join(plots) or 'no plots yet'})")
+    return study
+
+
+def base_config_from_study(study: optuna.Study) -> TrainConfig:
+    return TrainConfig.from_dict(study.user_attrs["base_config"])
+
+
+def replace_config(cfg: TrainConfig, **changes) -> TrainConfig:
+    return dataclasses.replace(cfg, **changes)

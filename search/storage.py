@@ -1,0 +1,71 @@
+"""Where the study lives: one SQLite file by default, any Optuna RDB URL (PostgreSQL) to share it.
+
+Why SQLite with these settings, and not the bare default: several worker processes writing one SQLite
+file hit Optuna's known "database is locked" error when a writer waits longer than SQLite's default
+5 s busy timeout. Our writes are tiny and rare (a trial start, one value per epoch, a heartbeat a
+minute), so a 120 s busy timeout makes waiting writers queue instead of failing; that holds for the
+few workers one machine runs (tested with two). For many machines use PostgreSQL: the same command
+with ``--storage postgresql://user:pass@host/db`` on every machine.
+
+Heartbeats: every running trial records a heartbeat; a trial whose worker died (killed, machine lost)
+stops beating, and the next worker to ask for a trial marks it FAIL and re-enqueues its params
+(``RetryFailedTrialCallback``), so no trial stays RUNNING forever and none is lost.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+from mnist_challenge import UserError
+
+SUPPORTED = ("sqlite", "postgresql", "mysql")
+
+
+def default_storage_url(study_dir: Path) -> str:
+    return f"sqlite:///{study_dir / 'study.db'}"
+
+
+def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180) -> RDBStorage:
+    """An RDBStorage for ``url`` with heartbeats and retries; ``UserError`` if it is unusable."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UserError(f"--storage {url!r} is not a database URL (expected e.g. sqlite:///logs/study.db or postgresql://user:pw@host/db)") from None
+    dialect = parsed.get_backend_name()
+    if dialect not in SUPPORTED:
+        raise UserError(f"--storage: unsupported database {dialect!r}; use one of {SUPPORTED}")
+    engine_kwargs: dict = {}
+    if dialect == "sqlite":
+        if not parsed.database:
+            raise UserError("--storage sqlite:// needs a file path: in-memory SQLite cannot be shared or resumed")
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs["connect_args"] = {"timeout": 120}
+    elif dialect == "postgresql":
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=2),
+        )
+    except ImportError as exc:
+        raise UserError(f"--storage {dialect}: the database driver is not installed ({exc})") from None
+    except Exception as exc:  # sqlalchemy's OperationalError and friends: unreachable, bad credentials
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot open storage {parsed.render_as_string(hide_password=True)}: {first}") from None
+
+
+def load_study(storage: RDBStorage, name: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise UserError(f"no study named {name!r} in that storage; existing: {optuna.get_all_study_names(storage)}") from None

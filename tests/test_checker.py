@@ -1,0 +1,85 @@
+"""The checker fails each rule on purpose-built runs and passes a good one."""
+
+import json
+
+import pytest
+from torch import nn
+
+from mnist_challenge import ArchSpec, ConvBlock, build_model, load_spec
+from mnist_challenge.checker import Limits, check_run
+from mnist_challenge.inspector import inspect_module
+from mnist_challenge.runlog import RunDir
+
+from .conftest import run_cli
+
+
+def make_run(path, model, spec, test_accs):
+    """A run directory with the real inspection of ``model`` and the given per-epoch test accuracies."""
+    run = RunDir(path)
+    run.start(spec, {"epochs": len(test_accs)}, model, "", inspect_module(model, (1, 28, 28)).as_dict())
+    for i, acc in enumerate(test_accs, start=1):
+        row = {"epoch": i, "lr": 0.01, "train_loss": 0.1, "train_acc": 98.0, "val_loss": 0.02, "val_acc": acc, "test_loss": 0.02, "test_acc": acc, "seconds": 1.0, "eval_seconds": 0.1, "images_per_second": 1.0}
+        run.rows.append(row)
+        with open(path / "epochs.csv", "a") as f:
+            f.write(",".join(str(row[k]) for k in ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds", "eval_seconds", "images_per_second"]) + "\n")
+    return path
+
+
+GOOD = [98.0] * 12 + [99.41, 99.45, 99.43]
+
+
+def failed_rules(path, **limits):
+    verdict = check_run(path, Limits(**limits))
+    return verdict.passed, [r["rule"] for r in verdict.rules if not r["passed"]]
+
+
+def test_good_run_passes(tmp_path):
+    spec = load_spec("classic")
+    assert failed_rules(make_run(tmp_path / "r", build_model(spec), spec, GOOD)) == (True, [])
+
+
+def test_too_many_params_fails(tmp_path):
+    big = ArchSpec(blocks=(ConvBlock((32, 32), 0, False, 16), ConvBlock((32, 32, 32), 0)), stem_channels=16)
+    passed, failed = failed_rules(make_run(tmp_path / "r", build_model(big), big, GOOD))
+    assert not passed and failed == ["parameters < 20,000"]
+
+
+def test_linear_layer_fails(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10), nn.LogSoftmax(1))
+    passed, failed = failed_rules(make_run(tmp_path / "r", model, None, GOOD))
+    assert not passed and failed == ["no fully connected layer"]
+
+
+def test_too_many_epochs_fails(tmp_path):
+    spec = load_spec("compact")
+    passed, failed = failed_rules(make_run(tmp_path / "r", build_model(spec), spec, [98.0] * 17 + [99.5] * 3))
+    assert not passed and failed == ["epochs <= 19"]
+
+
+def test_one_good_epoch_then_a_drop_fails(tmp_path):
+    spec = load_spec("compact")
+    passed, failed = failed_rules(make_run(tmp_path / "r", build_model(spec), spec, [98.0] * 12 + [99.5, 99.38, 99.45]))
+    assert not passed and failed == ["test accuracy >= 99.4% in each of the last 3 epochs"]
+
+
+def test_logged_params_must_match_the_spec(tmp_path):
+    spec = load_spec("compact")
+    path = make_run(tmp_path / "r", build_model(spec), spec, GOOD)
+    inspection = json.loads((path / "inspection.json").read_text())
+    inspection["params"] = 5_000
+    (path / "inspection.json").write_text(json.dumps(inspection))
+    passed, failed = failed_rules(path)
+    assert not passed and failed == ["logged model matches spec.json"]
+
+
+def test_cli_exit_codes(tmp_path):
+    spec = load_spec("compact")
+    good = make_run(tmp_path / "good", build_model(spec), spec, GOOD)
+    bad = make_run(tmp_path / "bad", build_model(spec), spec, [99.0] * 15)
+    assert run_cli("mnist_challenge", "check", str(good)).returncode == 0
+    result = run_cli("mnist_challenge", "check", str(bad))
+    assert result.returncode == 1 and "[FAIL] test accuracy" in result.stdout and "99.00%" in result.stdout
+    missing = run_cli("mnist_challenge", "check", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "run directory not found" in missing.stderr
+    (good / "epochs.csv").unlink()
+    assert run_cli("mnist_challenge", "check", str(good)).returncode == 2

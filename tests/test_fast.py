@@ -1,0 +1,42 @@
+"""The engine's speed tricks compute what the plain layers compute."""
+
+import pytest
+import torch
+from torch import nn
+
+from mnist_challenge.fast import MaxPool2x2, PooledDropout, speed_up
+from mnist_challenge import build_model, load_spec
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 22, 22), (2, 5, 11, 11), (3, 2, 9, 14), (1, 1, 2, 2)])
+def test_fast_maxpool_matches_aten_including_ties(shape):
+    x = torch.randn(*shape).relu().round()  # ReLU zeros and rounding make ties common
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+    out_fast, out_ref = MaxPool2x2()(a), nn.functional.max_pool2d(b, 2)
+    out_fast.backward(grad)
+    out_ref.backward(grad)
+    assert torch.equal(out_fast, out_ref)
+    assert torch.equal(a.grad, b.grad)
+
+
+def test_pooled_dropout_keeps_1_minus_p_and_rescales():
+    drop = PooledDropout(0.2, generator=torch.Generator().manual_seed(0))
+    x = torch.ones(64, 8, 12, 12)
+    outs = torch.stack([drop(x) for _ in range(200)])
+    kept = (outs != 0).float().mean().item()
+    assert abs(kept - 0.8) < 0.01
+    assert torch.allclose(outs[outs != 0], torch.tensor(1 / 0.8))
+    assert abs(outs.mean().item() - 1.0) < 0.02  # unbiased, like nn.Dropout
+    assert not torch.equal(outs[0], outs[1])  # masks change from call to call
+    drop.eval()
+    assert torch.equal(drop(x), x)
+
+
+def test_speed_up_swaps_parameter_free_layers_only():
+    model = build_model(load_spec("classic"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    swapped = speed_up(model, pooled_dropout=True, fast_maxpool=True)
+    assert swapped == {"pooled_dropout": 8, "fast_maxpool": 1}
+    assert model.state_dict().keys() == before.keys()
+    assert not any(type(m) in (nn.Dropout, nn.MaxPool2d) for m in model.modules())
