@@ -58,17 +58,18 @@ def open_study(plan: RunPlan, worker: int = 0) -> optuna.Study:
     s = plan.settings
     directions = ["maximize", "minimize"] if s.multi_objective else ["maximize"]
     sampler = optuna.samplers.TPESampler(seed=plan.seed + worker)
-    existing = {summary.study_name: summary for summary in optuna.get_all_study_summaries(storage)}
-    if s.study_name in existing:
-        study = optuna.load_study(study_name=s.study_name, storage=storage, sampler=sampler, pruner=make_pruner(plan.pruner, s.base.epochs))
-        stored = study.user_attrs
-        wanted = study_attrs(plan)
-        differing = [k for k in ("max_params", "min_rf", "multi_objective") if stored.get(k) != wanted[k]]
-        differing += [f"base_config.{k}" for k in ("epochs", "train_subset", "val_size", "split_seed") if stored.get("base_config", {}).get(k) != wanted["base_config"][k]]
-        if differing:
-            raise UserError(f"study {s.study_name!r} exists with different settings ({', '.join(differing)}); rerun with its settings or pick another --study")
-        return study
-    study = optuna.create_study(study_name=s.study_name, storage=storage, directions=directions, sampler=sampler, pruner=make_pruner(plan.pruner, s.base.epochs))
+    pruner = make_pruner(plan.pruner, s.base.epochs)
+    try:
+        study = optuna.create_study(study_name=s.study_name, storage=storage, directions=directions, sampler=sampler, pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:  # it exists (resume, or another worker was first)
+        study = optuna.load_study(study_name=s.study_name, storage=storage, sampler=sampler, pruner=pruner)
+        stored, wanted = study.user_attrs, study_attrs(plan)
+        if "base_config" in stored:  # absent only while its creator is still writing them
+            differing = [k for k in ("max_params", "min_rf", "multi_objective") if stored.get(k) != wanted[k]]
+            differing += [k for k in ("epochs", "train_subset", "val_size", "split_seed") if stored["base_config"].get(k) != wanted["base_config"][k]]
+            if differing:
+                raise UserError(f"study {s.study_name!r} exists with different settings ({', '.join(differing)}); rerun with its settings or pick another --study")
+            return study
     for key, value in study_attrs(plan).items():
         study.set_user_attr(key, value)
     return study

@@ -9,15 +9,17 @@ with ``--storage postgresql://user:pass@host/db`` on every machine.
 
 Heartbeats: every running trial records a heartbeat; a trial whose worker died (killed, machine lost)
 stops beating, and the next worker to ask for a trial marks it FAIL and re-enqueues its params
-(``RetryFailedTrialCallback``), so no trial stays RUNNING forever and none is lost.
+(``RetryHeartbeatStaleTrialCallback``), so no trial stays RUNNING forever and none is lost.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from mnist_challenge import UserError
 
@@ -40,6 +42,7 @@ def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180
     dialect = parsed.get_backend_name()
     if dialect not in SUPPORTED:
         raise UserError(f"--storage: unsupported database {dialect!r}; use one of {SUPPORTED}")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat API
     engine_kwargs: dict = {}
     if dialect == "sqlite":
         if not parsed.database:
@@ -49,19 +52,27 @@ def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180
     elif dialect == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
         engine_kwargs["pool_pre_ping"] = True
-    try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=2),
-        )
-    except ImportError as exc:
-        raise UserError(f"--storage {dialect}: the database driver is not installed ({exc})") from None
-    except Exception as exc:  # sqlalchemy's OperationalError and friends: unreachable, bad credentials
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot open storage {parsed.render_as_string(hide_password=True)}: {first}") from None
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(5):
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
+        except ImportError as exc:
+            raise UserError(f"--storage {dialect}: the database driver is not installed ({exc})") from None
+        except IntegrityError:
+            # Two workers creating the tables of a fresh database at once: one wins, the other retries
+            # and finds them there.
+            time.sleep(0.5 * (attempt + 1))
+        except (OperationalError, Exception) as exc:  # unreachable server, bad credentials, unwritable file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot open storage {parsed.render_as_string(hide_password=True)}: {first}") from None
+    raise UserError(f"cannot open storage {parsed.render_as_string(hide_password=True)}: table creation kept colliding with another worker")
 
 
 def load_study(storage: RDBStorage, name: str) -> optuna.Study:

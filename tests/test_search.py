@@ -1,0 +1,165 @@
+"""The search end to end on tiny budgets: SQLite, resume, rejection before training, killed workers, bad input."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from mnist_challenge.train import TrainConfig
+from search.objective import SearchSettings, check_constraints
+from search.space import smallest_params, spec_from_params, suggest_spec
+from search.storage import make_storage
+
+from .conftest import ROOT, run_cli
+
+TINY = ["--epochs", "1", "--train-subset", "600", "--val-size", "500", "--workers", "1", "--threads", "1"]
+
+
+def trials_of(db, study="s"):
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+
+
+def test_three_trials_into_sqlite_then_resume_adds_trials(mnist_dir, tmp_path):
+    def args(n):
+        return ["search", "--study", "s", "--logs", str(tmp_path), "--n-trials", str(n), "--data-dir", str(mnist_dir), *TINY]
+
+    first = run_cli(*args(3))
+    assert first.returncode == 0, first.stderr[-2000:]
+    study_dir = tmp_path / "s"
+    trials = trials_of(study_dir / "study.db")
+    assert len(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert (study_dir / "trials.csv").read_text().count("\n") == 4
+    summary = json.loads((study_dir / "summary.json").read_text())
+    assert {"epochs_run", "epochs_without_pruning", "rejected_before_training"} <= summary.keys()
+    for t in trials:  # every drawn network carries its spec; every trained trial has a full run directory
+        assert "spec" in t.user_attrs or "invalid architecture" in t.user_attrs["reason"]
+        if t.user_attrs.get("run_dir"):
+            assert os.path.isfile(os.path.join(t.user_attrs["run_dir"], "spec.json"))
+    second = run_cli(*args(2))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert len(trials_of(study_dir / "study.db")) == 5
+    if any(t.state == TrialState.COMPLETE for t in trials_of(study_dir / "study.db")):
+        assert (study_dir / "best_spec.json").is_file()
+
+
+def test_params_turn_back_into_the_same_spec():
+    study = optuna.create_study(direction="maximize")
+    for _ in range(20):
+        trial = study.ask()
+        try:
+            spec = suggest_spec(trial, "x")
+        except Exception:
+            study.tell(trial, state=TrialState.PRUNED)
+            continue
+        assert spec_from_params(trial.params, "x", trial.number) == spec
+        study.tell(trial, 0.0)
+
+
+def test_candidate_over_the_cap_is_rejected_without_training(tmp_path):
+    from search.objective import Objective
+
+    big = {"n_blocks": 3, "stem_channels": 16, "stem_padding": 1, "batchnorm": "after_relu", "dropout": 0.0, "head": "gap_conv",
+           "schedule": "onecycle", "lr": 0.05, "batch_size": 128, "rotation": 5.0, "translate": 0.0, "weight_decay": 1e-4}
+    for b in (1, 2, 3):
+        big.update({f"b{b}_convs": 3, f"b{b}_c1": 32, f"b{b}_c2": 32, f"b{b}_c3": 32, f"b{b}_padding": 1, f"b{b}_residual": False})
+        if b < 3:
+            big.update({f"b{b}_transition": True, f"b{b}_squeeze": 16})
+    settings = SearchSettings("cap", tmp_path, TrainConfig(epochs=1), max_params=20_000)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(big)
+    study.optimize(Objective(settings, data=None), n_trials=1)  # data=None: any training attempt would crash
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["reason"].startswith("rejected before training") and "cap 20,000" in trial.user_attrs["reason"]
+    assert trial.user_attrs["params"] >= 20_000 and "run_dir" not in trial.user_attrs
+    assert not (tmp_path / "trials").exists()
+
+
+def test_low_receptive_field_is_rejected():
+    spec = spec_from_params({"n_blocks": 2, "b1_convs": 1, "b1_c1": 8, "b1_padding": 1, "b1_residual": False, "b1_transition": False,
+                             "b2_convs": 1, "b2_c1": 8, "b2_padding": 1, "b2_residual": False, "dropout": 0.0, "stem_channels": 8,
+                             "stem_padding": 1, "batchnorm": "none", "head": "gap_conv"})
+    figures, broken = check_constraints(spec, SearchSettings("rf", None, TrainConfig(), min_rf=20))
+    assert figures["rf_head"] == 7 and broken == "RF at the head 7 < 20 px"
+
+
+def test_killed_worker_leaves_no_trial_running(mnist_dir, tmp_path):
+    db = tmp_path / "k" / "study.db"
+    args = [sys.executable, "-m", "search", "--study", "k", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--epochs", "2",
+            "--train-subset", "3000", "--val-size", "500", "--workers", "1", "--threads", "1", "--heartbeat", "1", "--grace", "4", "--pruner", "none"]
+    worker = subprocess.Popen(args + ["--n-trials", "5"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # wait until a trial is really training (its run dir has epochs.csv)
+            time.sleep(1)
+            if not db.exists():
+                continue
+            try:
+                running = [t for t in trials_of(db, "k") if t.state == TrialState.RUNNING and t.user_attrs.get("run_dir")]
+            except KeyError:  # the study is not created yet
+                continue
+            if running and os.path.exists(os.path.join(running[0].user_attrs["run_dir"], "epochs.csv")):
+                break
+        else:
+            pytest.fail("no trial started training within 300 s")
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    stuck = running[0].number
+    assert trials_of(db, "k")[stuck].state == TrialState.RUNNING  # killed mid-trial: left RUNNING ...
+    time.sleep(5)  # ... until its heartbeat is older than the grace period
+    resume = subprocess.run(args + ["--n-trials", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    trials = trials_of(db, "k")
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert trials[stuck].state == TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == trials[stuck]._trial_id or t.system_attrs.get("failed_trial") == stuck]
+    assert retried and retried[0].params == trials[stuck].params  # the lost trial is retried, not dropped
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
+    base = ["search", "--study", "s", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--n-trials", "1", *TINY]
+    assert run_cli(*base).returncode == 0
+    db = tmp_path / "s" / "study.db"
+    before = _digest(db)
+    cases = [
+        (["--epochs", "20"], "must be < 20"),
+        (["--storage", "nosuchdb://x/y"], "unsupported database"),
+        (["--storage", "not a url"], "not a database URL"),
+        (["--max-params", "100"], "no spec in the search space"),
+        (["--storage", "postgresql://u:p@127.0.0.1:9/nope"], "cannot open storage"),
+        (["--min-rf", "30"], "exists with different settings"),
+        (["--data-dir", str(tmp_path / "none")], "MNIST files missing"),
+        (["--workers", "0"], "positive integer"),
+    ]
+    for extra, fragment in cases:
+        result = run_cli(*base, *extra)
+        assert result.returncode == 2, (extra, result.stderr[-1000:])
+        assert fragment in result.stderr, (extra, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert _digest(db) == before
+
+
+def test_reproduce_retrains_on_all_training_images(mnist_dir, tmp_path):
+    args = ["search", "--study", "r", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--n-trials", "2", "--pruner", "none", *TINY]
+    assert run_cli(*args).returncode == 0
+    if not any(t.state == TrialState.COMPLETE for t in trials_of(tmp_path / "r" / "study.db", "r")):
+        pytest.skip("both sampled candidates were rejected before training")
+    out = tmp_path / "rep"
+    result = run_cli("search", "reproduce", "--study", "r", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--epochs", "1",
+                     "--threads", "1", "--train-subset", "2000", "--out", str(out), "--min-acc", "50", "--last-k", "1")
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["val_size"] == 0 and config["train_images"] == 2_000 and config["val_images"] == 0
+    assert (out / "verdict.json").is_file()
