@@ -91,7 +91,8 @@ class _MaxPool2x2(torch.autograd.Function):
         a2, a3 = x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]
         top, bottom = torch.maximum(a0, a1), torch.maximum(a2, a3)
         lower = bottom > top
-        right = torch.where(lower, a3 > a2, a1 > a0)
+        right_top, right_bottom = a1 > a0, a3 > a2
+        right = right_top ^ ((right_top ^ right_bottom) & lower)  # pick the row's winner; bool ops, no where()
         rows = torch.arange(0, h, 2, device=x.device).view(-1, 1) * width
         corner = rows + torch.arange(0, w, 2, device=x.device)  # flat index of each window's top-left pixel
         indices = corner + lower.long() * width + right.long()
