@@ -1,6 +1,6 @@
 """Benchmark: the kit's engine against the course pipeline, same spec, same batch size, one process.
 
-    python -m mnist_challenge.bench [--spec classic] [--steps 150] [--warmup 20] [--data-dir D]
+    python -m mnist_challenge.bench [--spec classic] [--steps 150] [--warmup 20] [--data-dir D] [--layouts] [--search]
 
 Both sides run the same number of optimizer steps after the same warm-up on real MNIST images; the
 kit's side is the real ``train_model`` loop (one epoch over exactly that many batches), so what is
@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from .cli import Parser, add_data_flags, positive_int, run_cli
+from .errors import UserError
 from .data import MnistData, Split, load_mnist
 from .model import build_model
 from .reference import time_reference_steps
@@ -46,6 +47,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(build_parser, argv)
 
 
+def _layout_worker(spec_name: str, data_dir: str | None, steps: int, warmup: int, threads: int, queue) -> None:
+    """One process of the layout comparison: time the engine with ``threads`` threads."""
+    torch.set_num_threads(threads)
+    spec = load_spec(spec_name)
+    cfg = TrainConfig(epochs=1, threads=threads, val_size=0, device="cpu")
+    data = load_mnist(data_dir, val_size=0, train_subset=(steps + warmup) * cfg.batch_size)
+    seconds, _ = engine_seconds(spec, data, cfg, steps, warmup)
+    queue.put(steps * cfg.batch_size / seconds)
+
+
+def compare_layouts(spec_name: str, data_dir: str | None, steps: int, warmup: int) -> dict[str, float]:
+    """Images/s of one 2-thread process vs. two 1-thread processes training at the same time."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = {}
+    for label, processes, threads in (("one process x 2 threads", 1, 2), ("two processes x 1 thread", 2, 1)):
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_layout_worker, args=(spec_name, data_dir, steps, warmup, threads, queue)) for _ in range(processes)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        results[label] = sum(queue.get() for _ in procs)
+    return results
+
+
+def search_throughput(data_dir: str | None, trials: int, epochs: int, subset: int) -> dict[str, float]:
+    """Trials per hour of a small fixed search budget, without and with pruning (fresh temporary studies)."""
+    import tempfile
+
+    from search.cli import main as search_main
+
+    rates = {}
+    for pruner in ("none", "hyperband"):
+        with tempfile.TemporaryDirectory() as tmp:
+            args = ["--study", f"bench-{pruner}", "--logs", tmp, "--n-trials", str(trials), "--epochs", str(epochs), "--train-subset", str(subset),
+                    "--pruner", pruner, "--seed", "0"] + (["--data-dir", data_dir] if data_dir else [])
+            start = time.perf_counter()
+            if search_main(args) != 0:
+                raise UserError(f"the {pruner} search failed")
+            rates[pruner] = trials / (time.perf_counter() - start) * 3600
+    return rates
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m mnist_challenge.bench", description="kit engine vs the course pipeline: images/s and ratio")
     p.add_argument("--spec", default="classic", help="spec file or preset (default classic)")
@@ -58,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pooled-dropout", dest="pooled_dropout", action="store_false")
     p.add_argument("--no-fast-maxpool", dest="fast_maxpool", action="store_false")
     p.add_argument("--skip-reference", action="store_true", help="time only the kit's engine (no ratio)")
+    p.add_argument("--layouts", action="store_true", help="also compare one 2-thread process with two 1-thread processes")
+    p.add_argument("--search", action="store_true", help="also measure search trials/hour without and with pruning (a few minutes)")
+    p.add_argument("--search-trials", type=positive_int, default=6)
+    p.add_argument("--search-epochs", type=positive_int, default=4)
+    p.add_argument("--search-subset", type=positive_int, default=5_000)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     add_data_flags(p)
     p.set_defaults(handler=run_bench)
@@ -99,6 +150,16 @@ def run_bench(args: argparse.Namespace) -> int:
     figures["peak_rss_mib"] = peak_rss_mib()
     figures["peak_rss_mib_workers"] = peak_rss_mib(resource.RUSAGE_CHILDREN)
     print(f"peak RSS          : {figures['peak_rss_mib_engine']:.0f} MiB after the engine, {figures['peak_rss_mib']:.0f} MiB overall (+ {figures['peak_rss_mib_workers']:.0f} MiB largest loader worker)")
+    if args.layouts:
+        layouts = compare_layouts(args.spec, args.data_dir, args.steps, args.warmup)
+        figures["layouts_images_per_s"] = layouts
+        for label, ips in layouts.items():
+            print(f"{label:<26}: {ips:8.0f} img/s in total")
+    if args.search:
+        rates = search_throughput(args.data_dir, args.search_trials, args.search_epochs, args.search_subset)
+        figures["search_trials_per_hour"] = rates
+        print(f"search, {args.search_trials} trials x {args.search_epochs} epochs on {args.search_subset} images: "
+              f"{rates['none']:.0f} trials/h without pruning, {rates['hyperband']:.0f} with Hyperband")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

@@ -196,12 +196,33 @@ def add_check(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_check)
 
 
+# --- report --------------------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import results_table, update_readme
+
+    table = results_table(args.root)
+    if args.update_readme:
+        update_readme(args.update_readme, table, f"python -m mnist_challenge report {args.root} --update-readme {args.update_readme}")
+        print(f"updated the results table in {args.update_readme}")
+    else:
+        print(table)
+    return 0
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="results table (markdown) of every run directory under ROOT")
+    p.add_argument("root", help="e.g. logs/submission")
+    p.add_argument("--update-readme", metavar="README", default=None, help="write the table between the README's results markers")
+    p.set_defaults(handler=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m mnist_challenge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_inspect(sub)
     add_train(sub)
     add_check(sub)
+    add_report(sub)
     return parser
 
 

@@ -1,0 +1,43 @@
+"""Smoke tests: the benchmark runs end to end on a tiny step count; the report builds its table."""
+
+import json
+import shutil
+
+from .conftest import ROOT, run_cli
+from .test_checker import GOOD, make_run
+
+from mnist_challenge import build_model, load_spec
+
+
+def test_benchmark_smoke(mnist_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli("mnist_challenge.bench", "--steps", "3", "--warmup", "1", "--data-dir", str(mnist_dir), "--json", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1].startswith("RATIO engine / course pipeline:")
+    figures = json.loads(out.read_text())
+    assert figures["engine_images_per_s"] > 0 and figures["reference_images_per_s"] > 0 and figures["eval_test_10k_seconds"] > 0
+
+
+def test_report_judges_each_budget_with_its_own_limits(tmp_path):
+    classic, compact = load_spec("classic"), load_spec("compact")
+    make_run(tmp_path / "assignment" / "seed1", build_model(classic), classic, GOOD)
+    make_run(tmp_path / "compact" / "seed1", build_model(classic), classic, GOOD)  # 12.7k params: over the 8k budget
+    make_run(tmp_path / "compact" / "seed2", build_model(compact), compact, GOOD)
+    result = run_cli("mnist_challenge", "report", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "| assignment | `assignment/seed1` | 12,738 |" in lines[2] and lines[2].endswith("| PASS |")
+    assert "FAIL: parameters < 8,001" in lines[3]
+    assert lines[4].endswith("| PASS |") and "99.41, 99.45, 99.43" in lines[4]
+
+
+def test_report_updates_only_the_readme_block(tmp_path):
+    spec = load_spec("compact")
+    make_run(tmp_path / "runs" / "compact" / "seed1", build_model(spec), spec, GOOD)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\noutro\n")
+    result = run_cli("mnist_challenge", "report", str(tmp_path / "runs"), "--update-readme", str(readme))
+    assert result.returncode == 0, result.stderr
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "| compact |" in text
+    assert run_cli("mnist_challenge", "report", str(tmp_path / "nothing")).returncode == 2
