@@ -6,8 +6,6 @@ Every user mistake ends as one ``error: ...`` line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 from typing import Callable, NoReturn, Sequence
@@ -36,18 +34,8 @@ def run_cli(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | 
 
 
 # --- inspect -----------------------------------------------------------------------------------------
-def torchsummary_table(model, input_size: tuple[int, ...]) -> str:
-    """torchsummary's familiar table, captured as text (it prints straight to stdout)."""
-    import torchsummary
-
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        torchsummary.summary(model, input_size, device="cpu")
-    return buffer.getvalue()
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspector import format_report, inspect_module
+    from .inspector import format_report, inspect_module, torchsummary_table
     from .loading import module_from_factory, torchvision_model
     from .model import build_model
     from .spec import load_spec

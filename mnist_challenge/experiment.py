@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .checker import Limits, check_run
 from .data import MnistData, load_mnist, resolve_data_dir
-from .inspector import format_report, inspect_module
+from .inspector import format_report, inspect_module, torchsummary_table
 from .model import build_model
 from .runlog import RunDir
 from .spec import ArchSpec
@@ -23,8 +23,6 @@ from .train import EpochHook, TrainConfig, TrainResult, resolve_device, train_mo
 
 
 def summary_text(model: nn.Module, input_size: tuple[int, ...], report_text: str) -> str:
-    from .cli import torchsummary_table
-
     return f"{torchsummary_table(model, input_size)}\n{report_text}\n"
 
 

@@ -25,6 +25,8 @@ multiply-accumulates of convolutions, linear layers and matrix products, for one
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -381,3 +383,13 @@ def format_report(report: Report) -> str:
         "fully connected layer:          " + (f"YES - breaks the no-FC rule: {', '.join(report.linear_layers) or 'F.linear'}" if report.has_linear else "none"),
     ]
     return "\n".join(lines)
+
+
+def torchsummary_table(model: nn.Module, input_size: tuple[int, ...]) -> str:
+    """torchsummary's familiar table, captured as text (it prints straight to stdout)."""
+    import torchsummary
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        torchsummary.summary(model, input_size, device="cpu")
+    return buffer.getvalue()

@@ -93,7 +93,6 @@ class Objective:
                                     extra_config={"study": s.study_name, "trial": trial.number})
         except FloatingPointError as exc:  # diverged: a real outcome of this recipe, not a crash
             trial.set_user_attr("reason", str(exc))
-            trial.set_user_attr("seconds", time.time() - started)
             raise optuna.TrialPruned() from None
         finally:
             trial.set_user_attr("seconds", time.time() - started)
