@@ -23,6 +23,8 @@ from mnist_challenge.train import TrainConfig
 
 from .space import suggest_recipe, suggest_spec
 
+CHANCE_LEVEL = 20.0  # % validation accuracy; 10 classes give 10 % by guessing
+
 
 @dataclass(frozen=True)
 class SearchSettings:
@@ -75,12 +77,14 @@ class Objective:
 
         run_dir = s.study_dir / "trials" / f"trial_{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
-        epochs_done = 0
 
         def report(epoch: int, row: dict[str, Any]) -> None:
-            nonlocal epochs_done
-            epochs_done = epoch
             trial.set_user_attr("epochs_run", epoch)
+            # A net still at chance level after two epochs has collapsed (too high a learning rate, say).
+            # No pruner can tell in a young study, where the first trials of each bracket always go on.
+            if epoch >= 2 and row["val_acc"] < CHANCE_LEVEL:
+                trial.set_user_attr("reason", f"stuck at chance level after epoch {epoch} (val acc {row['val_acc']:.2f}%)")
+                raise optuna.TrialPruned()
             if not s.multi_objective:  # Optuna cannot prune multi-objective trials
                 trial.report(row["val_acc"], epoch)
                 if trial.should_prune():
