@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -50,6 +51,7 @@ def run_experiment(
     """
     run = RunDir(run_dir)
     data = data if data is not None else load_data(cfg, data_dir)
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     model = model if model is not None else build_model(spec)
     input_size = (spec.in_channels, spec.input_size, spec.input_size)
     report = inspect_module(model, input_size)

