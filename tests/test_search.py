@@ -163,3 +163,24 @@ def test_reproduce_retrains_on_all_training_images(mnist_dir, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["val_size"] == 0 and config["train_images"] == 2_000 and config["val_images"] == 0
     assert (out / "verdict.json").is_file()
+
+
+def test_trial_stuck_at_chance_is_stopped_after_two_epochs(tmp_path, monkeypatch):
+    import search.objective as objective_module
+
+    epochs_seen = []
+
+    def collapsed_training(spec, cfg, run_dir, *, on_epoch, **_):
+        for epoch in range(1, cfg.epochs + 1):
+            epochs_seen.append(epoch)
+            on_epoch(epoch, {"val_acc": 11.0, "test_acc": 11.0})
+
+    monkeypatch.setattr(objective_module, "run_experiment", collapsed_training)
+    settings = SearchSettings("chance", tmp_path, TrainConfig(epochs=15), min_rf=1, max_params=10**9)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    study.optimize(objective_module.Objective(settings, data=None), n_trials=3)
+    trained = [t for t in study.trials if t.user_attrs.get("run_dir")]
+    assert trained, "every candidate was rejected before training"
+    for t in trained:
+        assert t.state == TrialState.PRUNED and t.user_attrs["reason"].startswith("stuck at chance level after epoch 2")
+    assert max(epochs_seen) == 2
