@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--heartbeat", type=positive_int, default=60, help="seconds between trial heartbeats (default 60)")
     p.add_argument("--grace", type=positive_int, default=180, help="a RUNNING trial silent this long is failed and retried (default 180)")
+    p.add_argument("--export-only", action="store_true", help="run no trials: rewrite the outputs (trials.csv, best spec, plots) from the storage")
     add_data_flags(p)
     p.set_defaults(handler=cmd_search)
     return p
@@ -85,8 +86,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = SearchSettings(args.study, study_dir(args), base, args.max_params, args.min_rf, args.mode == "multi")
     from mnist_challenge.data import load_raw
 
-    load_raw(args.data_dir, allow_download=args.download)  # fail on missing data before touching the study
+    if not args.export_only:
+        load_raw(args.data_dir, allow_download=args.download)  # fail on missing data before touching the study
     plan = RunPlan(settings, storage_url(args), args.n_trials, workers, args.pruner, args.seed, args.data_dir, args.timeout, args.heartbeat, args.grace)
+    if args.export_only:
+        from .runner import export_study
+
+        if args.storage is None and not (study_dir(args) / "study.db").is_file():
+            raise UserError(f"no study storage at {study_dir(args) / 'study.db'}")
+        export_study(plan)
+        return 0
     print(f"study {args.study!r}: {args.n_trials} trials, {workers} worker(s) x {threads} thread(s), {args.epochs} epochs each, storage {plan.storage_url}")
     run_search(plan)
     return 0

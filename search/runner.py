@@ -135,16 +135,29 @@ def run_search(plan: RunPlan) -> optuna.Study:
         failed = [p.exitcode for p in procs if p.exitcode]
         if failed:
             raise UserError(f"{len(failed)} worker(s) exited with an error (exit codes {failed}); finished trials are kept in the study")
+    print(f"\n({time.time() - started:.0f} s this run)")
+    finish(study, s)
+    return study
+
+
+def finish(study: optuna.Study, s: SearchSettings) -> None:
+    """Write every output and print the closing summary."""
     summary = export(study, s.study_dir, s.multi_objective)
     plots = plot(study, s.study_dir, s.multi_objective)
-    print(f"\n{summary['trials']} trials in study {s.study_name!r} ({time.time() - started:.0f} s this run). Top trials by validation accuracy:")
+    print(f"{summary['trials']} trials in study {s.study_name!r}. Top trials by validation accuracy:")
     print(summary_table(study))
     print(f"pruning: {summary['epochs_run']} epochs trained of {summary['epochs_without_pruning']} without pruning "
           f"({100 * summary['epochs_saved_fraction']:.0f}% saved); {summary['rejected_before_training']} candidates rejected before training")
     if "best" in summary:
         print(f"best: trial {summary['best']['trial']}, val acc {summary['best']['val_acc']:.2f}%, {summary['best']['params']:,} params -> {s.study_dir / 'best_spec.json'}")
     print(f"outputs: {s.study_dir} (trials.csv, summary.json, {', '.join(plots) or 'no plots yet'})")
-    return study
+
+
+def export_study(plan: RunPlan) -> None:
+    """Outputs only, for a study whose run was interrupted (or another machine's trials)."""
+    from .storage import load_study
+
+    finish(load_study(make_storage(plan.storage_url), plan.settings.study_name), plan.settings)
 
 
 def base_config_from_study(study: optuna.Study) -> TrainConfig:

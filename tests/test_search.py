@@ -42,6 +42,10 @@ def test_three_trials_into_sqlite_then_resume_adds_trials(mnist_dir, tmp_path):
         assert "spec" in t.user_attrs or "invalid architecture" in t.user_attrs["reason"]
         if t.user_attrs.get("run_dir"):
             assert os.path.isfile(os.path.join(t.user_attrs["run_dir"], "spec.json"))
+    (study_dir / "trials.csv").unlink()
+    exported = run_cli("search", "--study", "s", "--logs", str(tmp_path), "--export-only")
+    assert exported.returncode == 0 and "3 trials in study 's'" in exported.stdout, exported.stderr[-2000:]
+    assert (study_dir / "trials.csv").is_file() and len(trials_of(study_dir / "study.db")) == 3
     second = run_cli(*args(2))
     assert second.returncode == 0, second.stderr[-2000:]
     assert len(trials_of(study_dir / "study.db")) == 5
