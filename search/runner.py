@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +99,26 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
     bar.close()
 
 
-def _worker_entry(plan: RunPlan, worker: int, n_trials: int) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent is gone (killed with SIGKILL, say) stops too, instead of running on
+    unseen; its trial then goes stale and the next run retries it (heartbeat)."""
+    import os
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _worker_entry(plan: RunPlan, worker: int, n_trials: int, parent: int) -> None:
+    _exit_with_parent(parent)
     try:
         worker_main(plan, worker, n_trials, progress=False)
     except UserError as exc:
@@ -115,7 +136,9 @@ def run_search(plan: RunPlan) -> optuna.Study:
     else:
         shares = [plan.n_trials // plan.workers + (1 if i < plan.n_trials % plan.workers else 0) for i in range(plan.workers)]
         ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked torch thread pools
-        procs = [ctx.Process(target=_worker_entry, args=(plan, i, n), daemon=False) for i, n in enumerate(shares) if n > 0]
+        procs = [ctx.Process(target=_worker_entry, args=(plan, i, n, os.getpid()), daemon=False) for i, n in enumerate(shares) if n > 0]
+        # SIGTERM (kill, a scheduler's stop) goes the KeyboardInterrupt way: workers are stopped too.
+        signal.signal(signal.SIGTERM, _interrupt)
         for p in procs:
             p.start()
         bar = tqdm(total=plan.n_trials, desc=f"trials ({len(procs)} workers)", unit="trial")
