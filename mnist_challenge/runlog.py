@@ -33,7 +33,7 @@ EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
 
 
 def git_commit() -> str:
-    """The code version the run used; ``-dirty`` when the work tree had uncommitted changes."""
+    """The commit checked out now; ``-dirty`` when the work tree has uncommitted changes."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -41,6 +41,11 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+# Read once, when the code is imported: a long-lived process (a search worker) keeps running the code
+# it loaded even if the checkout moves on, and its runs must name that version, not the new HEAD.
+CODE_VERSION = git_commit()
 
 
 def format_epoch(row: dict[str, Any], total: int) -> str:
@@ -73,7 +78,7 @@ class RunDir:
             "python_version": platform.python_version(),
             "machine": platform.machine(),
             "processor": platform.processor() or platform.machine(),
-            "git_commit": git_commit(),
+            "git_commit": CODE_VERSION,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         self.write_json("config.json", meta)
