@@ -188,9 +188,9 @@ def add_check(sub: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import results_table, update_readme
 
-    table = results_table(args.root)
+    table = results_table(args.roots)
     if args.update_readme:
-        update_readme(args.update_readme, table, f"python -m mnist_challenge report {args.root} --update-readme {args.update_readme}")
+        update_readme(args.update_readme, table, f"python -m mnist_challenge report {' '.join(args.roots)} --update-readme {args.update_readme}")
         print(f"updated the results table in {args.update_readme}")
     else:
         print(table)
@@ -198,8 +198,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="results table (markdown) of every run directory under ROOT")
-    p.add_argument("root", help="e.g. logs/submission")
+    p = sub.add_parser("report", help="results table (markdown) of every run directory under the ROOTs")
+    p.add_argument("roots", nargs="+", metavar="ROOT", help="e.g. logs/runs logs/submission")
     p.add_argument("--update-readme", metavar="README", default=None, help="write the table between the README's results markers")
     p.set_defaults(handler=cmd_report)
 

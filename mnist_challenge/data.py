@@ -5,7 +5,8 @@ and every batch is an index into it. No DataLoader, no workers, no per-sample PI
 
 Where the files come from, in order: ``--data-dir``, then ``$MNIST_DATA_DIR``, then ``./data/mnist``.
 A directory may hold the IDX files gzipped or raw, directly or in torchvision's ``MNIST/raw`` layout.
-``download=True`` fetches them with torchvision into that directory (users with internet).
+``allow_download=True`` (``--download``) fetches missing files with torchvision into that directory;
+with no directory named at all, the default ``./data/mnist`` is filled that way on first use.
 """
 
 from __future__ import annotations
@@ -76,12 +77,15 @@ def download(directory: Path) -> None:
         torchvision.datasets.MNIST(str(directory), train=True, download=True)
         torchvision.datasets.MNIST(str(directory), train=False, download=True)
     except Exception as exc:  # network errors come in many types
-        raise UserError(f"could not download MNIST into {directory}: {exc}. Copy the four IDX files there by hand, or set --data-dir") from None
+        reason = " ".join(str(exc).split())[:160]  # torchvision's message spans lines; keep one
+        raise UserError(f"could not download MNIST into {directory} ({reason}); copy the four IDX files there, or set --data-dir / ${ENV_VAR}") from None
 
 
 def load_raw(data_dir: str | Path | None = None, allow_download: bool = False) -> dict[str, torch.Tensor]:
     """The four MNIST arrays as uint8 tensors: train/test images (N, 28, 28) and labels (N,)."""
     directory = resolve_data_dir(data_dir)
+    # With no directory named anywhere, the default ./data/mnist is the kit's own cache: fill it.
+    allow_download = allow_download or (data_dir is None and not os.environ.get(ENV_VAR))
     paths = {key: _find(directory, stem) for key, (stem, _, _) in FILES.items()}
     if any(p is None for p in paths.values()) and allow_download:
         download(directory)

@@ -37,23 +37,23 @@ def budget_of(run: Path, root: Path) -> str:
     return root.name if root.name in BUDGETS else "assignment"
 
 
-def results_table(root: str | Path) -> str:
-    root = Path(root)
-    runs = find_runs(root)
-    if not runs:
-        raise UserError(f"no run directories (with epochs.csv) under {root}")
+def results_table(roots: list[str | Path] | str | Path) -> str:
+    roots = [Path(r) for r in roots] if isinstance(roots, list) else [Path(roots)]
+    found = [(root, run) for root in roots for run in find_runs(root)]
+    if not found:
+        raise UserError(f"no run directories (with epochs.csv) under {', '.join(map(str, roots))}")
     lines = [
         "| budget | run | params | RF (head) | MACs | epochs | test acc, last 3 epochs | verdict |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
-    for run in runs:
+    for root, run in found:
         budget = budget_of(run, root)
         inspection = json.loads((run / "inspection.json").read_text()) if (run / "inspection.json").is_file() else {}
         rows = read_epochs(run)
         verdict = check_run(run, BUDGETS[budget])
         failed = [r["rule"] for r in verdict.rules if not r["passed"]]
         last3 = ", ".join(f"{r['test_acc']:.2f}" for r in rows[-3:])
-        name = str(run.relative_to(root)) if run != root else run.name
+        name = str(run)
         lines.append(
             f"| {budget} | `{name}` | {inspection.get('params', 0):,} | {inspection.get('receptive_field_head', '-')} | "
             f"{inspection.get('macs', 0):,} | {len(rows)} | {last3} | {'PASS' if verdict.passed else 'FAIL: ' + '; '.join(failed)} |"
