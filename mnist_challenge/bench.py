@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -26,6 +27,10 @@ from .model import build_model
 from .reference import time_reference_steps
 from .spec import load_spec
 from .train import TrainConfig, evaluate, resolve_device, train_model, use_bf16
+
+
+def _runs(values: list[float]) -> str:
+    return ", ".join(f"{v:.0f}" for v in values)
 
 
 def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
@@ -97,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default="classic", help="spec file or preset (default classic)")
     p.add_argument("--steps", type=positive_int, default=150, help="timed optimizer steps per side (default 150)")
     p.add_argument("--warmup", type=positive_int, default=20, help="untimed steps first (default 20)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="alternating engine/reference measurements; medians reported (default 3)")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads for both sides (default: torch's)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
@@ -126,10 +132,21 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"spec {spec.name} | batch {args.batch_size} | {args.steps} timed steps after {args.warmup} warm-up | torch {torch.__version__}, {threads} threads")
     figures: dict = {"spec": spec.name, "batch_size": args.batch_size, "steps": args.steps, "threads": threads, "torch": torch.__version__}
 
-    seconds, settings = engine_seconds(spec, data, cfg, args.steps, args.warmup)
-    engine_ips = args.steps * args.batch_size / seconds
-    figures.update(engine_images_per_s=engine_ips, engine_settings=settings)
-    print(f"kit engine        : {engine_ips:8.0f} img/s  ({seconds:.2f} s; bf16={settings['bf16_autocast']}, pooled_dropout={cfg.pooled_dropout}, fast_maxpool={cfg.fast_maxpool}, channels_last={cfg.channels_last})")
+    timed_images = args.steps * args.batch_size
+    if not args.skip_reference:
+        raw = torch.randperm(len(data.train))  # any order: the loader shuffles anyway
+        images = ((data.train.images[raw, 0] * 0.3081 + 0.1307) * 255).round().clamp(0, 255).to(torch.uint8)
+    engine_runs, reference_runs = [], []
+    # Engine and reference alternate, so a slow spell of a shared machine hits both; medians are reported.
+    for _ in range(args.repeats):
+        seconds, settings = engine_seconds(spec, data, cfg, args.steps, args.warmup)
+        engine_runs.append(timed_images / seconds)
+        if not args.skip_reference:
+            ref_seconds = time_reference_steps(build_model(spec), images, data.train.labels[raw], args.steps, args.warmup, args.batch_size)
+            reference_runs.append(timed_images / ref_seconds)
+    engine_ips = statistics.median(engine_runs)
+    figures.update(engine_images_per_s=engine_ips, engine_runs=engine_runs, engine_settings=settings)
+    print(f"kit engine        : {engine_ips:8.0f} img/s  (median of {_runs(engine_runs)}; bf16={settings['bf16_autocast']}, pooled_dropout={cfg.pooled_dropout}, fast_maxpool={cfg.fast_maxpool}, channels_last={cfg.channels_last})")
 
     model = build_model(spec)
     autocast = use_bf16(cfg, resolve_device("cpu"))
@@ -140,13 +157,10 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"evaluate 10k test : {eval_s:8.2f} s")
     figures["peak_rss_mib_engine"] = peak_rss_mib()
 
-    if not args.skip_reference:
-        raw = torch.randperm(len(data.train))  # any order: the loader shuffles anyway
-        images = ((data.train.images[raw, 0] * 0.3081 + 0.1307) * 255).round().clamp(0, 255).to(torch.uint8)
-        ref_seconds = time_reference_steps(build_model(spec), images, data.train.labels[raw], args.steps, args.warmup, args.batch_size)
-        ref_ips = args.steps * args.batch_size / ref_seconds
-        figures.update(reference_images_per_s=ref_ips, ratio=engine_ips / ref_ips)
-        print(f"course pipeline   : {ref_ips:8.0f} img/s  ({ref_seconds:.2f} s; PIL RandomRotation + DataLoader(num_workers=2), fp32, nn.Dropout)")
+    if reference_runs:
+        ref_ips = statistics.median(reference_runs)
+        figures.update(reference_images_per_s=ref_ips, reference_runs=reference_runs, ratio=engine_ips / ref_ips)
+        print(f"course pipeline   : {ref_ips:8.0f} img/s  (median of {_runs(reference_runs)}; PIL RandomRotation + DataLoader(num_workers=2), fp32, nn.Dropout)")
     figures["peak_rss_mib"] = peak_rss_mib()
     figures["peak_rss_mib_workers"] = peak_rss_mib(resource.RUSAGE_CHILDREN)
     print(f"peak RSS          : {figures['peak_rss_mib_engine']:.0f} MiB after the engine, {figures['peak_rss_mib']:.0f} MiB overall (+ {figures['peak_rss_mib_workers']:.0f} MiB largest loader worker)")
