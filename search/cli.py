@@ -122,7 +122,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from mnist_challenge.experiment import run_experiment
 
     from .outputs import best_trial
-    from .runner import base_config_from_study, replace_config
+    import dataclasses
+
+    from .runner import base_config_from_study
     from .space import recipe_from_params, spec_from_params
     from .storage import load_study, make_storage
 
@@ -143,7 +145,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     epochs = args.epochs or base.epochs
     # All 60k training images (no validation hold-out): selection is over, the test set is reported.
     # The run directory's config.json records the trial and study it reproduces.
-    cfg = replace_config(recipe_from_params(trial.params, base), epochs=epochs, seed=args.seed, val_size=0, train_subset=args.train_subset, threads=args.threads)
+    cfg = dataclasses.replace(recipe_from_params(trial.params, base), epochs=epochs, seed=args.seed, val_size=0, train_subset=args.train_subset, threads=args.threads)
     out = Path(args.out) if args.out else study_dir(args) / "reproduce" / f"trial{trial.number}-seed{args.seed}"
     print(f"reproducing trial {trial.number} of {args.study!r} ({epochs} epochs, seed {args.seed}) -> {out}")
     run_experiment(spec, cfg, out, data_dir=args.data_dir, limits=limits_from_args(args), extra_config={"study": args.study, "trial": trial.number})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing as mp
 import os
 import signal
@@ -186,6 +185,3 @@ def export_study(plan: RunPlan) -> None:
 def base_config_from_study(study: optuna.Study) -> TrainConfig:
     return TrainConfig.from_dict(study.user_attrs["base_config"])
 
-
-def replace_config(cfg: TrainConfig, **changes) -> TrainConfig:
-    return dataclasses.replace(cfg, **changes)
