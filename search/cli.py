@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--heartbeat", type=positive_int, default=60, help="seconds between trial heartbeats (default 60)")
     p.add_argument("--grace", type=positive_int, default=180, help="a RUNNING trial silent this long is failed and retried (default 180)")
+    p.add_argument("--enqueue", action="append", default=[], metavar="SPEC",
+                   help="run this spec (preset name or spec.json) first, with the default recipe; repeatable; skipped if the study already has it")
     p.add_argument("--export-only", action="store_true", help="run no trials: rewrite the outputs (trials.csv, best spec, plots) from the storage")
     add_data_flags(p)
     p.set_defaults(handler=cmd_search)
@@ -73,7 +75,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from .objective import SearchSettings
     from .runner import RunPlan, run_search
-    from .space import smallest_params
+    from mnist_challenge.spec import load_spec
+
+    from .space import params_from_spec, smallest_params
 
     if args.epochs >= 20:
         raise UserError(f"--epochs must be < 20 (the assignment's rule), got {args.epochs}")
@@ -88,7 +92,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if not args.export_only:
         load_raw(args.data_dir, allow_download=args.download)  # fail on missing data before touching the study
-    plan = RunPlan(settings, storage_url(args), args.n_trials, workers, args.pruner, args.seed, args.data_dir, args.timeout, args.heartbeat, args.grace)
+    enqueue = tuple(params_from_spec(load_spec(s), base) for s in args.enqueue)
+    plan = RunPlan(settings, storage_url(args), args.n_trials, workers, args.pruner, args.seed, args.data_dir, args.timeout, args.heartbeat, args.grace, enqueue)
     if args.export_only:
         from .runner import export_study
 

@@ -37,6 +37,7 @@ class RunPlan:
     timeout: float | None
     heartbeat_interval: int = 60
     grace_period: int = 180
+    enqueue: tuple[dict, ...] = ()  # trial params to run first (known designs as a warm start)
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
@@ -128,6 +129,8 @@ def run_search(plan: RunPlan) -> optuna.Study:
     s = plan.settings
     s.study_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(plan)  # creates it, or checks that the existing one matches, before any worker starts
+    for params in plan.enqueue:  # skipped when a trial with these params exists (a resumed study)
+        study.enqueue_trial(params, skip_if_exists=True)
     before = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED])
     started = time.time()
     if plan.workers == 1:

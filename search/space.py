@@ -79,3 +79,48 @@ def smallest_params() -> int:
     # Two one-conv blocks of the narrowest width, no BatchNorm (a conv bias costs less than BN's pair).
     tiny = ArchSpec(blocks=(ConvBlock((CHANNELS[0],), 1), ConvBlock((CHANNELS[0],), 1)), stem_channels=STEM[0], batchnorm="none")
     return count_params(build_model(tiny))
+
+
+def params_from_spec(spec: ArchSpec, recipe: TrainConfig | None = None) -> dict[str, Any]:
+    """The trial params that make ``suggest_spec`` (and, given a recipe, ``suggest_recipe``) draw exactly
+    this spec: how a known design is enqueued into a study as a warm start. A spec the space cannot
+    express (a width not in ``CHANNELS``, say) is a ``UserError`` naming the first mismatch."""
+    from mnist_challenge import UserError
+
+    def pick(name: str, value: Any, choices: list) -> Any:
+        if value not in choices:
+            raise UserError(f"spec {spec.name!r} is outside the search space: {name}={value!r} is not one of {choices}")
+        return value
+
+    if (spec.in_channels, spec.input_size, spec.num_classes) != (1, 28, 10):
+        raise UserError(f"spec {spec.name!r} is outside the search space: the space is for 1x28x28 inputs and 10 classes")
+    params: dict[str, Any] = {"n_blocks": len(spec.blocks)}
+    if not 2 <= len(spec.blocks) <= 4:
+        raise UserError(f"spec {spec.name!r} is outside the search space: {len(spec.blocks)} blocks (the space has 2 to 4)")
+    for i, block in enumerate(spec.blocks, start=1):
+        if not 1 <= len(block.channels) <= 3:
+            raise UserError(f"spec {spec.name!r} is outside the search space: block {i} has {len(block.channels)} convs (1 to 3)")
+        params[f"b{i}_convs"] = len(block.channels)
+        for j, c in enumerate(block.channels, start=1):
+            params[f"b{i}_c{j}"] = pick(f"b{i}_c{j}", c, CHANNELS)
+        params[f"b{i}_padding"] = pick(f"b{i}_padding", block.padding, [0, 1])
+        params[f"b{i}_residual"] = block.residual
+        if i < len(spec.blocks):
+            params[f"b{i}_transition"] = block.transition is not None
+            if block.transition is not None:
+                params[f"b{i}_squeeze"] = pick(f"b{i}_squeeze", block.transition, SQUEEZE)
+        elif block.transition is not None:
+            raise UserError(f"spec {spec.name!r} is outside the search space: the last block has a transition")
+    params["dropout"] = pick("dropout", spec.dropout, DROPOUT)
+    params["stem_channels"] = pick("stem_channels", spec.stem_channels, STEM)
+    params["stem_padding"] = pick("stem_padding", spec.stem_padding, [0, 1])
+    params["batchnorm"] = spec.batchnorm
+    if spec.dropout > 0:
+        params["dropout_at"] = pick("dropout_at", spec.dropout_at, ["every_conv", "block_end"])
+    params["head"] = pick("head", spec.head, ["gap_conv", "conv_gap"])
+    if recipe is not None:
+        params.update(schedule=recipe.schedule, lr=recipe.lr, batch_size=pick("batch_size", recipe.batch_size, [64, 128, 256]),
+                      rotation=recipe.rotation, translate=recipe.translate, weight_decay=recipe.weight_decay)
+        if recipe.schedule == "step":
+            params["step_size"] = recipe.step_size
+    return params

@@ -14,7 +14,8 @@ from optuna.trial import TrialState
 
 from mnist_challenge.train import TrainConfig
 from search.objective import SearchSettings, check_constraints
-from search.space import smallest_params, spec_from_params, suggest_spec
+from mnist_challenge.spec import load_spec
+from search.space import params_from_spec, recipe_from_params, smallest_params, spec_from_params, suggest_spec
 from search.storage import make_storage
 
 from .conftest import ROOT, run_cli
@@ -132,6 +133,25 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("preset", ["classic", "compact", "tiny"])
+def test_a_known_spec_turns_into_params_that_draw_it_again(preset):
+    spec, recipe = load_spec(preset), TrainConfig(lr=0.07, schedule="step", step_size=4)
+    params = params_from_spec(spec, recipe)
+    assert spec_from_params(params).to_dict() == {**spec.to_dict(), "name": "search-trial0"}
+    assert recipe_from_params(params, TrainConfig()) == recipe
+
+
+def test_a_spec_outside_the_space_cannot_be_enqueued():
+    import dataclasses
+
+    from mnist_challenge import UserError
+
+    spec = load_spec("compact")
+    odd = dataclasses.replace(spec, blocks=(dataclasses.replace(spec.blocks[0], channels=(9, 14)), *spec.blocks[1:]))
+    with pytest.raises(UserError, match="b1_c1=9 is not one of"):
+        params_from_spec(odd)
+
+
 def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
     base = ["search", "--study", "s", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--n-trials", "1", *TINY]
     assert run_cli(*base).returncode == 0
@@ -146,6 +166,7 @@ def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
         (["--min-rf", "30"], "exists with different settings"),
         (["--data-dir", str(tmp_path / "none")], "MNIST files missing"),
         (["--workers", "0"], "positive integer"),
+        (["--enqueue", "nosuchpreset"], "no preset named"),
     ]
     for extra, fragment in cases:
         result = run_cli(*base, *extra)
@@ -156,10 +177,12 @@ def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
 
 
 def test_reproduce_retrains_on_all_training_images(mnist_dir, tmp_path):
-    args = ["search", "--study", "r", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--n-trials", "2", "--pruner", "none", *TINY]
+    # The enqueued preset is the first trial, so there is always a trained trial to reproduce.
+    args = ["search", "--study", "r", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--n-trials", "1", "--pruner", "none",
+            "--enqueue", "compact", *TINY]
     assert run_cli(*args).returncode == 0
-    if not any(t.state == TrialState.COMPLETE for t in trials_of(tmp_path / "r" / "study.db", "r")):
-        pytest.skip("both sampled candidates were rejected before training")
+    (trial,) = trials_of(tmp_path / "r" / "study.db", "r")
+    assert trial.state == TrialState.COMPLETE and spec_from_params(trial.params).blocks == load_spec("compact").blocks
     out = tmp_path / "rep"
     result = run_cli("search", "reproduce", "--study", "r", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--epochs", "1",
                      "--threads", "1", "--train-subset", "2000", "--out", str(out), "--min-acc", "50", "--last-k", "1")
@@ -167,6 +190,10 @@ def test_reproduce_retrains_on_all_training_images(mnist_dir, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["val_size"] == 0 and config["train_images"] == 2_000 and config["val_images"] == 0
     assert (out / "verdict.json").is_file()
+    # Resuming with the same --enqueue does not train the preset a second time.
+    assert run_cli(*args).returncode == 0
+    trials = trials_of(tmp_path / "r" / "study.db", "r")
+    assert len(trials) == 2 and sum(t.params == trial.params for t in trials) == 1
 
 
 def test_trial_stuck_at_chance_is_stopped_after_two_epochs(tmp_path, monkeypatch):

@@ -62,6 +62,7 @@ def test_built_models_never_contain_linear_and_output_log_probs(spec):
 def test_presets_are_in_their_budgets():
     assert 10_000 <= count_params(build_model(load_spec("classic"))) <= 14_000
     assert count_params(build_model(load_spec("compact"))) <= 8_000
+    assert count_params(build_model(load_spec("tiny"))) <= 5_000
 
 
 @pytest.mark.parametrize(
