@@ -92,7 +92,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if not args.export_only:
         load_raw(args.data_dir, allow_download=args.download)  # fail on missing data before touching the study
-    enqueue = tuple(params_from_spec(load_spec(s), base) for s in args.enqueue)
+    enqueue = tuple(params_from_spec(load_spec(s), base, args.max_params) for s in args.enqueue)
     plan = RunPlan(settings, storage_url(args), args.n_trials, workers, args.pruner, args.seed, args.data_dir, args.timeout, args.heartbeat, args.grace, enqueue)
     if args.export_only:
         from .runner import export_study

@@ -63,7 +63,7 @@ class Objective:
         started = time.time()
         trial.set_user_attr("planned_epochs", s.base.epochs)
         try:
-            spec = suggest_spec(trial, s.study_name)
+            spec = suggest_spec(trial, s.study_name, s.max_params)
         except UserError as exc:  # the draw's feature map vanished: not a network
             return self.reject(trial, f"invalid architecture: {exc}", {})
         recipe = suggest_recipe(trial, s.base)

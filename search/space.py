@@ -19,15 +19,26 @@ STEM = [4, 6, 8, 10, 12, 16]
 DROPOUT = [0.0, 0.02, 0.05, 0.1]
 
 
-def suggest_spec(trial: optuna.Trial, name: str = "search") -> ArchSpec:
+def widths(max_params: int | None = None) -> list[int]:
+    """The conv widths worth drawing under a parameter cap: one c->c 3x3 conv with BN costs ~9c^2, and
+    a net needs several, so widths with 18c^2 > cap would be rejected almost always. Drawing them anyway
+    spent a 5k-parameter search's trials on rejections. No cap (or the assignment's 20k): all widths."""
+    if max_params is None:
+        return CHANNELS
+    return [c for c in CHANNELS if 18 * c * c <= max_params] or CHANNELS[:1]
+
+
+def suggest_spec(trial: optuna.Trial, name: str = "search", max_params: int | None = None) -> ArchSpec:
     """Draw a GAP-headed CNN. Conditional: each block's convs, channels, padding, residual and whether
-    a transition follows exist only for the blocks the trial has. May raise ``UserError`` for a draw
-    whose feature map vanishes; the objective records that as the trial's reason."""
+    a transition follows exist only for the blocks the trial has. Widths come from ``widths(max_params)``
+    (fixed per study, as Optuna needs). May raise ``UserError`` for a draw whose feature map vanishes;
+    the objective records that as the trial's reason."""
+    channel_choices = widths(max_params)
     n_blocks = trial.suggest_int("n_blocks", 2, 4)
     blocks = []
     for i in range(1, n_blocks + 1):
         n_convs = trial.suggest_int(f"b{i}_convs", 1, 3)
-        channels = [trial.suggest_categorical(f"b{i}_c{j}", CHANNELS) for j in range(1, n_convs + 1)]
+        channels = [trial.suggest_categorical(f"b{i}_c{j}", channel_choices) for j in range(1, n_convs + 1)]
         padding = trial.suggest_int(f"b{i}_padding", 0, 1)
         residual = trial.suggest_categorical(f"b{i}_residual", [False, True])
         transition = None
@@ -81,7 +92,7 @@ def smallest_params() -> int:
     return count_params(build_model(tiny))
 
 
-def params_from_spec(spec: ArchSpec, recipe: TrainConfig | None = None) -> dict[str, Any]:
+def params_from_spec(spec: ArchSpec, recipe: TrainConfig | None = None, max_params: int | None = None) -> dict[str, Any]:
     """The trial params that make ``suggest_spec`` (and, given a recipe, ``suggest_recipe``) draw exactly
     this spec: how a known design is enqueued into a study as a warm start. A spec the space cannot
     express (a width not in ``CHANNELS``, say) is a ``UserError`` naming the first mismatch."""
@@ -102,7 +113,7 @@ def params_from_spec(spec: ArchSpec, recipe: TrainConfig | None = None) -> dict[
             raise UserError(f"spec {spec.name!r} is outside the search space: block {i} has {len(block.channels)} convs (1 to 3)")
         params[f"b{i}_convs"] = len(block.channels)
         for j, c in enumerate(block.channels, start=1):
-            params[f"b{i}_c{j}"] = pick(f"b{i}_c{j}", c, CHANNELS)
+            params[f"b{i}_c{j}"] = pick(f"b{i}_c{j}", c, widths(max_params))
         params[f"b{i}_padding"] = pick(f"b{i}_padding", block.padding, [0, 1])
         params[f"b{i}_residual"] = block.residual
         if i < len(spec.blocks):

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from mnist_challenge.train import TrainConfig
 from search.objective import SearchSettings, check_constraints
 from mnist_challenge.spec import load_spec
-from search.space import params_from_spec, recipe_from_params, smallest_params, spec_from_params, suggest_spec
+from search.space import CHANNELS, params_from_spec, recipe_from_params, smallest_params, spec_from_params, suggest_spec, widths
 from search.storage import make_storage
 
 from .conftest import ROOT, run_cli
@@ -139,6 +139,15 @@ def test_a_known_spec_turns_into_params_that_draw_it_again(preset):
     params = params_from_spec(spec, recipe)
     assert spec_from_params(params).to_dict() == {**spec.to_dict(), "name": "search-trial0"}
     assert recipe_from_params(params, TrainConfig()) == recipe
+
+
+def test_small_caps_draw_from_narrower_widths():
+    assert widths(20_000) == widths() == CHANNELS  # the assignment's studies keep their space (and stay resumable)
+    assert max(widths(5_001)) == 16 and max(widths(8_001)) == 20
+    params_from_spec(load_spec("tiny"), max_params=5_001)  # each budget's preset is in its space
+    params_from_spec(load_spec("compact"), max_params=8_001)
+    with pytest.raises(Exception, match="b1_c1=24 is not one of"):
+        params_from_spec(spec_from_params({**params_from_spec(load_spec("compact")), "b1_c1": 24}), max_params=5_001)
 
 
 def test_a_spec_outside_the_space_cannot_be_enqueued():
