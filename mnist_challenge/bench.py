@@ -44,12 +44,8 @@ def engine_seconds(spec, data: MnistData, cfg: TrainConfig, steps: int, warmup: 
         return MnistData(Split(data.train.images[:n], data.train.labels[:n]), None, Split(data.test.images[:256], data.test.labels[:256]))
 
     train_model(build_model(spec), subset(warmup), replace(cfg, epochs=1), progress=False)
-    start = time.perf_counter()
     result = train_model(build_model(spec), subset(steps), replace(cfg, epochs=1), progress=False)
-    epoch = result.epochs[0]
-    # What a run pays outside its epochs (starting replica processes, building the optimizer): reported, not in img/s.
-    settings = {**result.settings, "setup_seconds": time.perf_counter() - start - epoch["seconds"] - epoch["eval_seconds"]}
-    return epoch["seconds"], settings
+    return result.epochs[0]["seconds"], result.settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=positive_int, default=3, help="alternating engine/reference measurements; medians reported (default 3)")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads for both sides (default: torch's)")
-    p.add_argument("--replicas", type=positive_int, default=1, help="the engine's data-parallel processes (threads then apply per replica)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-pooled-dropout", dest="pooled_dropout", action="store_false")
@@ -131,7 +126,7 @@ def run_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     spec = load_spec(args.spec)
     needed = (args.steps + args.warmup) * args.batch_size
-    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, bf16=args.bf16, channels_last=args.channels_last, pooled_dropout=args.pooled_dropout, fast_maxpool=args.fast_maxpool, threads=args.threads, replicas=args.replicas, val_size=0, device="cpu")
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, bf16=args.bf16, channels_last=args.channels_last, pooled_dropout=args.pooled_dropout, fast_maxpool=args.fast_maxpool, threads=args.threads, val_size=0, device="cpu")
     data = load_mnist(args.data_dir, val_size=0, train_subset=needed, allow_download=args.download)
     threads = torch.get_num_threads()
     print(f"spec {spec.name} | batch {args.batch_size} | {args.steps} timed steps after {args.warmup} warm-up | torch {torch.__version__}, {threads} threads")
@@ -151,7 +146,7 @@ def run_bench(args: argparse.Namespace) -> int:
             reference_runs.append(timed_images / ref_seconds)
     engine_ips = statistics.median(engine_runs)
     figures.update(engine_images_per_s=engine_ips, engine_runs=engine_runs, engine_settings=settings)
-    print(f"kit engine        : {engine_ips:8.0f} img/s  (median of {_runs(engine_runs)}; bf16={settings['bf16_autocast']}, pooled_dropout={cfg.pooled_dropout}, fast_maxpool={cfg.fast_maxpool}, channels_last={cfg.channels_last}, replicas={cfg.replicas})")
+    print(f"kit engine        : {engine_ips:8.0f} img/s  (median of {_runs(engine_runs)}; bf16={settings['bf16_autocast']}, pooled_dropout={cfg.pooled_dropout}, fast_maxpool={cfg.fast_maxpool}, channels_last={cfg.channels_last})")
 
     model = build_model(spec)
     autocast = use_bf16(cfg, resolve_device("cpu"))
@@ -160,7 +155,6 @@ def run_bench(args: argparse.Namespace) -> int:
     eval_s = time.perf_counter() - start
     figures["eval_test_10k_seconds"] = eval_s
     print(f"evaluate 10k test : {eval_s:8.2f} s")
-    print(f"run setup         : {settings['setup_seconds']:8.2f} s once per run, outside the timed steps ({cfg.replicas} replica(s), {settings['threads']} thread(s) each)")
     figures["peak_rss_mib_engine"] = peak_rss_mib()
 
     if reference_runs:

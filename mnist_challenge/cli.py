@@ -112,8 +112,7 @@ def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15)
     p.add_argument("--channels-last", action="store_true", help="NHWC activations")
     p.add_argument("--no-pooled-dropout", dest="pooled_dropout", action="store_false", help="plain nn.Dropout (bernoulli_ masks)")
     p.add_argument("--no-fast-maxpool", dest="fast_maxpool", action="store_false", help="plain nn.MaxPool2d")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (per replica)")
-    p.add_argument("--replicas", type=positive_int, default=1, help="data-parallel processes sharing each batch, CPU only (2 on 2 cores: see the README's Performance section)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     add_data_flags(p)
 
 

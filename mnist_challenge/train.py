@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -22,7 +21,6 @@ from .augment import AugmentConfig, random_affine
 from .data import MnistData, Split
 from .errors import UserError
 from .fast import bf16_pays, bf16_supported, speed_up
-from . import replicas as dp
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "step", "none")
@@ -56,8 +54,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC activations (helps max-pool, hurts tiny convs on CPU; see bench)
     pooled_dropout: bool = True  # dropout masks from a pre-drawn pool (fast.PooledDropout) instead of bernoulli_
     fast_maxpool: bool = True  # MaxPool2d(2) from strided views (fast.MaxPool2x2): same values, faster on CPU
-    threads: int | None = None  # torch intra-op threads per process (None: torch's default; with replicas, cores / replicas)
-    replicas: int = 1  # data-parallel processes sharing each batch (CPU only; see replicas.py: BN statistics become per-share)
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
     eval_batch_size: int = 2_000  # evaluation batch size (no gradients, so larger is fine)
 
     def __post_init__(self) -> None:
@@ -72,8 +69,6 @@ class TrainConfig:
             (self.bf16 in ("auto", "on", "off"), f"bf16 must be auto, on or off, got {self.bf16!r}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
-            (self.replicas >= 1, f"replicas must be >= 1, got {self.replicas}"),
-            (self.batch_size >= 2 * self.replicas, f"batch_size {self.batch_size} is too small for {self.replicas} replicas (each needs 2 images for BatchNorm)"),
             (min(self.rotation, self.translate, self.scale, self.shear) >= 0, "augmentation strengths must be >= 0"),
         ]
         for ok, message in checks:
@@ -122,15 +117,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: Split, batch_size: int, autocast: bool, channels_last: bool, rank: int = 0, world: int = 1) -> tuple[float, float]:
-    """(mean NLL loss, accuracy in %) over a whole split; with replicas each evaluates its share."""
+def evaluate(model: nn.Module, split: Split, batch_size: int, autocast: bool, channels_last: bool) -> tuple[float, float]:
+    """(mean NLL loss, accuracy in %) over a whole split."""
     was_training = model.training
     model.eval()
-    images, labels = split.images.tensor_split(world)[rank], split.labels.tensor_split(world)[rank]
     loss_sum = torch.zeros((), device=split.images.device)
     correct = torch.zeros((), device=split.images.device, dtype=torch.int64)
-    for i in range(0, len(images), batch_size):
-        x, y = images[i : i + batch_size], labels[i : i + batch_size]
+    for i in range(0, len(split), batch_size):
+        x, y = split.images[i : i + batch_size], split.labels[i : i + batch_size]
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -138,8 +132,6 @@ def evaluate(model: nn.Module, split: Split, batch_size: int, autocast: bool, ch
         loss_sum += F.nll_loss(out, y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
-    if world > 1:
-        loss_sum, correct = dp.all_sum(loss_sum, correct)
     return loss_sum.item() / len(split), 100.0 * correct.item() / len(split)
 
 
@@ -163,55 +155,23 @@ def train_model(
 ) -> TrainResult:
     """Train ``model`` in place. ``on_start(settings)`` gets what the run resolved (device, bf16 ...);
     ``on_epoch(epoch, row)`` runs after each epoch (logging, pruning): an exception it raises (e.g.
-    ``optuna.TrialPruned``) stops training there. With ``cfg.replicas > 1`` helper processes share
-    every batch (``replicas.py``); this process is replica 0 and the only one that logs."""
-    if cfg.replicas == 1:
-        return _train(model, data, cfg, on_epoch, progress, on_start)
-    if data.train.images.device.type != "cpu":
-        raise UserError("replicas > 1 is for multi-core CPUs; on a GPU use one process")
-    threads_before = torch.get_num_threads()
-    try:
-        with dp.replica_group(cfg.replicas, _train, (model, data, cfg)):
-            return _train(model, data, cfg, on_epoch, progress, on_start, rank=0)
-    finally:
-        torch.set_num_threads(threads_before)
-
-
-def _train(
-    model: nn.Module,
-    data: MnistData,
-    cfg: TrainConfig,
-    on_epoch: EpochHook | None = None,
-    progress: bool = False,
-    on_start: Callable[[dict[str, Any]], None] | None = None,
-    rank: int = 0,
-) -> TrainResult:
-    """The loop itself, run by every replica (``rank`` 0 .. replicas-1; replica 0 alone when there is one)."""
-    world = cfg.replicas
+    ``optuna.TrialPruned``) stops training there."""
     device = data.train.images.device
-    threads = cfg.threads or (max(1, (os.cpu_count() or 1) // world) if world > 1 else None)
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(cfg.seed + 10_000 * rank)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)  # batch order: the same in every replica
-    # Augmentation draws differ per replica; one replica keeps the single-process stream (same results as before).
-    augment_generator = generator if world == 1 else torch.Generator(device=device).manual_seed(cfg.seed + 10_000 * (rank + 1))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     autocast = use_bf16(cfg, device)
-    swapped = speed_up(model, cfg.pooled_dropout, cfg.fast_maxpool, cfg.seed + 10_000 * rank)
+    swapped = speed_up(model, cfg.pooled_dropout, cfg.fast_maxpool, cfg.seed)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    if world > 1:
-        dp.broadcast_weights(model)
-    params = [p for p in model.parameters() if p.requires_grad]
     n = len(data.train)
-    # A tail batch whose share is a single image would break BatchNorm: it is dropped.
-    steps = n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 * world else 0)
+    steps = n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0)  # a 1-image tail batch would break BatchNorm
     if steps == 0:
         raise UserError(f"the training split has {n} images: fewer than one batch")
     opt, sched, per_step = make_optimizer(model, cfg, steps)
-    settings = {"device": str(device), "bf16_autocast": autocast, "threads": torch.get_num_threads(), "replicas": world,
-                "swapped_layers": swapped, "channels_last": cfg.channels_last, "steps_per_epoch": steps}
+    settings = {"device": str(device), "bf16_autocast": autocast, "threads": torch.get_num_threads(), "swapped_layers": swapped, "channels_last": cfg.channels_last, "steps_per_epoch": steps}
     if on_start is not None:
         on_start(settings)
     rows: list[dict[str, Any]] = []
@@ -224,8 +184,8 @@ def _train(
         correct = torch.zeros((), device=device, dtype=torch.int64)
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if progress else True, unit="batch")
         for step in bar:
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size].tensor_split(world)[rank]
-            x, y = random_affine(data.train.images[idx], cfg.augment, augment_generator), data.train.labels[idx]
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x, y = random_affine(data.train.images[idx], cfg.augment, generator), data.train.labels[idx]
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -236,8 +196,6 @@ def _train(
             loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if world > 1:
-                dp.average_gradients(params, world)
             opt.step()
             if per_step:
                 sched.step()
@@ -247,16 +205,12 @@ def _train(
             sched.step()
         seconds = time.perf_counter() - start
         seen = min(n, steps * cfg.batch_size)
-        if world > 1:
-            loss_sum, correct = dp.all_sum(loss_sum, correct)
-            dp.average_buffers(model, world)  # evaluation uses BatchNorm running statistics of all shares
         train_loss, train_acc = loss_sum.item() / seen, 100.0 * correct.item() / seen
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training diverged in epoch {epoch} (loss {train_loss}); lower the learning rate")
         eval_start = time.perf_counter()
-        shard = (rank, world)
-        val_loss, val_acc = evaluate(model, data.val, cfg.eval_batch_size, autocast, cfg.channels_last, *shard) if data.val is not None else (float("nan"), float("nan"))
-        test_loss, test_acc = evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last, *shard)
+        val_loss, val_acc = evaluate(model, data.val, cfg.eval_batch_size, autocast, cfg.channels_last) if data.val is not None else (float("nan"), float("nan"))
+        test_loss, test_acc = evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last)
         row = {
             "epoch": epoch, "lr": lr,
             "train_loss": train_loss, "train_acc": train_acc,
@@ -266,16 +220,6 @@ def _train(
             "images_per_second": seen / seconds,
         }
         rows.append(row)
-        if world == 1:
-            if on_epoch is not None:
-                on_epoch(epoch, row)
-            continue
-        try:
-            if on_epoch is not None:
-                on_epoch(epoch, row)
-        except BaseException:
-            dp.agree_to_stop(True)  # the other replicas stop with replica 0
-            raise
-        if dp.agree_to_stop(False):
-            break
+        if on_epoch is not None:
+            on_epoch(epoch, row)
     return TrainResult(model, rows, settings)

@@ -113,8 +113,7 @@ def build_reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, default=None, help="a trial number instead of the best")
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the study's)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (per replica)")
-    p.add_argument("--replicas", type=positive_int, default=1, help="data-parallel processes sharing each batch, CPU only")
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--train-subset", type=positive_int, default=None, help="train on only this many images (smoke tests)")
     p.add_argument("--out", default=None, help="run directory (default logs/search/<study>/reproduce/seed<S>)")
     add_limit_flags(p)
@@ -151,7 +150,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     epochs = args.epochs or base.epochs
     # All 60k training images (no validation hold-out): selection is over, the test set is reported.
     # The run directory's config.json records the trial and study it reproduces.
-    cfg = dataclasses.replace(recipe_from_params(trial.params, base), epochs=epochs, seed=args.seed, val_size=0, train_subset=args.train_subset, threads=args.threads, replicas=args.replicas)
+    cfg = dataclasses.replace(recipe_from_params(trial.params, base), epochs=epochs, seed=args.seed, val_size=0, train_subset=args.train_subset, threads=args.threads)
     out = Path(args.out) if args.out else study_dir(args) / "reproduce" / f"trial{trial.number}-seed{args.seed}"
     print(f"reproducing trial {trial.number} of {args.study!r} ({epochs} epochs, seed {args.seed}) -> {out}")
     run_experiment(spec, cfg, out, data_dir=args.data_dir, limits=limits_from_args(args), extra_config={"study": args.study, "trial": trial.number})

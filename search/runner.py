@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 
 from mnist_challenge import UserError
 from mnist_challenge.experiment import load_data
-from mnist_challenge.replicas import exit_with_parent
 from mnist_challenge.train import TrainConfig
 
 from .objective import Objective, SearchSettings
@@ -100,12 +99,26 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
     bar.close()
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent is gone (killed with SIGKILL, say) stops too, instead of running on
+    unseen; its trial then goes stale and the next run retries it (heartbeat)."""
+    import os
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
 def _worker_entry(plan: RunPlan, worker: int, n_trials: int, parent: int) -> None:
-    exit_with_parent(parent)
+    _exit_with_parent(parent)
     try:
         worker_main(plan, worker, n_trials, progress=False)
     except UserError as exc:
