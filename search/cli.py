@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--heartbeat", type=positive_int, default=60, help="seconds between trial heartbeats (default 60)")
     p.add_argument("--grace", type=positive_int, default=180, help="a RUNNING trial silent this long is failed and retried (default 180)")
-    p.add_argument("--enqueue", action="append", default=[], metavar="SPEC",
-                   help="run this spec (preset name or spec.json) first, with the default recipe; repeatable; skipped if the study already has it")
+    p.add_argument("--enqueue", action="append", default=[], metavar="SPEC[:KEY=VALUE,...]",
+                   help="run this spec (preset name or spec.json) first, with the default recipe or the given recipe values "
+                        "(e.g. compact:lr=0.1,rotation=10); repeatable; skipped if the study already has the same trial")
     p.add_argument("--export-only", action="store_true", help="run no trials: rewrite the outputs (trials.csv, best spec, plots) from the storage")
     add_data_flags(p)
     p.set_defaults(handler=cmd_search)
@@ -69,15 +70,36 @@ def storage_url(args: argparse.Namespace) -> str:
     return args.storage or default_storage_url(study_dir(args))
 
 
+def enqueued_params(item: str, base, max_params: int) -> dict:
+    """``SPEC`` or ``SPEC:lr=0.1,rotation=10``: the trial params of that spec with that recipe."""
+    import dataclasses
+
+    from mnist_challenge import UserError
+    from mnist_challenge.spec import load_spec
+
+    from .space import RECIPE_KEYS, params_from_spec
+
+    source, _, overrides = item.partition(":")
+    recipe = base
+    for pair in filter(None, overrides.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep or key not in RECIPE_KEYS:
+            raise UserError(f"--enqueue {item!r}: expected KEY=VALUE with KEY one of {sorted(RECIPE_KEYS)}, got {pair!r}")
+        kind = type(getattr(base, key))
+        try:
+            recipe = dataclasses.replace(recipe, **{key: kind(value)})
+        except ValueError:
+            raise UserError(f"--enqueue {item!r}: {key} must be a {kind.__name__}, got {value!r}") from None
+    return params_from_spec(load_spec(source), recipe, max_params)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from mnist_challenge import UserError
     from mnist_challenge.train import TrainConfig
 
     from .objective import SearchSettings
     from .runner import RunPlan, run_search
-    from mnist_challenge.spec import load_spec
-
-    from .space import params_from_spec, smallest_params
+    from .space import smallest_params
 
     if args.epochs >= 20:
         raise UserError(f"--epochs must be < 20 (the assignment's rule), got {args.epochs}")
@@ -92,7 +114,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if not args.export_only:
         load_raw(args.data_dir, allow_download=args.download)  # fail on missing data before touching the study
-    enqueue = tuple(params_from_spec(load_spec(s), base, args.max_params) for s in args.enqueue)
+    enqueue = tuple(enqueued_params(item, base, args.max_params) for item in args.enqueue)
     plan = RunPlan(settings, storage_url(args), args.n_trials, workers, args.pruner, args.seed, args.data_dir, args.timeout, args.heartbeat, args.grace, enqueue)
     if args.export_only:
         from .runner import export_study

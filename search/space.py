@@ -58,6 +58,9 @@ def suggest_spec(trial: optuna.Trial, name: str = "search", max_params: int | No
     )
 
 
+RECIPE_KEYS = frozenset({"lr", "batch_size", "schedule", "step_size", "rotation", "translate", "weight_decay"})  # drawn by suggest_recipe
+
+
 def suggest_recipe(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The training recipe: learning rate, batch size, schedule and augmentation strength."""
     schedule = trial.suggest_categorical("schedule", ["onecycle", "step"])

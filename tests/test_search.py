@@ -141,6 +141,14 @@ def test_a_known_spec_turns_into_params_that_draw_it_again(preset):
     assert recipe_from_params(params, TrainConfig()) == recipe
 
 
+def test_enqueue_with_recipe_values():
+    from search.cli import enqueued_params
+
+    params = enqueued_params("compact:lr=0.1,schedule=step,step_size=4", TrainConfig(), 8_001)
+    assert recipe_from_params(params, TrainConfig()) == TrainConfig(lr=0.1, schedule="step", step_size=4)
+    assert spec_from_params(params).blocks == load_spec("compact").blocks
+
+
 def test_small_caps_draw_from_narrower_widths():
     assert widths(20_000) == widths() == CHANNELS  # the assignment's studies keep their space (and stay resumable)
     assert max(widths(5_001)) == 16 and max(widths(8_001)) == 20
@@ -176,6 +184,7 @@ def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
         (["--data-dir", str(tmp_path / "none")], "MNIST files missing"),
         (["--workers", "0"], "positive integer"),
         (["--enqueue", "nosuchpreset"], "no preset named"),
+        (["--enqueue", "compact:momentum=0.5"], "expected KEY=VALUE"),
     ]
     for extra, fragment in cases:
         result = run_cli(*base, *extra)
