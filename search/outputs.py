@@ -114,6 +114,11 @@ def plot(study: optuna.Study, study_dir: Path, multi_objective: bool) -> list[st
         jobs["pareto_front.png"] = lambda: ovm.plot_pareto_front(study, target_names=["val acc (%)", "params"])
     else:
         jobs["intermediate_values.png"] = lambda: ovm.plot_intermediate_values(study)
+    try:  # the same figures as the plot, as numbers (the README's explanation quotes them)
+        importances = optuna.importance.get_param_importances(study, target=target)
+        (study_dir / "param_importances.json").write_text(json.dumps({k: round(v, 4) for k, v in importances.items()}, indent=2) + "\n")
+    except (ValueError, RuntimeError, ZeroDivisionError):
+        pass
     for name, make in jobs.items():
         try:
             ax = make()
@@ -121,7 +126,7 @@ def plot(study: optuna.Study, study_dir: Path, multi_objective: bool) -> list[st
             (study_dir / f"{Path(name).stem}.skipped.txt").write_text(f"{type(exc).__name__}: {exc}\n")
             continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        fig.set_size_inches(9, 5)
+        fig.set_size_inches(9, 9 if name == "param_importances.png" else 5)  # ~40 conditional params need the height
         fig.tight_layout()
         fig.savefig(study_dir / name, dpi=100)
         plt.close(fig)
