@@ -102,6 +102,7 @@ def plot(study: optuna.Study, study_dir: Path, multi_objective: bool) -> list[st
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Some regimes for parameter")  # PED-ANOVA on few trials
+    warnings.filterwarnings("ignore", message="Tight layout not applied")  # a crowded legend; the figure is still written
     made = []
     if len(completed(study)) < 2:
         return made
