@@ -75,7 +75,7 @@ def positive_int(text: str) -> int:
 def add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="receptive field, parameters and MACs of a spec or any nn.Module")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--spec", help="spec JSON file, or a preset name (classic, compact)")
+    source.add_argument("--spec", help="spec JSON file, or a preset name (classic, compact, tiny)")
     source.add_argument("--module", help="FILE.py:Factory or package.module:Factory returning an nn.Module")
     source.add_argument("--torchvision", metavar="NAME", help="a torchvision model name, e.g. resnet18 (random weights)")
     p.add_argument("--input-size", nargs=3, type=positive_int, metavar=("C", "H", "W"), help="input shape without batch (default: the spec's, 1 28 28 for --module, 3 224 224 for --torchvision)")
@@ -148,7 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a spec on MNIST and write a full run directory")
-    p.add_argument("--spec", required=True, help="spec JSON file, or a preset name (classic, compact)")
+    p.add_argument("--spec", required=True, help="spec JSON file, or a preset name (classic, compact, tiny)")
     p.add_argument("--out", default="logs/runs", help="parent directory of the run directory (default logs/runs)")
     p.add_argument("--name", default=None, help="run directory name (default: <spec name>-<timestamp>)")
     add_train_config_flags(p)
