@@ -10,6 +10,7 @@ Defaults need nothing: an SQLite file under logs/search/<study>/, the CPU, two s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -72,8 +73,6 @@ def storage_url(args: argparse.Namespace) -> str:
 
 def enqueued_params(item: str, base, max_params: int) -> dict:
     """``SPEC`` or ``SPEC:lr=0.1,rotation=10``: the trial params of that spec with that recipe."""
-    import dataclasses
-
     from mnist_challenge import UserError
     from mnist_challenge.spec import load_spec
 
@@ -114,8 +113,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if not args.export_only:
         load_raw(args.data_dir, allow_download=args.download)  # fail on missing data before touching the study
-    enqueue = tuple(enqueued_params(item, base, args.max_params) for item in args.enqueue)
-    plan = RunPlan(settings, storage_url(args), args.n_trials, workers, args.pruner, args.seed, args.data_dir, args.timeout, args.heartbeat, args.grace, enqueue)
+    plan = RunPlan(settings, storage_url(args), args.n_trials, workers, args.pruner, args.seed, args.data_dir, args.timeout, args.heartbeat, args.grace)
     if args.export_only:
         from .runner import export_study
 
@@ -123,6 +121,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise UserError(f"no study storage at {study_dir(args) / 'study.db'}")
         export_study(plan)
         return 0
+    plan = dataclasses.replace(plan, enqueue=tuple(enqueued_params(item, base, args.max_params) for item in args.enqueue))
     print(f"study {args.study!r}: {args.n_trials} trials, {workers} worker(s) x {threads} thread(s), {args.epochs} epochs each, storage {plan.storage_url}")
     run_search(plan)
     return 0
@@ -149,8 +148,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from mnist_challenge.experiment import run_experiment
 
     from .outputs import best_trial
-    import dataclasses
-
     from .runner import base_config_from_study
     from .space import recipe_from_params, spec_from_params
     from .storage import load_study, make_storage

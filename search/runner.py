@@ -102,7 +102,6 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
 def _exit_with_parent(parent: int) -> None:
     """A worker whose parent is gone (killed with SIGKILL, say) stops too, instead of running on
     unseen; its trial then goes stale and the next run retries it (heartbeat)."""
-    import os
     import threading
 
     def watch() -> None:

@@ -17,6 +17,14 @@ CHANNELS = [4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32]
 SQUEEZE = [6, 8, 10, 12, 16]
 STEM = [4, 6, 8, 10, 12, 16]
 DROPOUT = [0.0, 0.02, 0.05, 0.1]
+N_BLOCKS = (2, 4)  # inclusive integer ranges
+N_CONVS = (1, 3)
+PADDING = (0, 1)
+BATCHNORM = ["after_relu", "before_relu", "none"]
+DROPOUT_AT = ["every_conv", "block_end"]
+HEADS = ["gap_conv", "conv_gap"]
+SCHEDULES = ["onecycle", "step"]
+BATCH_SIZES = [64, 128, 256]
 
 
 def widths(max_params: int | None = None) -> list[int]:
@@ -34,12 +42,12 @@ def suggest_spec(trial: optuna.Trial, name: str = "search", max_params: int | No
     (fixed per study, as Optuna needs). May raise ``UserError`` for a draw whose feature map vanishes;
     the objective records that as the trial's reason."""
     channel_choices = widths(max_params)
-    n_blocks = trial.suggest_int("n_blocks", 2, 4)
+    n_blocks = trial.suggest_int("n_blocks", *N_BLOCKS)
     blocks = []
     for i in range(1, n_blocks + 1):
-        n_convs = trial.suggest_int(f"b{i}_convs", 1, 3)
+        n_convs = trial.suggest_int(f"b{i}_convs", *N_CONVS)
         channels = [trial.suggest_categorical(f"b{i}_c{j}", channel_choices) for j in range(1, n_convs + 1)]
-        padding = trial.suggest_int(f"b{i}_padding", 0, 1)
+        padding = trial.suggest_int(f"b{i}_padding", *PADDING)
         residual = trial.suggest_categorical(f"b{i}_residual", [False, True])
         transition = None
         if i < n_blocks and trial.suggest_categorical(f"b{i}_transition", [True, False]):
@@ -49,11 +57,11 @@ def suggest_spec(trial: optuna.Trial, name: str = "search", max_params: int | No
     return ArchSpec(
         blocks=tuple(blocks),
         stem_channels=trial.suggest_categorical("stem_channels", STEM),
-        stem_padding=trial.suggest_int("stem_padding", 0, 1),
-        batchnorm=trial.suggest_categorical("batchnorm", ["after_relu", "before_relu", "none"]),
+        stem_padding=trial.suggest_int("stem_padding", *PADDING),
+        batchnorm=trial.suggest_categorical("batchnorm", BATCHNORM),
         dropout=dropout,
-        dropout_at=trial.suggest_categorical("dropout_at", ["every_conv", "block_end"]) if dropout > 0 else "none",
-        head=trial.suggest_categorical("head", ["gap_conv", "conv_gap"]),
+        dropout_at=trial.suggest_categorical("dropout_at", DROPOUT_AT) if dropout > 0 else "none",
+        head=trial.suggest_categorical("head", HEADS),
         name=f"{name}-trial{trial.number}",
     )
 
@@ -63,11 +71,11 @@ RECIPE_KEYS = frozenset({"lr", "batch_size", "schedule", "step_size", "rotation"
 
 def suggest_recipe(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The training recipe: learning rate, batch size, schedule and augmentation strength."""
-    schedule = trial.suggest_categorical("schedule", ["onecycle", "step"])
+    schedule = trial.suggest_categorical("schedule", SCHEDULES)
     return TrainConfig(**{
         **base.to_dict(),
         "lr": trial.suggest_float("lr", 0.01, 0.3, log=True),
-        "batch_size": trial.suggest_categorical("batch_size", [64, 128, 256]),
+        "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
         "schedule": schedule,
         "step_size": trial.suggest_int("step_size", 3, 8) if schedule == "step" else base.step_size,
         "rotation": trial.suggest_float("rotation", 0.0, 15.0),
@@ -101,23 +109,21 @@ def params_from_spec(spec: ArchSpec, recipe: TrainConfig | None = None, max_para
     express (a width not in ``CHANNELS``, say) is a ``UserError`` naming the first mismatch."""
     from mnist_challenge import UserError
 
-    def pick(name: str, value: Any, choices: list) -> Any:
-        if value not in choices:
-            raise UserError(f"spec {spec.name!r} is outside the search space: {name}={value!r} is not one of {choices}")
+    def pick(name: str, value: Any, choices: list | tuple[int, int]) -> Any:
+        allowed = range(choices[0], choices[1] + 1) if isinstance(choices, tuple) else choices  # tuple: an int range
+        if value not in allowed:
+            raise UserError(f"spec {spec.name!r} is outside the search space: {name}={value!r} is not one of {list(allowed)}")
         return value
 
     if (spec.in_channels, spec.input_size, spec.num_classes) != (1, 28, 10):
         raise UserError(f"spec {spec.name!r} is outside the search space: the space is for 1x28x28 inputs and 10 classes")
-    params: dict[str, Any] = {"n_blocks": len(spec.blocks)}
-    if not 2 <= len(spec.blocks) <= 4:
-        raise UserError(f"spec {spec.name!r} is outside the search space: {len(spec.blocks)} blocks (the space has 2 to 4)")
+    channel_choices = widths(max_params)
+    params: dict[str, Any] = {"n_blocks": pick("n_blocks", len(spec.blocks), N_BLOCKS)}
     for i, block in enumerate(spec.blocks, start=1):
-        if not 1 <= len(block.channels) <= 3:
-            raise UserError(f"spec {spec.name!r} is outside the search space: block {i} has {len(block.channels)} convs (1 to 3)")
-        params[f"b{i}_convs"] = len(block.channels)
+        params[f"b{i}_convs"] = pick(f"b{i}_convs", len(block.channels), N_CONVS)
         for j, c in enumerate(block.channels, start=1):
-            params[f"b{i}_c{j}"] = pick(f"b{i}_c{j}", c, widths(max_params))
-        params[f"b{i}_padding"] = pick(f"b{i}_padding", block.padding, [0, 1])
+            params[f"b{i}_c{j}"] = pick(f"b{i}_c{j}", c, channel_choices)
+        params[f"b{i}_padding"] = pick(f"b{i}_padding", block.padding, PADDING)
         params[f"b{i}_residual"] = block.residual
         if i < len(spec.blocks):
             params[f"b{i}_transition"] = block.transition is not None
@@ -127,13 +133,13 @@ def params_from_spec(spec: ArchSpec, recipe: TrainConfig | None = None, max_para
             raise UserError(f"spec {spec.name!r} is outside the search space: the last block has a transition")
     params["dropout"] = pick("dropout", spec.dropout, DROPOUT)
     params["stem_channels"] = pick("stem_channels", spec.stem_channels, STEM)
-    params["stem_padding"] = pick("stem_padding", spec.stem_padding, [0, 1])
-    params["batchnorm"] = spec.batchnorm
+    params["stem_padding"] = pick("stem_padding", spec.stem_padding, PADDING)
+    params["batchnorm"] = pick("batchnorm", spec.batchnorm, BATCHNORM)
     if spec.dropout > 0:
-        params["dropout_at"] = pick("dropout_at", spec.dropout_at, ["every_conv", "block_end"])
-    params["head"] = pick("head", spec.head, ["gap_conv", "conv_gap"])
+        params["dropout_at"] = pick("dropout_at", spec.dropout_at, DROPOUT_AT)
+    params["head"] = pick("head", spec.head, HEADS)
     if recipe is not None:
-        params.update(schedule=recipe.schedule, lr=recipe.lr, batch_size=pick("batch_size", recipe.batch_size, [64, 128, 256]),
+        params.update(schedule=pick("schedule", recipe.schedule, SCHEDULES), lr=recipe.lr, batch_size=pick("batch_size", recipe.batch_size, BATCH_SIZES),
                       rotation=recipe.rotation, translate=recipe.translate, weight_decay=recipe.weight_decay)
         if recipe.schedule == "step":
             params["step_size"] = recipe.step_size
