@@ -24,7 +24,9 @@ TINY = ["--epochs", "1", "--train-subset", "600", "--val-size", "500", "--worker
 
 
 def trials_of(db, study="s"):
-    return optuna.load_study(study_name=study, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+    # Through the kit's make_storage: it retries when a search process is creating the same tables
+    # right now (a bare URL collides with it on alembic_version, which once failed the kill test).
+    return optuna.load_study(study_name=study, storage=make_storage(f"sqlite:///{db}")).get_trials(deepcopy=False)
 
 
 def test_three_trials_into_sqlite_then_resume_adds_trials(mnist_dir, tmp_path):
