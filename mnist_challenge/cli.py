@@ -112,6 +112,7 @@ def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15)
     p.add_argument("--channels-last", action="store_true", help="NHWC activations")
     p.add_argument("--no-pooled-dropout", dest="pooled_dropout", action="store_false", help="plain nn.Dropout (bernoulli_ masks)")
     p.add_argument("--no-fast-maxpool", dest="fast_maxpool", action="store_false", help="plain nn.MaxPool2d")
+    p.add_argument("--no-fused-tail", dest="fused_tail", action="store_false", help="plain ReLU/BatchNorm/dropout layers instead of the fused C kernel")
     p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     add_data_flags(p)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .native import load_kernels, unavailable_reason
+
 
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 autocast can run at all (AVX512-BF16 / AMX, or a recent GPU)."""
@@ -106,10 +108,36 @@ class _MaxPool2x2(torch.autograd.Function):
         return torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
 
 
+class _NativeMaxPool2x2(torch.autograd.Function):
+    """The same pooling in one pass of ``native.c``, keeping a byte per output for which pixel won."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        out = x.new_empty(n, c, h // 2, w // 2)
+        winner = torch.empty(out.shape, dtype=torch.uint8)
+        load_kernels().maxpool2x2_forward(x.data_ptr(), out.data_ptr(), winner.data_ptr(), n * c, h, w)
+        ctx.save_for_backward(winner)
+        ctx.input_shape = x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (winner,) = ctx.saved_tensors
+        n, c, h, w = ctx.input_shape
+        grad = grad.contiguous()
+        dx = grad.new_empty(ctx.input_shape)
+        load_kernels().maxpool2x2_backward(grad.data_ptr(), winner.data_ptr(), dx.data_ptr(), n * c, h, w)
+        return dx
+
+
 class MaxPool2x2(nn.Module):
-    """Drop-in for ``nn.MaxPool2d(2)`` on 4-D tensors (see ``_MaxPool2x2``)."""
+    """Drop-in for ``nn.MaxPool2d(2)`` on 4-D tensors: the native kernel on contiguous float32 CPU
+    tensors when it could be built, else ``_MaxPool2x2``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and x.dim() == 4 and load_kernels() is not None:
+            return _NativeMaxPool2x2.apply(x)
         return _MaxPool2x2.apply(x)
 
 
@@ -123,13 +151,22 @@ def _is_plain_2x2_pool(m: nn.Module) -> bool:
     )
 
 
-def speed_up(model: nn.Module, pooled_dropout: bool, fast_maxpool: bool, seed: int = 0) -> dict[str, int]:
+def fused_tail_unavailable(wanted: bool) -> str | None:
+    """Why the fused conv-unit tail was wanted but cannot run here (no C compiler ...); None otherwise."""
+    return unavailable_reason() if wanted else None
+
+
+def speed_up(model: nn.Module, pooled_dropout: bool, fast_maxpool: bool, seed: int = 0, fused_tail: bool = False) -> dict[str, int]:
     """Swap layers for faster equivalents in place; returns how many of each were swapped.
 
-    Only parameter-free layers are swapped, so the state_dict (and ``model.pt``) is unchanged. Each
-    PooledDropout gets its own seeded generator: runs are repeatable whatever the layer order.
+    The state_dict (and ``model.pt``) is unchanged: only parameter-free layers are swapped, and a fused
+    tail (``fused.ConvUnitTail``) takes over its BatchNorm's parameters under the same keys. Each
+    swapped random layer gets its own seeded generator: runs are repeatable whatever the layer order.
+    Tails are fused first; dropout outside them (e.g. at block ends) then becomes PooledDropout.
     """
-    swapped = {"pooled_dropout": 0, "fast_maxpool": 0}
+    from .fused import fuse_conv_unit_tails
+
+    swapped = {"fused_tail": fuse_conv_unit_tails(model, seed) if fused_tail else 0, "pooled_dropout": 0, "fast_maxpool": 0}
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if pooled_dropout and type(child) is nn.Dropout:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .augment import AugmentConfig, random_affine
 from .data import MnistData, Split
 from .errors import UserError
-from .fast import bf16_pays, bf16_supported, speed_up
+from .fast import bf16_pays, bf16_supported, fused_tail_unavailable, speed_up
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "step", "none")
@@ -54,6 +54,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC activations (helps max-pool, hurts tiny convs on CPU; see bench)
     pooled_dropout: bool = True  # dropout masks from a pre-drawn pool (fast.PooledDropout) instead of bernoulli_
     fast_maxpool: bool = True  # MaxPool2d(2) from strided views (fast.MaxPool2x2): same values, faster on CPU
+    fused_tail: bool = True  # ReLU/BN/dropout after each conv as one C kernel on CPU (fused.py); ATen if no C compiler
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     eval_batch_size: int = 2_000  # evaluation batch size (no gradients, so larger is fine)
 
@@ -162,7 +163,7 @@ def train_model(
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     autocast = use_bf16(cfg, device)
-    swapped = speed_up(model, cfg.pooled_dropout, cfg.fast_maxpool, cfg.seed)
+    swapped = speed_up(model, cfg.pooled_dropout, cfg.fast_maxpool, cfg.seed, fused_tail=cfg.fused_tail and device.type == "cpu")
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -171,7 +172,7 @@ def train_model(
     if steps == 0:
         raise UserError(f"the training split has {n} images: fewer than one batch")
     opt, sched, per_step = make_optimizer(model, cfg, steps)
-    settings = {"device": str(device), "bf16_autocast": autocast, "threads": torch.get_num_threads(), "swapped_layers": swapped, "channels_last": cfg.channels_last, "steps_per_epoch": steps}
+    settings = {"device": str(device), "bf16_autocast": autocast, "threads": torch.get_num_threads(), "swapped_layers": swapped, "fused_tail_unavailable": fused_tail_unavailable(cfg.fused_tail and device.type == "cpu"), "channels_last": cfg.channels_last, "steps_per_epoch": steps}
     if on_start is not None:
         on_start(settings)
     rows: list[dict[str, Any]] = []

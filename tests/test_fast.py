@@ -4,12 +4,19 @@ import pytest
 import torch
 from torch import nn
 
+from mnist_challenge import fast
 from mnist_challenge.fast import MaxPool2x2, PooledDropout, speed_up
+from mnist_challenge.native import load_kernels, unavailable_reason
 from mnist_challenge import build_model, load_spec
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native-kernel", "strided-views"])
 @pytest.mark.parametrize("shape", [(4, 3, 22, 22), (2, 5, 11, 11), (3, 2, 9, 14), (1, 1, 2, 2)])
-def test_fast_maxpool_matches_aten_including_ties(shape):
+def test_fast_maxpool_matches_aten_including_ties(shape, native, monkeypatch):
+    if native:
+        assert load_kernels() is not None, unavailable_reason()
+    else:
+        monkeypatch.setattr(fast, "load_kernels", lambda: None)
     x = torch.randn(*shape).relu().round()  # ReLU zeros and rounding make ties common
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
@@ -37,6 +44,16 @@ def test_speed_up_swaps_parameter_free_layers_only():
     model = build_model(load_spec("classic"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     swapped = speed_up(model, pooled_dropout=True, fast_maxpool=True)
-    assert swapped == {"pooled_dropout": 8, "fast_maxpool": 1}
+    assert swapped == {"fused_tail": 0, "pooled_dropout": 8, "fast_maxpool": 1}
     assert model.state_dict().keys() == before.keys()
     assert not any(type(m) in (nn.Dropout, nn.MaxPool2d) for m in model.modules())
+
+
+def test_speed_up_fuses_every_conv_unit_tail_and_keeps_the_state_dict():
+    model = build_model(load_spec("classic"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    swapped = speed_up(model, pooled_dropout=True, fast_maxpool=True, fused_tail=True)
+    assert swapped == {"fused_tail": 8, "pooled_dropout": 0, "fast_maxpool": 1}  # one tail per conv unit
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    assert not any(type(m) in (nn.Dropout, nn.ReLU, nn.MaxPool2d) for m in model.modules())

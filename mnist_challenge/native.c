@@ -1,0 +1,212 @@
+/* CPU kernels for the memory-bound layers of small CNNs, loaded by native.py through ctypes.
+ *
+ * 1. The tail of a conv unit, fused: ReLU, BatchNorm (training mode, batch statistics) and dropout.
+ *    In these nets every conv is followed by ReLU -> BN -> dropout (or BN -> ReLU -> dropout). Those are
+ *    memory-bound passes over the largest tensors of the net, and ATen runs each as its own pass
+ *    (forward: ReLU, two for BN, a dropout multiply; backward as many again), storing a mask and two
+ *    intermediate tensors for backward. Here the forward is two passes (per-channel statistics, then the
+ *    output), the backward two (per-channel sums, then the input gradient), and only the conv output z
+ *    is kept: the ReLU, the normalised values and the dropout mask are recomputed from z on the way back.
+ *    The dropout mask is a pure function of (seed, element index), SplitMix64 of the index, so forward
+ *    and backward regenerate the same mask without storing it; every element is dropped independently
+ *    with probability p (to within 2^-32).
+ *    Layout: z is contiguous NCHW float32, viewed as N planes per channel of hw floats each.
+ *    bn_after = 1: t = relu(z), u = gamma * (t - mean) * invstd + beta, y = u * keep / (1 - p)
+ *    bn_after = 0: t = z,       u = gamma * (t - mean) * invstd + beta, y = relu(u) * keep / (1 - p)
+ * 2. 2x2 max-pool with stride 2, forward and backward, on contiguous NCHW planes.
+ *
+ * Parallel with OpenMP: the shared object links libgomp.so.1, which resolves to the copy torch has
+ * already loaded, so these loops share torch's thread pool and honour torch.set_num_threads.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <omp.h>
+
+static inline uint32_t keep_bits(uint64_t seed, uint64_t index) {
+    uint64_t x = seed + (index + 1) * 0x9E3779B97F4A7C15ULL; /* SplitMix64, element `index` of stream `seed` */
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    x ^= x >> 31;
+    return (uint32_t)(x >> 32);
+}
+
+/* Planes are walked in chunks: the chunk's dropout mask goes to a stack buffer first (a loop of integer
+ * hashing), then the arithmetic runs over plain arrays; keeping the two apart lets both vectorise. */
+#define CHUNK 512
+
+static inline void fill_mask(float *buf, int64_t len, uint64_t seed, uint64_t base, uint32_t drop_below, float scale) {
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) buf[i] = keep_bits(seed, base + (uint64_t)i) >= drop_below ? scale : 0.0f;
+}
+
+static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
+
+/* Per-channel sums of t and t*t over N planes; then mean, biased variance and 1/sqrt(var + eps). */
+void tail_forward(const float *z, float *y, const float *gamma, const float *beta, float *mean_out, float *var_out,
+                  float *invstd_out, int64_t n, int64_t c, int64_t hw, float eps, int bn_after, uint32_t drop_below,
+                  float scale, uint64_t seed) {
+    const double count = (double)n * (double)hw;
+#pragma omp parallel for schedule(static)
+    for (int64_t ch = 0; ch < c; ch++) {
+        double sum = 0.0, sumsq = 0.0;
+        for (int64_t img = 0; img < n; img++) {
+            const float *p = z + (img * c + ch) * hw;
+            float s = 0.0f, ss = 0.0f; /* one plane in float (a few hundred values), accumulated in double */
+            if (bn_after) {
+#pragma omp simd reduction(+ : s, ss)
+                for (int64_t i = 0; i < hw; i++) { float t = relu(p[i]); s += t; ss += t * t; }
+            } else {
+#pragma omp simd reduction(+ : s, ss)
+                for (int64_t i = 0; i < hw; i++) { float t = p[i]; s += t; ss += t * t; }
+            }
+            sum += s;
+            sumsq += ss;
+        }
+        double mean = sum / count;
+        double var = sumsq / count - mean * mean;
+        if (var < 0.0) var = 0.0; /* rounding of E[t^2] - E[t]^2 on a constant channel */
+        mean_out[ch] = (float)mean;
+        var_out[ch] = (float)var;
+        invstd_out[ch] = (float)(1.0 / sqrt(var + (double)eps));
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t plane = 0; plane < n * c; plane++) {
+        const int64_t ch = plane % c;
+        const float a = gamma[ch] * invstd_out[ch], b = beta[ch] - mean_out[ch] * a;
+        float mask[CHUNK];
+        for (int64_t i0 = 0; i0 < hw; i0 += CHUNK) {
+            const int64_t len = hw - i0 < CHUNK ? hw - i0 : CHUNK;
+            const float *p = z + plane * hw + i0;
+            float *q = y + plane * hw + i0;
+            fill_mask(mask, len, seed, (uint64_t)(plane * hw + i0), drop_below, scale);
+            if (bn_after) {
+#pragma omp simd
+                for (int64_t i = 0; i < len; i++) q[i] = (a * relu(p[i]) + b) * mask[i];
+            } else {
+#pragma omp simd
+                for (int64_t i = 0; i < len; i++) q[i] = relu(a * p[i] + b) * mask[i];
+            }
+        }
+    }
+}
+
+/* Gradient of tail_forward: dz from dy, and the gradients of gamma and beta. */
+void tail_backward(const float *dy, const float *z, const float *gamma, const float *beta, const float *mean,
+                   const float *invstd, float *dz, float *dgamma, float *dbeta, int64_t n, int64_t c, int64_t hw,
+                   int bn_after, uint32_t drop_below, float scale, uint64_t seed) {
+    const double count = (double)n * (double)hw;
+    /* du: the gradient reaching the BN output u (dropout applied; and the ReLU after BN, when there is one) */
+#pragma omp parallel for schedule(static)
+    for (int64_t ch = 0; ch < c; ch++) {
+        const float m = mean[ch], is = invstd[ch], a = gamma[ch] * is, b = beta[ch] - m * a;
+        double sum_du = 0.0, sum_du_xhat = 0.0;
+        float mask[CHUNK];
+        for (int64_t img = 0; img < n; img++) {
+            const int64_t plane = img * c + ch;
+            float s = 0.0f, sx = 0.0f;
+            for (int64_t i0 = 0; i0 < hw; i0 += CHUNK) {
+                const int64_t len = hw - i0 < CHUNK ? hw - i0 : CHUNK;
+                const float *p = z + plane * hw + i0, *d = dy + plane * hw + i0;
+                fill_mask(mask, len, seed, (uint64_t)(plane * hw + i0), drop_below, scale);
+                if (bn_after) {
+#pragma omp simd reduction(+ : s, sx)
+                    for (int64_t i = 0; i < len; i++) {
+                        float du = d[i] * mask[i];
+                        s += du;
+                        sx += du * ((relu(p[i]) - m) * is);
+                    }
+                } else {
+#pragma omp simd reduction(+ : s, sx)
+                    for (int64_t i = 0; i < len; i++) {
+                        float du = a * p[i] + b > 0.0f ? d[i] * mask[i] : 0.0f;
+                        s += du;
+                        sx += du * ((p[i] - m) * is);
+                    }
+                }
+            }
+            sum_du += s;
+            sum_du_xhat += sx;
+        }
+        dbeta[ch] = (float)sum_du;
+        dgamma[ch] = (float)sum_du_xhat;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t plane = 0; plane < n * c; plane++) {
+        const int64_t ch = plane % c;
+        const float m = mean[ch], is = invstd[ch], a = gamma[ch] * is, b = beta[ch] - m * a;
+        const float mean_du = (float)(dbeta[ch] / count), mean_du_xhat = (float)(dgamma[ch] / count);
+        float mask[CHUNK];
+        for (int64_t i0 = 0; i0 < hw; i0 += CHUNK) {
+            const int64_t len = hw - i0 < CHUNK ? hw - i0 : CHUNK;
+            const float *p = z + plane * hw + i0, *d = dy + plane * hw + i0;
+            float *q = dz + plane * hw + i0;
+            fill_mask(mask, len, seed, (uint64_t)(plane * hw + i0), drop_below, scale);
+            if (bn_after) {
+#pragma omp simd
+                for (int64_t i = 0; i < len; i++) {
+                    float dt = a * (d[i] * mask[i] - mean_du - (relu(p[i]) - m) * is * mean_du_xhat);
+                    q[i] = p[i] > 0.0f ? dt : 0.0f; /* ReLU before BN: closed where z <= 0 */
+                }
+            } else {
+#pragma omp simd
+                for (int64_t i = 0; i < len; i++) {
+                    float du = a * p[i] + b > 0.0f ? d[i] * mask[i] : 0.0f;
+                    q[i] = a * (du - mean_du - (p[i] - m) * is * mean_du_xhat);
+                }
+            }
+        }
+    }
+}
+
+/* The dropout mask alone (scale or 0 per element), for tests and for anyone checking the statistics. */
+void tail_mask(float *out, int64_t numel, uint32_t drop_below, float scale, uint64_t seed) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i0 = 0; i0 < numel; i0 += CHUNK) {
+        const int64_t len = numel - i0 < CHUNK ? numel - i0 : CHUNK;
+        fill_mask(out + i0, len, seed, (uint64_t)i0, drop_below, scale);
+    }
+}
+
+/* 2x2 max-pool, stride 2, on contiguous planes of h x w (odd last row / column dropped, as ATen does).
+ * code[k] records which of the window's four pixels won (0 top-left, 1 top-right, 2 bottom-left,
+ * 3 bottom-right): the first in row-major order among ties, and a NaN wins, both as in ATen. One byte
+ * per output instead of ATen's int64 flat index, and one pass instead of ATen's slow NCHW kernel. */
+void maxpool2x2_forward(const float *x, float *out, uint8_t *code, int64_t planes, int64_t h, int64_t w) {
+    const int64_t oh = h / 2, ow = w / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t plane = 0; plane < planes; plane++) {
+        const float *src = x + plane * h * w;
+        for (int64_t i = 0; i < oh; i++) {
+            const float *top = src + 2 * i * w, *bottom = top + w;
+            float *o = out + (plane * oh + i) * ow;
+            uint8_t *k = code + (plane * oh + i) * ow;
+            for (int64_t j = 0; j < ow; j++) {
+                float best = top[2 * j];
+                uint8_t which = 0;
+                const float rest[3] = {top[2 * j + 1], bottom[2 * j], bottom[2 * j + 1]};
+                for (int r = 0; r < 3; r++) {
+                    if (rest[r] > best || (isnan(rest[r]) && !isnan(best))) {
+                        best = rest[r];
+                        which = (uint8_t)(r + 1);
+                    }
+                }
+                o[j] = best;
+                k[j] = which;
+            }
+        }
+    }
+}
+
+void maxpool2x2_backward(const float *dout, const uint8_t *code, float *dx, int64_t planes, int64_t h, int64_t w) {
+    const int64_t oh = h / 2, ow = w / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t plane = 0; plane < planes; plane++) {
+        float *dst = dx + plane * h * w;
+        for (int64_t i = 0; i < h * w; i++) dst[i] = 0.0f;
+        for (int64_t i = 0; i < oh; i++) {
+            const float *d = dout + (plane * oh + i) * ow;
+            const uint8_t *k = code + (plane * oh + i) * ow;
+            for (int64_t j = 0; j < ow; j++) dst[(2 * i + (k[j] >> 1)) * w + 2 * j + (k[j] & 1)] = d[j];
+        }
+    }
+}

@@ -1,0 +1,103 @@
+"""The fused ReLU/BN/dropout kernel computes what the plain layers compute, and falls back cleanly."""
+
+import pytest
+import torch
+from torch import nn
+
+from mnist_challenge import build_model, load_spec, native
+from mnist_challenge.fused import ConvUnitTail, dropout_mask, fuse_conv_unit_tails
+from mnist_challenge.native import load_kernels, unavailable_reason
+
+
+@pytest.fixture(autouse=True)
+def kernels_built():
+    assert load_kernels() is not None, unavailable_reason()
+
+
+def seed_drawn_by(generator_seed: int) -> int:
+    """The seed ConvUnitTail draws on its first call from a generator seeded with ``generator_seed``."""
+    return int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(generator_seed)))
+
+
+def random_bn(channels: int) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(channels)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    return bn
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1])
+@pytest.mark.parametrize("bn_after", [True, False], ids=["relu-bn", "bn-relu"])
+def test_tail_matches_plain_layers_with_the_same_mask(bn_after, p):
+    torch.manual_seed(0)
+    bn = random_bn(12)
+    plain_bn = nn.BatchNorm2d(12)
+    plain_bn.load_state_dict(bn.state_dict())
+    tail = ConvUnitTail(bn, bn_after, p, torch.Generator().manual_seed(7))
+    z = torch.randn(32, 12, 9, 11, requires_grad=True)
+    grad = torch.randn(32, 12, 9, 11)
+
+    out = tail(z)
+    mask = dropout_mask(z.numel(), p, seed_drawn_by(7)).view_as(z)
+    z_plain = z.detach().clone().requires_grad_()
+    plain = (plain_bn(torch.relu(z_plain)) if bn_after else torch.relu(plain_bn(z_plain))) * mask
+
+    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-5)
+    got = torch.autograd.grad(out, [z, bn.weight, bn.bias], grad)
+    want = torch.autograd.grad(plain, [z_plain, plain_bn.weight, plain_bn.bias], grad)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-3)  # sums over 3,564 values in float
+    torch.testing.assert_close(got[2], want[2], rtol=1e-4, atol=1e-3)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(bn, name), getattr(plain_bn, name))
+
+
+def test_dropout_mask_is_bernoulli_and_changes_with_the_seed():
+    p, n = 0.05, 1 << 20
+    a, b = dropout_mask(n, p, 1), dropout_mask(n, p, 2)
+    kept = (a > 0).double().mean().item()
+    assert abs(kept - (1 - p)) < 4 * (p * (1 - p) / n) ** 0.5
+    assert torch.allclose(a[a > 0], torch.tensor(1 / (1 - p)))
+    assert not torch.equal(a, b)
+    assert torch.equal(a, dropout_mask(n, p, 1))  # a pure function of the seed: backward regenerates it
+    both_dropped = ((a == 0) & (b == 0)).double().mean().item()
+    assert abs(both_dropped - p * p) < 0.001  # masks of different seeds are independent
+
+
+def test_eval_mode_is_the_plain_model():
+    torch.manual_seed(0)
+    plain = build_model(load_spec("classic")).eval()
+    fused = build_model(load_spec("classic"))
+    fused.load_state_dict(plain.state_dict())
+    assert fuse_conv_unit_tails(fused) == 8
+    x = torch.randn(16, 1, 28, 28)
+    torch.testing.assert_close(fused.eval()(x), plain(x))
+
+
+def test_non_contiguous_input_runs_the_plain_layers():
+    bn = random_bn(6)
+    plain_bn = nn.BatchNorm2d(6)
+    plain_bn.load_state_dict(bn.state_dict())
+    tail = ConvUnitTail(bn, bn_after=True, p=0.0)
+    z = torch.randn(8, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(tail(z), plain_bn(torch.relu(z)))
+
+
+def test_without_a_compiler_nothing_is_fused_and_training_says_why(monkeypatch, tmp_path, mnist_dir):
+    from mnist_challenge.data import load_mnist
+    from mnist_challenge.train import TrainConfig, train_model
+
+    data = load_mnist(str(mnist_dir), val_size=0, train_subset=512)
+
+    monkeypatch.setattr(native, "_kernels", None)
+    monkeypatch.setattr(native, "_unavailable", None)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("MNIST_CHALLENGE_CACHE", str(tmp_path / "cache"))
+    assert load_kernels() is None
+    assert "no-such-compiler" in unavailable_reason()
+    assert fuse_conv_unit_tails(build_model(load_spec("classic"))) == 0
+    result = train_model(build_model(load_spec("classic")), data, TrainConfig(epochs=1, val_size=0, device="cpu"), progress=False)
+    assert result.settings["swapped_layers"]["fused_tail"] == 0
+    assert "no-such-compiler" in result.settings["fused_tail_unavailable"]
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.epochs)
