@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pooled-dropout", dest="pooled_dropout", action="store_false")
     p.add_argument("--no-fast-maxpool", dest="fast_maxpool", action="store_false")
     p.add_argument("--no-fused-tail", dest="fused_tail", action="store_false")
+    p.add_argument("--no-cl-weight-grad", dest="cl_weight_grad", action="store_false")
     p.add_argument("--skip-reference", action="store_true", help="time only the kit's engine (no ratio)")
     p.add_argument("--layouts", action="store_true", help="also compare one 2-thread process with two 1-thread processes")
     p.add_argument("--search", action="store_true", help="also measure search trials/hour without and with pruning (a few minutes)")
@@ -127,7 +128,7 @@ def run_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     spec = load_spec(args.spec)
     needed = (args.steps + args.warmup) * args.batch_size
-    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, bf16=args.bf16, channels_last=args.channels_last, pooled_dropout=args.pooled_dropout, fast_maxpool=args.fast_maxpool, fused_tail=args.fused_tail, threads=args.threads, val_size=0, device="cpu")
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, bf16=args.bf16, channels_last=args.channels_last, pooled_dropout=args.pooled_dropout, fast_maxpool=args.fast_maxpool, fused_tail=args.fused_tail, cl_weight_grad=args.cl_weight_grad, threads=args.threads, val_size=0, device="cpu")
     data = load_mnist(args.data_dir, val_size=0, train_subset=needed, allow_download=args.download)
     threads = torch.get_num_threads()
     print(f"spec {spec.name} | batch {args.batch_size} | {args.steps} timed steps after {args.warmup} warm-up | torch {torch.__version__}, {threads} threads")
@@ -147,7 +148,7 @@ def run_bench(args: argparse.Namespace) -> int:
             reference_runs.append(timed_images / ref_seconds)
     engine_ips = statistics.median(engine_runs)
     figures.update(engine_images_per_s=engine_ips, engine_runs=engine_runs, engine_settings=settings)
-    print(f"kit engine        : {engine_ips:8.0f} img/s  (median of {_runs(engine_runs)}; bf16={settings['bf16_autocast']}, fused_tail={settings['swapped_layers']['fused_tail']} units, pooled_dropout={cfg.pooled_dropout}, fast_maxpool={cfg.fast_maxpool}, channels_last={cfg.channels_last})")
+    print(f"kit engine        : {engine_ips:8.0f} img/s  (median of {_runs(engine_runs)}; bf16={settings['bf16_autocast']}, swapped {settings['swapped_layers']}, channels_last={cfg.channels_last})")
 
     model = build_model(spec)
     autocast = use_bf16(cfg, resolve_device("cpu"))

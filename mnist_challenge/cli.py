@@ -113,6 +113,7 @@ def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15)
     p.add_argument("--no-pooled-dropout", dest="pooled_dropout", action="store_false", help="plain nn.Dropout (bernoulli_ masks)")
     p.add_argument("--no-fast-maxpool", dest="fast_maxpool", action="store_false", help="plain nn.MaxPool2d")
     p.add_argument("--no-fused-tail", dest="fused_tail", action="store_false", help="plain ReLU/BatchNorm/dropout layers instead of the fused C kernel")
+    p.add_argument("--no-cl-weight-grad", dest="cl_weight_grad", action="store_false", help="conv weight gradients in NCHW everywhere")
     p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     add_data_flags(p)
 

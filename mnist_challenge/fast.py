@@ -3,14 +3,18 @@
 Measured on the 2-core course machine (see ``python -m mnist_challenge.bench``): in a 12k-parameter net
 with dropout after every conv, drawing dropout masks with ``bernoulli_`` is over a third of a training
 step, more than all the convolutions' forward passes. ``PooledDropout`` cuts the masks from a pool of
-pre-drawn random numbers instead. ATen's MaxPool2d on NCHW maps with few channels is also slow (about
-as long as a conv); ``MaxPool2x2`` computes the same thing from strided views. bf16 autocast pays only
-with AMX: on AVX512-BF16 alone, measured here, it is slower than fp32 for these tiny convolutions.
+pre-drawn random numbers instead (dropout inside a conv unit goes to the fused kernel of ``fused.py``;
+this covers the rest). ATen's MaxPool2d on NCHW maps with few channels is also slow (about as long as a
+conv); ``MaxPool2x2`` computes the same thing in one pass of ``native.c``, or from strided views where
+that cannot run. oneDNN's NCHW weight gradient is slow for convs reading 10 channels;
+``ConvWeightGradChannelsLast`` computes that one gradient in channels_last. bf16 autocast pays only with
+AMX: on AVX512-BF16 alone, measured here, it is slower than fp32 for these tiny convolutions.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .native import load_kernels, unavailable_reason
@@ -156,20 +160,73 @@ def fused_tail_unavailable(wanted: bool) -> str | None:
     return unavailable_reason() if wanted else None
 
 
-def speed_up(model: nn.Module, pooled_dropout: bool, fast_maxpool: bool, seed: int = 0, fused_tail: bool = False) -> dict[str, int]:
+class _ConvWeightGradChannelsLast(torch.autograd.Function):
+    """conv2d whose weight gradient is computed on channels_last copies of the input and the gradient.
+
+    oneDNN's NCHW weight-gradient kernel is slow when the input channels are not a multiple of its
+    16-channel blocks (the 10-channel maps after a 1x1 squeeze): measured on the course machine, the
+    channels_last one is about twice as fast there even counting both copies, while forward and the
+    input gradient are faster in NCHW. Same arithmetic, so the same results up to summation order.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        ctx.geometry = (stride, padding, dilation)
+        return F.conv2d(x, weight, bias, stride, padding, dilation)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.geometry
+        conv_backward = torch.ops.aten.convolution_backward
+        args = (list(stride), list(padding), list(dilation), False, [0, 0], 1)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = conv_backward(grad, x, weight, None, *args, [True, False, False])[0]
+        cl = torch.channels_last
+        _, grad_w, grad_b = conv_backward(grad.contiguous(memory_format=cl), x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl),
+                                          [weight.shape[0]] if ctx.has_bias else None, *args, [False, True, ctx.has_bias])
+        return grad_x, grad_w.contiguous(), grad_b, None, None, None
+
+
+class ConvWeightGradChannelsLast(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state_dict) using ``_ConvWeightGradChannelsLast`` when training
+    on contiguous float32 CPU tensors."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
+            return _ConvWeightGradChannelsLast.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return super().forward(x)
+
+
+def _slow_weight_grad_conv(m: nn.Module) -> bool:
+    """A plain 3x3 conv whose input channels are not a multiple of 16 (but more than one)."""
+    return (
+        type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.groups == 1 and m.padding_mode == "zeros" and isinstance(m.padding, tuple)
+        and m.in_channels > 1 and m.in_channels % 16 != 0
+    )
+
+
+def speed_up(model: nn.Module, pooled_dropout: bool, fast_maxpool: bool, seed: int = 0, fused_tail: bool = False, cl_weight_grad: bool = False) -> dict[str, int]:
     """Swap layers for faster equivalents in place; returns how many of each were swapped.
 
-    The state_dict (and ``model.pt``) is unchanged: only parameter-free layers are swapped, and a fused
-    tail (``fused.ConvUnitTail``) takes over its BatchNorm's parameters under the same keys. Each
+    The state_dict (and ``model.pt``) is unchanged: parameter-free layers are swapped, a fused tail
+    (``fused.ConvUnitTail``) takes over its BatchNorm's parameters under the same keys, and a conv only
+    changes class. Each
     swapped random layer gets its own seeded generator: runs are repeatable whatever the layer order.
     Tails are fused first; dropout outside them (e.g. at block ends) then becomes PooledDropout.
     """
     from .fused import fuse_conv_unit_tails
 
-    swapped = {"fused_tail": fuse_conv_unit_tails(model, seed) if fused_tail else 0, "pooled_dropout": 0, "fast_maxpool": 0}
+    swapped = {"fused_tail": fuse_conv_unit_tails(model, seed) if fused_tail else 0, "pooled_dropout": 0, "fast_maxpool": 0, "cl_weight_grad": 0}
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if pooled_dropout and type(child) is nn.Dropout:
+            if cl_weight_grad and _slow_weight_grad_conv(child):
+                child.__class__ = ConvWeightGradChannelsLast  # a subclass with no state of its own: same parameters, same keys
+                swapped["cl_weight_grad"] += 1
+            elif pooled_dropout and type(child) is nn.Dropout:
                 generator = torch.Generator().manual_seed(seed * 1000 + swapped["pooled_dropout"])
                 setattr(parent, name, PooledDropout(child.p, generator=generator))
                 swapped["pooled_dropout"] += 1
@@ -177,3 +234,4 @@ def speed_up(model: nn.Module, pooled_dropout: bool, fast_maxpool: bool, seed: i
                 setattr(parent, name, MaxPool2x2())
                 swapped["fast_maxpool"] += 1
     return swapped
+

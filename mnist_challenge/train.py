@@ -55,6 +55,7 @@ class TrainConfig:
     pooled_dropout: bool = True  # dropout masks from a pre-drawn pool (fast.PooledDropout) instead of bernoulli_
     fast_maxpool: bool = True  # MaxPool2d(2) from strided views (fast.MaxPool2x2): same values, faster on CPU
     fused_tail: bool = True  # ReLU/BN/dropout after each conv as one C kernel on CPU (fused.py); ATen if no C compiler
+    cl_weight_grad: bool = True  # weight gradients of 3x3 convs whose input channels are not a multiple of 16, in channels_last (fast.py)
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     eval_batch_size: int = 2_000  # evaluation batch size (no gradients, so larger is fine)
 
@@ -163,7 +164,7 @@ def train_model(
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     autocast = use_bf16(cfg, device)
-    swapped = speed_up(model, cfg.pooled_dropout, cfg.fast_maxpool, cfg.seed, fused_tail=cfg.fused_tail and device.type == "cpu")
+    swapped = speed_up(model, cfg.pooled_dropout, cfg.fast_maxpool, cfg.seed, fused_tail=cfg.fused_tail and device.type == "cpu", cl_weight_grad=cfg.cl_weight_grad)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -44,7 +44,7 @@ def test_speed_up_swaps_parameter_free_layers_only():
     model = build_model(load_spec("classic"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     swapped = speed_up(model, pooled_dropout=True, fast_maxpool=True)
-    assert swapped == {"fused_tail": 0, "pooled_dropout": 8, "fast_maxpool": 1}
+    assert swapped == {"fused_tail": 0, "pooled_dropout": 8, "fast_maxpool": 1, "cl_weight_grad": 0}
     assert model.state_dict().keys() == before.keys()
     assert not any(type(m) in (nn.Dropout, nn.MaxPool2d) for m in model.modules())
 
@@ -52,8 +52,29 @@ def test_speed_up_swaps_parameter_free_layers_only():
 def test_speed_up_fuses_every_conv_unit_tail_and_keeps_the_state_dict():
     model = build_model(load_spec("classic"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    swapped = speed_up(model, pooled_dropout=True, fast_maxpool=True, fused_tail=True)
-    assert swapped == {"fused_tail": 8, "pooled_dropout": 0, "fast_maxpool": 1}  # one tail per conv unit
+    swapped = speed_up(model, pooled_dropout=True, fast_maxpool=True, fused_tail=True, cl_weight_grad=True)
+    # one tail per conv unit; the two 3x3 convs reading 10 channels get channels_last weight gradients
+    assert swapped == {"fused_tail": 8, "pooled_dropout": 0, "fast_maxpool": 1, "cl_weight_grad": 2}
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
     assert not any(type(m) in (nn.Dropout, nn.ReLU, nn.MaxPool2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("bias,padding", [(False, 0), (True, 1)])
+def test_channels_last_weight_grad_conv_matches_conv2d(bias, padding):
+    torch.manual_seed(0)
+    plain = nn.Conv2d(10, 16, 3, padding=padding, bias=bias)
+    swapped = nn.Conv2d(10, 16, 3, padding=padding, bias=bias)
+    swapped.load_state_dict(plain.state_dict())
+    assert speed_up(nn.Sequential(swapped), pooled_dropout=False, fast_maxpool=False, cl_weight_grad=True)["cl_weight_grad"] == 1
+    assert type(swapped) is fast.ConvWeightGradChannelsLast
+    x = torch.randn(8, 10, 13, 13)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_plain, out_swapped = plain(a), swapped(b)
+    torch.testing.assert_close(out_swapped, out_plain)
+    grad = torch.randn_like(out_plain)
+    out_plain.backward(grad)
+    out_swapped.backward(grad)
+    torch.testing.assert_close(b.grad, a.grad)
+    for p_swapped, p_plain in zip(swapped.parameters(), plain.parameters()):
+        torch.testing.assert_close(p_swapped.grad, p_plain.grad, rtol=1e-4, atol=1e-4)
