@@ -26,7 +26,7 @@ from .data import MnistData, Split, load_mnist
 from .model import build_model
 from .reference import time_reference_steps
 from .spec import load_spec
-from .train import TrainConfig, evaluate, resolve_device, train_model, use_bf16
+from .train import TrainConfig, evaluate, prepare_model, resolve_device, train_model, use_bf16
 
 
 def _runs(values: list[float]) -> str:
@@ -97,6 +97,25 @@ def search_throughput(data_dir: str | None, trials: int, epochs: int, subset: in
     return rates
 
 
+# The engine's opt-out speed tricks (TrainConfig fields that are True by default), each with its flag.
+TRICKS = {"fused_tail": "--no-fused-tail", "cl_weight_grad": "--no-cl-weight-grad", "pooled_dropout": "--no-pooled-dropout", "fast_maxpool": "--no-fast-maxpool"}
+
+
+def ablate(spec, data: MnistData, cfg: TrainConfig, steps: int, warmup: int, repeats: int, engine_ips: float) -> dict[str, float]:
+    """Engine images/s with each trick turned off in turn (medians of ``repeats``, the variants alternating)."""
+    timed_images = steps * cfg.batch_size
+    runs: dict[str, list[float]] = {trick: [] for trick in TRICKS}
+    for _ in range(repeats):
+        for trick in TRICKS:
+            seconds, _ = engine_seconds(spec, data, replace(cfg, **{trick: False}), steps, warmup)
+            runs[trick].append(timed_images / seconds)
+    result = {}
+    for trick, flag in TRICKS.items():
+        result[trick] = ips = statistics.median(runs[trick])
+        print(f"engine {flag:<20}: {ips:8.0f} img/s  (median of {_runs(runs[trick])}; {engine_ips / ips:.2f}x slower without it)")
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m mnist_challenge.bench", description="kit engine vs the course pipeline: images/s and ratio")
     p.add_argument("--spec", default="classic", help="spec file or preset (default classic)")
@@ -112,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fused-tail", dest="fused_tail", action="store_false")
     p.add_argument("--no-cl-weight-grad", dest="cl_weight_grad", action="store_false")
     p.add_argument("--skip-reference", action="store_true", help="time only the kit's engine (no ratio)")
+    p.add_argument("--ablate", action="store_true", help="also time the engine with each speed trick turned off in turn")
     p.add_argument("--layouts", action="store_true", help="also compare one 2-thread process with two 1-thread processes")
     p.add_argument("--search", action="store_true", help="also measure search trials/hour without and with pruning (a few minutes)")
     p.add_argument("--search-trials", type=positive_int, default=6)
@@ -150,13 +170,15 @@ def run_bench(args: argparse.Namespace) -> int:
     figures.update(engine_images_per_s=engine_ips, engine_runs=engine_runs, engine_settings=settings)
     print(f"kit engine        : {engine_ips:8.0f} img/s  (median of {_runs(engine_runs)}; bf16={settings['bf16_autocast']}, swapped {settings['swapped_layers']}, channels_last={cfg.channels_last})")
 
-    model = build_model(spec)
-    autocast = use_bf16(cfg, resolve_device("cpu"))
+    model, device = build_model(spec), resolve_device("cpu")
+    prepare_model(model, cfg, device)  # evaluated as the engine evaluates: its layers, its batch size
+    autocast = use_bf16(cfg, device)
+    evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last)  # warm-up
     start = time.perf_counter()
     evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last)
     eval_s = time.perf_counter() - start
     figures["eval_test_10k_seconds"] = eval_s
-    print(f"evaluate 10k test : {eval_s:8.2f} s")
+    print(f"evaluate 10k test : {eval_s:8.2f} s  (the engine's layers, batches of {cfg.eval_batch_size}, after one untimed pass)")
     figures["peak_rss_mib_engine"] = peak_rss_mib()
 
     if reference_runs:
@@ -166,6 +188,8 @@ def run_bench(args: argparse.Namespace) -> int:
     figures["peak_rss_mib"] = peak_rss_mib()
     figures["peak_rss_mib_workers"] = peak_rss_mib(resource.RUSAGE_CHILDREN)
     print(f"peak RSS          : {figures['peak_rss_mib_engine']:.0f} MiB after the engine, {figures['peak_rss_mib']:.0f} MiB overall (+ {figures['peak_rss_mib_workers']:.0f} MiB largest loader worker)")
+    if args.ablate:
+        figures["ablation_images_per_s"] = ablate(spec, data, cfg, args.steps, args.warmup, args.repeats, engine_ips)
     if args.layouts:
         layouts = compare_layouts(args.spec, args.data_dir, args.steps, args.warmup)
         figures["layouts_images_per_s"] = layouts

@@ -57,7 +57,7 @@ class TrainConfig:
     fused_tail: bool = True  # ReLU/BN/dropout after each conv as one C kernel on CPU (fused.py); ATen if no C compiler
     cl_weight_grad: bool = True  # weight gradients of 3x3 convs whose input channels are not a multiple of 16, in channels_last (fast.py)
     threads: int | None = None  # torch intra-op threads (None: torch's default)
-    eval_batch_size: int = 2_000  # evaluation batch size (no gradients, so larger is fine)
+    eval_batch_size: int = 256  # evaluation batch size: 3x faster than 2,000 on the course CPU (cache-sized maps; see bench)
 
     def __post_init__(self) -> None:
         checks = [
@@ -137,6 +137,15 @@ def evaluate(model: nn.Module, split: Split, batch_size: int, autocast: bool, ch
     return loss_sum.item() / len(split), 100.0 * correct.item() / len(split)
 
 
+def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, int]:
+    """Swap in the engine's fast layers as ``cfg`` asks, move the model to ``device``; returns what was swapped."""
+    swapped = speed_up(model, cfg.pooled_dropout, cfg.fast_maxpool, cfg.seed, fused_tail=cfg.fused_tail and device.type == "cpu", cl_weight_grad=cfg.cl_weight_grad)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return swapped
+
+
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -164,10 +173,7 @@ def train_model(
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     autocast = use_bf16(cfg, device)
-    swapped = speed_up(model, cfg.pooled_dropout, cfg.fast_maxpool, cfg.seed, fused_tail=cfg.fused_tail and device.type == "cpu", cl_weight_grad=cfg.cl_weight_grad)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    swapped = prepare_model(model, cfg, device)
     n = len(data.train)
     steps = n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0)  # a 1-image tail batch would break BatchNorm
     if steps == 0:

@@ -11,12 +11,15 @@ from mnist_challenge import build_model, load_spec
 
 def test_benchmark_smoke(mnist_dir, tmp_path):
     out = tmp_path / "bench.json"
-    result = run_cli("mnist_challenge.bench", "--steps", "3", "--warmup", "1", "--repeats", "2", "--data-dir", str(mnist_dir), "--json", str(out))
+    result = run_cli("mnist_challenge.bench", "--steps", "3", "--warmup", "1", "--repeats", "2", "--ablate", "--data-dir", str(mnist_dir), "--json", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1].startswith("RATIO engine / course pipeline:")
     figures = json.loads(out.read_text())
     assert figures["engine_images_per_s"] > 0 and figures["reference_images_per_s"] > 0 and figures["eval_test_10k_seconds"] > 0
     assert len(figures["engine_runs"]) == 2 and len(figures["reference_runs"]) == 2
+    assert figures["engine_settings"]["swapped_layers"]["fused_tail"] == 8  # the C kernel was built and used
+    assert set(figures["ablation_images_per_s"]) == {"fused_tail", "cl_weight_grad", "pooled_dropout", "fast_maxpool"}
+    assert "--no-fused-tail" in result.stdout
 
 
 def test_report_judges_each_budget_with_its_own_limits(tmp_path):

@@ -6,7 +6,7 @@ from torch import nn
 
 from mnist_challenge import fast
 from mnist_challenge.fast import MaxPool2x2, PooledDropout, speed_up
-from mnist_challenge.native import load_kernels, unavailable_reason
+from tests.test_fused import require_kernels
 from mnist_challenge import build_model, load_spec
 
 
@@ -14,7 +14,7 @@ from mnist_challenge import build_model, load_spec
 @pytest.mark.parametrize("shape", [(4, 3, 22, 22), (2, 5, 11, 11), (3, 2, 9, 14), (1, 1, 2, 2)])
 def test_fast_maxpool_matches_aten_including_ties(shape, native, monkeypatch):
     if native:
-        assert load_kernels() is not None, unavailable_reason()
+        require_kernels()
     else:
         monkeypatch.setattr(fast, "load_kernels", lambda: None)
     x = torch.randn(*shape).relu().round()  # ReLU zeros and rounding make ties common

@@ -1,5 +1,8 @@
 """The fused ReLU/BN/dropout kernel computes what the plain layers compute, and falls back cleanly."""
 
+import os
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -9,9 +12,17 @@ from mnist_challenge.fused import ConvUnitTail, dropout_mask, fuse_conv_unit_tai
 from mnist_challenge.native import load_kernels, unavailable_reason
 
 
-@pytest.fixture(autouse=True)
-def kernels_built():
+def require_kernels() -> None:
+    """Skip where there is no C compiler at all; where there is one, the kernel must build."""
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler here: the engine runs the ATen fallback")
     assert load_kernels() is not None, unavailable_reason()
+
+
+@pytest.fixture(autouse=True)
+def kernels_built(request):
+    if "without_a_compiler" not in request.node.name:
+        require_kernels()
 
 
 def seed_drawn_by(generator_seed: int) -> int:
