@@ -42,8 +42,9 @@ class _Tail(torch.autograd.Function):
         y = torch.empty_like(z)
         mean, var, invstd = torch.empty(c), torch.empty(c), torch.empty(c)
         drop_below, scale = _dropout_args(p)
-        lib.tail_forward(z.data_ptr(), y.data_ptr(), weight.data_ptr(), bias.data_ptr(), mean.data_ptr(), var.data_ptr(), invstd.data_ptr(),
-                         n, c, h * w, eps, int(bn_after), drop_below, scale, seed)
+        if lib.tail_forward(z.data_ptr(), y.data_ptr(), weight.data_ptr(), bias.data_ptr(), mean.data_ptr(), var.data_ptr(), invstd.data_ptr(),
+                            n, c, h * w, eps, int(bn_after), drop_below, scale, seed):
+            raise MemoryError("conv-unit tail kernel: out of memory")
         ctx.save_for_backward(z, weight, bias, mean, invstd)
         ctx.settings = (bn_after, drop_below, scale, seed)
         ctx.mark_non_differentiable(mean, var)
@@ -56,8 +57,9 @@ class _Tail(torch.autograd.Function):
         n, c, h, w = z.shape
         dy = dy.contiguous()
         dz, dweight, dbias = torch.empty_like(z), torch.empty(c), torch.empty(c)
-        load_kernels().tail_backward(dy.data_ptr(), z.data_ptr(), weight.data_ptr(), bias.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
-                                     dz.data_ptr(), dweight.data_ptr(), dbias.data_ptr(), n, c, h * w, int(bn_after), drop_below, scale, seed)
+        if load_kernels().tail_backward(dy.data_ptr(), z.data_ptr(), weight.data_ptr(), bias.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
+                                        dz.data_ptr(), dweight.data_ptr(), dbias.data_ptr(), n, c, h * w, int(bn_after), drop_below, scale, seed):
+            raise MemoryError("conv-unit tail kernel: out of memory")
         return dz, dweight, dbias, None, None, None, None
 
 

@@ -74,6 +74,8 @@ def test_dropout_mask_is_bernoulli_and_changes_with_the_seed():
     assert torch.equal(a, dropout_mask(n, p, 1))  # a pure function of the seed: backward regenerates it
     both_dropped = ((a == 0) & (b == 0)).double().mean().item()
     assert abs(both_dropped - p * p) < 0.001  # masks of different seeds are independent
+    neighbours_dropped = ((a[1:] == 0) & (a[:-1] == 0)).double().mean().item()
+    assert abs(neighbours_dropped - p * p) < 0.001  # and so are neighbouring elements of one mask
 
 
 def test_eval_mode_is_the_plain_model():
