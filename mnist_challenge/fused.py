@@ -16,6 +16,7 @@ from torch import nn
 
 from .native import load_kernels, unavailable_reason
 
+
 def _dropout_args(p: float) -> tuple[int, float]:
     """(drop_below, scale): an element is dropped when its 32 hash bits are below drop_below."""
     if p == 0:
