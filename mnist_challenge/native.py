@@ -43,19 +43,28 @@ def _build(compiler: str, target: Path) -> None:
         out.replace(target)  # atomic: parallel search workers may build at the same time
 
 
+def kernel_path(compiler: str) -> Path:
+    """Where the compiled kernels are cached: one file per source, compiler, flags and CPU."""
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, *CFLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("MNIST_CHALLENGE_CACHE", Path.home() / ".cache" / "mnist_challenge"))
+    return cache / f"native-{key}.so"
+
+
 def load_kernels() -> ctypes.CDLL | None:
     """The compiled kernel, building it on first use; None (see ``unavailable_reason``) if that fails."""
     global _kernels, _unavailable
     if _kernels is not None or _unavailable is not None:
         return _kernels
     compiler = os.environ.get("CC", "cc")
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, *CFLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("MNIST_CHALLENGE_CACHE", Path.home() / ".cache" / "mnist_challenge"))
-    target = cache / f"native-{key}.so"
+    target = kernel_path(compiler)
     try:
         if not target.is_file():
             _build(compiler, target)
-        lib = ctypes.CDLL(str(target))
+        try:
+            lib = ctypes.CDLL(str(target))
+        except OSError:  # a cached file that will not load (truncated, foreign): build it afresh once
+            _build(compiler, target)
+            lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
         _unavailable = f"could not build {SOURCE.name} with {compiler}: {detail.strip().splitlines()[-1] if detail.strip() else exc}"

@@ -114,3 +114,14 @@ def test_without_a_compiler_nothing_is_fused_and_training_says_why(monkeypatch, 
     assert result.settings["swapped_layers"]["fused_tail"] == 0
     assert "no-such-compiler" in result.settings["fused_tail_unavailable"]
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.epochs)
+
+
+def test_a_corrupt_cached_kernel_is_rebuilt(monkeypatch, tmp_path):
+    require_kernels()
+    monkeypatch.setenv("MNIST_CHALLENGE_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_kernels", None)
+    monkeypatch.setattr(native, "_unavailable", None)
+    cached = native.kernel_path(os.environ.get("CC", "cc"))
+    cached.write_bytes(b"not a shared object")  # e.g. a copy cut short
+    assert load_kernels() is not None, unavailable_reason()
+    assert cached.read_bytes() != b"not a shared object"
