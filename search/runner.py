@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
@@ -95,8 +96,28 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
         tqdm.write(f"trial {trial.number} {trial.state.name}: {value}")
         export(study, plan.settings.study_dir, plan.settings.multi_objective)
 
-    study.optimize(objective, n_trials=n_trials, timeout=plan.timeout, callbacks=[after_trial], catch=(RuntimeError,))
-    bar.close()
+    started: list[optuna.Trial] = []
+
+    def tracked(trial: optuna.Trial) -> float:
+        started.append(trial)
+        return objective(trial)
+
+    try:
+        study.optimize(tracked, n_trials=n_trials, timeout=plan.timeout, callbacks=[after_trial], catch=(RuntimeError,))
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one: optuna has marked the trial FAIL
+        if started:
+            retry_interrupted(study, started[-1].number)
+        raise
+    finally:
+        bar.close()
+
+
+def retry_interrupted(study: optuna.Study, number: int) -> None:
+    """Queue a stopped trial again with the same parameters, as a heartbeat-stale one would be, so
+    that the next run retries it instead of losing it; ``failed_trial`` names the original."""
+    frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if frozen is not None and frozen.state == TrialState.FAIL:
+        RetryHeartbeatStaleTrialCallback(max_retry=2)(study, frozen)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -118,10 +139,13 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _worker_entry(plan: RunPlan, worker: int, n_trials: int, parent: int) -> None:
     _exit_with_parent(parent)
+    signal.signal(signal.SIGTERM, _interrupt)  # the parent stops workers with SIGTERM: queue the trial again
     try:
         worker_main(plan, worker, n_trials, progress=False)
     except UserError as exc:
         raise SystemExit(f"error: worker {worker}: {exc}")
+    except KeyboardInterrupt:
+        raise SystemExit(130)
 
 
 def run_search(plan: RunPlan) -> optuna.Study:
@@ -132,14 +156,15 @@ def run_search(plan: RunPlan) -> optuna.Study:
         study.enqueue_trial(params, skip_if_exists=True)
     before = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED])
     started = time.time()
+    # SIGTERM (kill, a scheduler's stop) goes the KeyboardInterrupt way: the running trial is queued
+    # again for the next run, and workers are stopped too.
+    signal.signal(signal.SIGTERM, _interrupt)
     if plan.workers == 1:
         worker_main(plan, 0, plan.n_trials, progress=True)
     else:
         shares = [plan.n_trials // plan.workers + (1 if i < plan.n_trials % plan.workers else 0) for i in range(plan.workers)]
         ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked torch thread pools
         procs = [ctx.Process(target=_worker_entry, args=(plan, i, n, os.getpid()), daemon=False) for i, n in enumerate(shares) if n > 0]
-        # SIGTERM (kill, a scheduler's stop) goes the KeyboardInterrupt way: workers are stopped too.
-        signal.signal(signal.SIGTERM, _interrupt)
         for p in procs:
             p.start()
         bar = tqdm(total=plan.n_trials, desc=f"trials ({len(procs)} workers)", unit="trial")

@@ -97,38 +97,69 @@ def test_low_receptive_field_is_rejected():
     assert figures["rf_head"] == 7 and broken == "RF at the head 7 < 20 px"
 
 
-def test_killed_worker_leaves_no_trial_running(mnist_dir, tmp_path):
-    db = tmp_path / "k" / "study.db"
-    args = [sys.executable, "-m", "search", "--study", "k", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--epochs", "2",
+def _search_args(mnist_dir, tmp_path, study):
+    return [sys.executable, "-m", "search", "--study", study, "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--epochs", "2",
             "--train-subset", "3000", "--val-size", "500", "--workers", "1", "--threads", "1", "--heartbeat", "1", "--grace", "4", "--pruner", "none"]
-    worker = subprocess.Popen(args + ["--n-trials", "5"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:  # wait until a trial is really training (its run dir has epochs.csv)
-            time.sleep(1)
-            if not db.exists():
-                continue
-            try:
-                running = [t for t in trials_of(db, "k") if t.state == TrialState.RUNNING and t.user_attrs.get("run_dir")]
-            except KeyError:  # the study is not created yet
-                continue
-            if running and os.path.exists(os.path.join(running[0].user_attrs["run_dir"], "epochs.csv")):
-                break
-        else:
-            pytest.fail("no trial started training within 300 s")
-    finally:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
-    stuck = running[0].number
-    assert trials_of(db, "k")[stuck].state == TrialState.RUNNING  # killed mid-trial: left RUNNING ...
-    time.sleep(5)  # ... until its heartbeat is older than the grace period
-    resume = subprocess.run(args + ["--n-trials", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert resume.returncode == 0, resume.stderr[-2000:]
-    trials = trials_of(db, "k")
+
+
+def _wait_until_a_trial_trains(worker, db, study):
+    """The first RUNNING trial once it is really training (its run dir has epochs.csv)."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(1)
+        if worker.poll() is not None:
+            pytest.fail(f"the search ended (exit {worker.returncode}) before a trial started training")
+        if not db.exists():
+            continue
+        try:
+            running = [t for t in trials_of(db, study) if t.state == TrialState.RUNNING and t.user_attrs.get("run_dir")]
+        except KeyError:  # the study is not created yet
+            continue
+        if running and os.path.exists(os.path.join(running[0].user_attrs["run_dir"], "epochs.csv")):
+            return running[0]
+    pytest.fail("no trial started training within 300 s")
+
+
+def _assert_retried(trials, stuck):
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert trials[stuck].state == TrialState.FAIL
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == trials[stuck]._trial_id or t.system_attrs.get("failed_trial") == stuck]
     assert retried and retried[0].params == trials[stuck].params  # the lost trial is retried, not dropped
+    return retried[0]
+
+
+def test_killed_worker_leaves_no_trial_running(mnist_dir, tmp_path):
+    db, args = tmp_path / "k" / "study.db", _search_args(mnist_dir, tmp_path, "k")
+    worker = subprocess.Popen(args + ["--n-trials", "5"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        stuck = _wait_until_a_trial_trains(worker, db, "k").number
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    assert trials_of(db, "k")[stuck].state == TrialState.RUNNING  # killed mid-trial: left RUNNING ...
+    time.sleep(5)  # ... until its heartbeat is older than the grace period
+    resume = subprocess.run(args + ["--n-trials", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    _assert_retried(trials_of(db, "k"), stuck)
+
+
+def test_sigterm_queues_the_running_trial_again_at_once(mnist_dir, tmp_path):
+    db, args = tmp_path / "t" / "study.db", _search_args(mnist_dir, tmp_path, "t")
+    worker = subprocess.Popen(args + ["--n-trials", "5"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stuck = _wait_until_a_trial_trains(worker, db, "t").number
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+    assert worker.returncode == 130 and stderr.strip().splitlines()[-1] == "interrupted", stderr[-2000:]
+    retry = _assert_retried(trials_of(db, "t"), stuck)  # no waiting for a heartbeat to go stale
+    assert retry.state == TrialState.WAITING
+    resume = subprocess.run(args + ["--n-trials", "1", "--grace", "600"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    assert trials_of(db, "t")[retry.number].state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def _digest(path):
