@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from mnist_challenge.train import TrainConfig
 from search.objective import SearchSettings, check_constraints
 from mnist_challenge.spec import load_spec
-from search.space import CHANNELS, params_from_spec, recipe_from_params, smallest_params, spec_from_params, suggest_spec, widths
+from search.space import CHANNELS, RECIPE_KEYS, params_from_spec, recipe_from_params, smallest_params, spec_from_params, suggest_recipe, suggest_spec, widths
 from search.storage import make_storage
 
 from .conftest import ROOT, run_cli
@@ -266,3 +266,14 @@ def test_trial_stuck_at_chance_is_stopped_after_two_epochs(tmp_path, monkeypatch
     for t in trained:
         assert t.state == TrialState.PRUNED and t.user_attrs["reason"].startswith("stuck at chance level after epoch 2")
     assert max(epochs_seen) == 2
+
+
+def test_recipe_keys_are_exactly_what_suggest_recipe_draws():
+    """RECIPE_KEYS (what --enqueue accepts) is listed by hand; it must not drift from suggest_recipe."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = set()
+    for _ in range(60):  # enough draws to take every branch (step_size only comes with schedule=step)
+        trial = study.ask()
+        suggest_recipe(trial, TrainConfig())
+        drawn |= trial.params.keys()
+    assert drawn == RECIPE_KEYS
