@@ -154,7 +154,10 @@ def test_sigterm_queues_the_running_trial_again_at_once(mnist_dir, tmp_path):
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
-    assert worker.returncode == 130 and stderr.strip().splitlines()[-1] == "interrupted", stderr[-2000:]
+    # 130, or death by SIGINT (which a shell also reports as 130): seen once in CI, when the signal
+    # landed while torch was lazily importing a module; CPython then ended the process by SIGINT
+    # although the KeyboardInterrupt had been caught, "interrupted" printed and the trial queued again.
+    assert worker.returncode in (130, -signal.SIGINT) and stderr.strip().splitlines()[-1] == "interrupted", stderr[-2000:]
     retry = _assert_retried(trials_of(db, "t"), stuck)  # no waiting for a heartbeat to go stale
     assert retry.state == TrialState.WAITING
     resume = subprocess.run(args + ["--n-trials", "1", "--grace", "600"], cwd=ROOT, capture_output=True, text=True, timeout=600)
