@@ -96,8 +96,8 @@ class _MaxPool2x2(torch.autograd.Function):
         a0, a1 = x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2]
         a2, a3 = x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]
         top, bottom = torch.maximum(a0, a1), torch.maximum(a2, a3)
-        lower = bottom > top
-        right_top, right_bottom = a1 > a0, a3 > a2
+        lower = (bottom > top) | bottom.isnan()  # a NaN wins, as in ATen's scan (NaN > x is False)
+        right_top, right_bottom = (a1 > a0) | a1.isnan(), (a3 > a2) | a3.isnan()
         right = right_top ^ ((right_top ^ right_bottom) & lower)  # pick the row's winner; bool ops, no where()
         rows = torch.arange(0, h, 2, device=x.device).view(-1, 1) * width
         corner = rows + torch.arange(0, w, 2, device=x.device)  # flat index of each window's top-left pixel
@@ -120,7 +120,8 @@ class _NativeMaxPool2x2(torch.autograd.Function):
         n, c, h, w = x.shape
         out = x.new_empty(n, c, h // 2, w // 2)
         winner = torch.empty(out.shape, dtype=torch.uint8)
-        load_kernels().maxpool2x2_forward(x.data_ptr(), out.data_ptr(), winner.data_ptr(), n * c, h, w)
+        if load_kernels().maxpool2x2_forward(x.data_ptr(), out.data_ptr(), winner.data_ptr(), n * c, h, w):
+            raise MemoryError("max-pool kernel: out of memory")
         ctx.save_for_backward(winner)
         ctx.input_shape = x.shape
         return out

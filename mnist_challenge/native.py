@@ -75,8 +75,8 @@ def load_kernels() -> ctypes.CDLL | None:
     lib.tail_mask.argtypes = [ptr, i64, ctypes.c_uint32, f32, ctypes.c_uint64]
     lib.maxpool2x2_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64]
     lib.maxpool2x2_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64]
-    lib.tail_forward.restype = lib.tail_backward.restype = ctypes.c_int  # -1: out of memory
-    for fn in (lib.tail_mask, lib.maxpool2x2_forward, lib.maxpool2x2_backward):
+    lib.tail_forward.restype = lib.tail_backward.restype = lib.maxpool2x2_forward.restype = ctypes.c_int  # -1: out of memory
+    for fn in (lib.tail_mask, lib.maxpool2x2_backward):
         fn.restype = None
     _kernels = lib
     return lib

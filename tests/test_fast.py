@@ -27,6 +27,23 @@ def test_fast_maxpool_matches_aten_including_ties(shape, native, monkeypatch):
     assert torch.equal(a.grad, b.grad)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native-kernel", "strided-views"])
+def test_fast_maxpool_propagates_nan_like_aten(native, monkeypatch):
+    if native:
+        require_kernels()
+    else:
+        monkeypatch.setattr(fast, "load_kernels", lambda: None)
+    x = torch.randn(2, 3, 6, 8)
+    x[0, 1, 2, 3] = x[1, 2, 5, 6] = float("nan")
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_fast, out_ref = MaxPool2x2()(a), nn.functional.max_pool2d(b, 2)
+    assert torch.equal(out_fast.isnan(), out_ref.isnan()) and out_fast.isnan().sum() == 2
+    grad = torch.randn_like(out_ref)
+    out_fast.backward(grad)
+    out_ref.backward(grad)
+    assert torch.equal(a.grad, b.grad)  # the gradient goes to the NaN, as in ATen
+
+
 def test_pooled_dropout_keeps_1_minus_p_and_rescales():
     drop = PooledDropout(0.2, generator=torch.Generator().manual_seed(0))
     x = torch.ones(64, 8, 12, 12)
