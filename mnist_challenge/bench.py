@@ -126,10 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads for both sides (default: torch's)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--no-pooled-dropout", dest="pooled_dropout", action="store_false")
-    p.add_argument("--no-fast-maxpool", dest="fast_maxpool", action="store_false")
-    p.add_argument("--no-fused-tail", dest="fused_tail", action="store_false")
-    p.add_argument("--no-cl-weight-grad", dest="cl_weight_grad", action="store_false")
+    for trick, flag in TRICKS.items():
+        p.add_argument(flag, dest=trick, action="store_false")
     p.add_argument("--skip-reference", action="store_true", help="time only the kit's engine (no ratio)")
     p.add_argument("--ablate", action="store_true", help="also time the engine with each speed trick turned off in turn")
     p.add_argument("--layouts", action="store_true", help="also compare one 2-thread process with two 1-thread processes")
@@ -148,7 +146,7 @@ def run_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     spec = load_spec(args.spec)
     needed = (args.steps + args.warmup) * args.batch_size
-    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, bf16=args.bf16, channels_last=args.channels_last, pooled_dropout=args.pooled_dropout, fast_maxpool=args.fast_maxpool, fused_tail=args.fused_tail, cl_weight_grad=args.cl_weight_grad, threads=args.threads, val_size=0, device="cpu")
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, bf16=args.bf16, channels_last=args.channels_last, threads=args.threads, **{trick: getattr(args, trick) for trick in TRICKS}, val_size=0, device="cpu")
     data = load_mnist(args.data_dir, val_size=0, train_subset=needed, allow_download=args.download)
     threads = torch.get_num_threads()
     print(f"spec {spec.name} | batch {args.batch_size} | {args.steps} timed steps after {args.warmup} warm-up | torch {torch.__version__}, {threads} threads")

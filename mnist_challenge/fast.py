@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .native import load_kernels, unavailable_reason
+from .native import load_kernels, plain_cpu_float32
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -141,7 +141,7 @@ class MaxPool2x2(nn.Module):
     tensors when it could be built, else ``_MaxPool2x2``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and x.dim() == 4 and load_kernels() is not None:
+        if plain_cpu_float32(x) and x.dim() == 4 and load_kernels() is not None:
             return _NativeMaxPool2x2.apply(x)
         return _MaxPool2x2.apply(x)
 
@@ -154,11 +154,6 @@ def _is_plain_2x2_pool(m: nn.Module) -> bool:
         type(m) is nn.MaxPool2d and pair(m.kernel_size) == (2, 2) and pair(m.stride or m.kernel_size) == (2, 2)
         and pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1) and not m.ceil_mode and not m.return_indices
     )
-
-
-def fused_tail_unavailable(wanted: bool) -> str | None:
-    """Why the fused conv-unit tail was wanted but cannot run here (no C compiler ...); None otherwise."""
-    return unavailable_reason() if wanted else None
 
 
 class _ConvWeightGradChannelsLast(torch.autograd.Function):
@@ -197,7 +192,7 @@ class ConvWeightGradChannelsLast(nn.Conv2d):
     on contiguous float32 CPU tensors."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
+        if self.training and torch.is_grad_enabled() and plain_cpu_float32(x):
             return _ConvWeightGradChannelsLast.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
         return super().forward(x)
 
@@ -215,8 +210,8 @@ def speed_up(model: nn.Module, pooled_dropout: bool, fast_maxpool: bool, seed: i
 
     The state_dict (and ``model.pt``) is unchanged: parameter-free layers are swapped, a fused tail
     (``fused.ConvUnitTail``) takes over its BatchNorm's parameters under the same keys, and a conv only
-    changes class. Each
-    swapped random layer gets its own seeded generator: runs are repeatable whatever the layer order.
+    changes class. Each swapped random layer gets its own seeded generator: runs are repeatable whatever
+    the layer order.
     Tails are fused first; dropout outside them (e.g. at block ends) then becomes PooledDropout.
     """
     from .fused import fuse_conv_unit_tails
@@ -235,4 +230,3 @@ def speed_up(model: nn.Module, pooled_dropout: bool, fast_maxpool: bool, seed: i
                 setattr(parent, name, MaxPool2x2())
                 swapped["fast_maxpool"] += 1
     return swapped
-

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .native import load_kernels, unavailable_reason
+from .native import load_kernels, plain_cpu_float32, unavailable_reason
 
 
 def _dropout_args(p: float) -> tuple[int, float]:
@@ -80,8 +80,8 @@ class ConvUnitTail(nn.BatchNorm2d):
 
     def _fusable(self, z: torch.Tensor) -> bool:
         return (
-            self.training and z.device.type == "cpu" and z.dtype == torch.float32 and z.dim() == 4 and z.is_contiguous()
-            and z.shape[0] * z.shape[2] * z.shape[3] > 1 and self.weight.dtype == torch.float32 and load_kernels() is not None
+            self.training and plain_cpu_float32(z) and z.dim() == 4 and z.shape[0] * z.shape[2] * z.shape[3] > 1
+            and self.weight.dtype == torch.float32 and load_kernels() is not None
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

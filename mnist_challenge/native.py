@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 SOURCE = Path(__file__).with_name("native.c")
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared"]
 
@@ -80,6 +82,11 @@ def load_kernels() -> ctypes.CDLL | None:
         fn.restype = None
     _kernels = lib
     return lib
+
+
+def plain_cpu_float32(x: torch.Tensor) -> bool:
+    """A contiguous float32 CPU tensor: the only kind the C kernels (and the layouts they assume) take."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
 
 
 def unavailable_reason() -> str | None:

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from .augment import AugmentConfig, random_affine
 from .data import MnistData, Split
 from .errors import UserError
-from .fast import bf16_pays, bf16_supported, fused_tail_unavailable, speed_up
+from .fast import bf16_pays, bf16_supported, speed_up
+from .native import unavailable_reason
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "step", "none")
@@ -137,9 +138,13 @@ def evaluate(model: nn.Module, split: Split, batch_size: int, autocast: bool, ch
     return loss_sum.item() / len(split), 100.0 * correct.item() / len(split)
 
 
+def wants_fused_tail(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.fused_tail and device.type == "cpu"  # a CPU kernel: on a GPU the plain layers run
+
+
 def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, int]:
     """Swap in the engine's fast layers as ``cfg`` asks, move the model to ``device``; returns what was swapped."""
-    swapped = speed_up(model, cfg.pooled_dropout, cfg.fast_maxpool, cfg.seed, fused_tail=cfg.fused_tail and device.type == "cpu", cl_weight_grad=cfg.cl_weight_grad)
+    swapped = speed_up(model, cfg.pooled_dropout, cfg.fast_maxpool, cfg.seed, fused_tail=wants_fused_tail(cfg, device), cl_weight_grad=cfg.cl_weight_grad)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -179,7 +184,7 @@ def train_model(
     if steps == 0:
         raise UserError(f"the training split has {n} images: fewer than one batch")
     opt, sched, per_step = make_optimizer(model, cfg, steps)
-    settings = {"device": str(device), "bf16_autocast": autocast, "threads": torch.get_num_threads(), "swapped_layers": swapped, "fused_tail_unavailable": fused_tail_unavailable(cfg.fused_tail and device.type == "cpu"), "channels_last": cfg.channels_last, "steps_per_epoch": steps}
+    settings = {"device": str(device), "bf16_autocast": autocast, "threads": torch.get_num_threads(), "swapped_layers": swapped, "fused_tail_unavailable": unavailable_reason() if wants_fused_tail(cfg, device) else None, "channels_last": cfg.channels_last, "steps_per_epoch": steps}
     if on_start is not None:
         on_start(settings)
     rows: list[dict[str, Any]] = []

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
@@ -20,7 +19,7 @@ from mnist_challenge.train import TrainConfig
 
 from .objective import Objective, SearchSettings
 from .outputs import export, plot, summary_table
-from .storage import make_storage
+from .storage import make_storage, retry_trial
 
 PRUNERS = ("hyperband", "median", "sha", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -117,7 +116,7 @@ def retry_interrupted(study: optuna.Study, number: int) -> None:
     that the next run retries it instead of losing it; ``failed_trial`` names the original."""
     frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if frozen is not None and frozen.state == TrialState.FAIL:
-        RetryHeartbeatStaleTrialCallback(max_retry=2)(study, frozen)
+        retry_trial(study, frozen)
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -25,6 +25,14 @@ from mnist_challenge import UserError
 
 SUPPORTED = ("sqlite", "postgresql", "mysql")
 
+MAX_RETRIES = 2  # how often a lost trial is queued again with its parameters
+
+
+def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a failed trial again with its parameters: for trials whose heartbeat went stale (the storage
+    calls this), and for trials stopped by Ctrl-C / SIGTERM (runner.retry_interrupted)."""
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
+
 
 def default_storage_url(study_dir: Path) -> str:
     return f"sqlite:///{study_dir / 'study.db'}"
@@ -61,7 +69,7 @@ def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                heartbeat_stale_trial_callback=retry_trial,
             )
         except ImportError as exc:
             raise UserError(f"--storage {dialect}: the database driver is not installed ({exc})") from None

@@ -10,13 +10,17 @@ from tests.test_fused import require_kernels
 from mnist_challenge import build_model, load_spec
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native-kernel", "strided-views"])
-@pytest.mark.parametrize("shape", [(4, 3, 22, 22), (2, 5, 11, 11), (3, 2, 9, 14), (1, 1, 2, 2)])
-def test_fast_maxpool_matches_aten_including_ties(shape, native, monkeypatch):
-    if native:
+@pytest.fixture(params=[True, False], ids=["native-kernel", "strided-views"])
+def pool_path(request, monkeypatch):
+    """Run a max-pool test on the C kernel, then again on the strided-view fallback."""
+    if request.param:
         require_kernels()
     else:
         monkeypatch.setattr(fast, "load_kernels", lambda: None)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 22, 22), (2, 5, 11, 11), (3, 2, 9, 14), (1, 1, 2, 2)])
+def test_fast_maxpool_matches_aten_including_ties(shape, pool_path):
     x = torch.randn(*shape).relu().round()  # ReLU zeros and rounding make ties common
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
@@ -27,12 +31,7 @@ def test_fast_maxpool_matches_aten_including_ties(shape, native, monkeypatch):
     assert torch.equal(a.grad, b.grad)
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native-kernel", "strided-views"])
-def test_fast_maxpool_propagates_nan_like_aten(native, monkeypatch):
-    if native:
-        require_kernels()
-    else:
-        monkeypatch.setattr(fast, "load_kernels", lambda: None)
+def test_fast_maxpool_propagates_nan_like_aten(pool_path):
     x = torch.randn(2, 3, 6, 8)
     x[0, 1, 2, 3] = x[1, 2, 5, 6] = float("nan")
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()

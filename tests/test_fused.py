@@ -25,6 +25,14 @@ def kernels_built(request):
         require_kernels()
 
 
+@pytest.fixture
+def fresh_kernel_state(monkeypatch, tmp_path):
+    """native.py as in a new process, with its cache in tmp_path: the next load_kernels() starts over."""
+    monkeypatch.setattr(native, "_kernels", None)
+    monkeypatch.setattr(native, "_unavailable", None)
+    monkeypatch.setenv("MNIST_CHALLENGE_CACHE", str(tmp_path / "cache"))
+
+
 def seed_drawn_by(generator_seed: int) -> int:
     """The seed ConvUnitTail draws on its first call from a generator seeded with ``generator_seed``."""
     return int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(generator_seed)))
@@ -97,16 +105,13 @@ def test_non_contiguous_input_runs_the_plain_layers():
     torch.testing.assert_close(tail(z), plain_bn(torch.relu(z)))
 
 
-def test_without_a_compiler_nothing_is_fused_and_training_says_why(monkeypatch, tmp_path, mnist_dir):
+def test_without_a_compiler_nothing_is_fused_and_training_says_why(monkeypatch, tmp_path, mnist_dir, fresh_kernel_state):
     from mnist_challenge.data import load_mnist
     from mnist_challenge.train import TrainConfig, train_model
 
     data = load_mnist(str(mnist_dir), val_size=0, train_subset=512)
 
-    monkeypatch.setattr(native, "_kernels", None)
-    monkeypatch.setattr(native, "_unavailable", None)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setenv("MNIST_CHALLENGE_CACHE", str(tmp_path / "cache"))
     assert load_kernels() is None
     assert "no-such-compiler" in unavailable_reason()
     assert fuse_conv_unit_tails(build_model(load_spec("classic"))) == 0
@@ -116,12 +121,9 @@ def test_without_a_compiler_nothing_is_fused_and_training_says_why(monkeypatch, 
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.epochs)
 
 
-def test_a_corrupt_cached_kernel_is_rebuilt(monkeypatch, tmp_path):
-    require_kernels()
-    monkeypatch.setenv("MNIST_CHALLENGE_CACHE", str(tmp_path))
-    monkeypatch.setattr(native, "_kernels", None)
-    monkeypatch.setattr(native, "_unavailable", None)
+def test_a_corrupt_cached_kernel_is_rebuilt(fresh_kernel_state):
     cached = native.kernel_path(os.environ.get("CC", "cc"))
+    cached.parent.mkdir(parents=True)
     cached.write_bytes(b"not a shared object")  # e.g. a copy cut short
     assert load_kernels() is not None, unavailable_reason()
     assert cached.read_bytes() != b"not a shared object"
