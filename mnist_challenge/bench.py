@@ -20,13 +20,14 @@ from typing import Sequence
 
 import torch
 
-from .cli import Parser, add_data_flags, positive_int, run_cli
+from .cli import Parser, add_data_flags, run_cli
 from .errors import UserError
 from .data import MnistData, Split, load_mnist
 from .model import build_model
 from .reference import time_reference_steps
 from .spec import load_spec
 from .train import TrainConfig, evaluate, prepare_model, resolve_device, train_model, use_bf16
+from .validate import int_flag, positive_int
 
 
 def _runs(values: list[float]) -> str:
@@ -122,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=150, help="timed optimizer steps per side (default 150)")
     p.add_argument("--warmup", type=positive_int, default=20, help="untimed steps first (default 20)")
     p.add_argument("--repeats", type=positive_int, default=3, help="alternating engine/reference measurements; medians reported (default 3)")
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads for both sides (default: torch's)")
+    p.add_argument("--batch-size", type=int_flag(2, 4096), default=128)
+    p.add_argument("--threads", type=int_flag(1, 1024), default=None, help="torch threads for both sides (default: torch's)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--channels-last", action="store_true")
     for trick, flag in TRICKS.items():

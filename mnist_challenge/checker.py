@@ -2,8 +2,11 @@
 
 * parameters < ``max_params``              (from inspection.json: parameters used in forward)
 * no fully connected layer                   (from inspection.json: any nn.Linear / F.linear)
-* epochs <= ``max_epochs``                   (rows in epochs.csv; "< 20 epochs" is max 19)
+* epochs <= ``max_epochs``                   (rows in epochs.csv and the plan in config.json; "< 20 epochs" is max 19)
+* the run is complete                        (epochs.csv holds epochs 1..N of the N that config.json planned)
 * test accuracy >= ``min_acc`` in each of the last ``last_k`` epochs ("consistently, not once")
+
+A run killed part-way fails the completeness rule: its last epochs are not the ones the rules mean.
 
 Where the run kept its ``spec.json``, the model is rebuilt and re-inspected, and a run whose logged
 inspection disagrees with its own spec fails: logs cannot claim a smaller network than they trained.
@@ -18,6 +21,7 @@ from typing import Any
 
 from .errors import UserError
 from .runlog import read_epochs
+from .validate import check_float, check_int, require
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,12 @@ class Limits:
     max_epochs: int = 19  # at most this many epochs
     min_acc: float = 99.4  # test accuracy in %, in each of the last_k epochs
     last_k: int = 3
+
+    def __post_init__(self) -> None:
+        check_int(self.max_params, "--max-params", 1)
+        check_int(self.max_epochs, "--max-epochs", 1)
+        check_float(self.min_acc, "--min-acc", 0.0, 100.0)
+        check_int(self.last_k, "--last-k", 1)
 
 
 @dataclass
@@ -42,25 +52,48 @@ class Verdict:
         return "\n".join(lines)
 
 
-def _read_json(path: Path) -> Any:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A run directory's JSON file, which must hold one object; anything else is a ``UserError``."""
     if not path.is_file():
         raise UserError(f"{path.parent} is not a complete run directory: {path.name} is missing")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path} is not valid JSON: {' '.join(str(exc).split())[:200]}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    require(isinstance(data, dict), f"{path} is malformed: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_inspection(run_dir: Path) -> dict[str, Any]:
+    """inspection.json with the fields the rules read, type-checked."""
+    path = run_dir / "inspection.json"
+    inspection = read_json_object(path)
+    params, has_linear, linear = inspection.get("params"), inspection.get("has_linear"), inspection.get("linear_layers", [])
+    require(isinstance(params, int) and not isinstance(params, bool) and params >= 0, f"{path} is malformed: 'params' must be a count, got {params!r}")
+    require(isinstance(has_linear, bool), f"{path} is malformed: 'has_linear' must be true or false, got {has_linear!r}")
+    require(isinstance(linear, list) and all(isinstance(n, str) for n in linear), f"{path} is malformed: 'linear_layers' must be a list of names")
+    for key in ("macs", "receptive_field_head"):  # optional, shown in the report's table
+        value = inspection.get(key, 0)
+        require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, f"{path} is malformed: '{key}' must be a count, got {value!r}")
+    return inspection
+
+
+def planned_epochs(run_dir: Path) -> int:
+    path = run_dir / "config.json"
+    epochs = read_json_object(path).get("epochs")
+    require(isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1, f"{path} is malformed: 'epochs' must be a positive integer, got {epochs!r}")
+    return epochs
 
 
 def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    if limits.last_k < 1:
-        raise UserError(f"--last-k must be >= 1, got {limits.last_k}")
-    inspection = _read_json(run_dir / "inspection.json")
+    inspection = read_inspection(run_dir)
+    planned = planned_epochs(run_dir)
     rows = read_epochs(run_dir)
-    if not {"params", "has_linear"} <= inspection.keys():
-        raise UserError(f"{run_dir / 'inspection.json'} lacks 'params' / 'has_linear'")
     rules = []
     if (run_dir / "spec.json").is_file():
         from .inspector import inspect_module
@@ -75,7 +108,14 @@ def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
     rules.append({"rule": f"parameters < {limits.max_params:,}", "passed": params < limits.max_params, "figure": f"{params:,}"})
     linear = inspection.get("linear_layers") or []
     rules.append({"rule": "no fully connected layer", "passed": not inspection["has_linear"], "figure": f"nn.Linear found: {', '.join(linear) or 'F.linear'}" if inspection["has_linear"] else "none"})
-    rules.append({"rule": f"epochs <= {limits.max_epochs}", "passed": 1 <= len(rows) <= limits.max_epochs, "figure": f"{len(rows)}"})
+    rules.append({"rule": f"epochs <= {limits.max_epochs}", "passed": 1 <= len(rows) <= limits.max_epochs and planned <= limits.max_epochs,
+                  "figure": f"{len(rows)}" + (f" (planned {planned})" if planned != len(rows) else "")})
+    numbers = [r["epoch"] for r in rows]
+    complete = numbers == list(range(1, planned + 1))
+    figure = f"{len(rows)} of {planned} planned epochs logged"
+    if not complete and len(rows) == planned:
+        figure += " (the epoch column is not 1..N in order)"
+    rules.append({"rule": "run complete (every planned epoch logged)", "passed": complete, "figure": figure})
     tail = [r["test_acc"] for r in rows[-limits.last_k :]]
     enough = len(tail) == limits.last_k
     figure = ", ".join(f"{a:.2f}%" for a in tail) if tail else "no epochs"

@@ -1,6 +1,7 @@
 """``python -m mnist_challenge {inspect,train,check,report}``: thin argparse over the library.
 
-Every user mistake ends as one ``error: ...`` line on stderr and exit code 2.
+Exit codes (``errors.py``): 0 success / PASS, 1 FAIL verdict, 2 bad input (one ``error: ...`` line),
+3 internal error (one line; traceback in a log file), 130 interrupted. No traceback reaches the user.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import json
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from .errors import UserError
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InternalError, UserError, record_internal_error, set_crash_log
+from .validate import check_name, check_writable_dir, float_flag, int_flag, name_flag, positive_int, seed_flag
 
 
 class Parser(argparse.ArgumentParser):
@@ -21,16 +23,29 @@ class Parser(argparse.ArgumentParser):
 
 
 def run_cli(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
-    """Parse, dispatch to ``args.handler`` and turn a ``UserError`` into one line and exit 2."""
-    args = build().parse_args(argv)
+    """Parse, dispatch to ``args.handler`` and apply the exit-code contract (see ``errors.py``)."""
+    set_crash_log(None)  # the handler names its run's log once it has one
     try:
+        args = build().parse_args(argv)
         return args.handler(args) or 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except InternalError as exc:
+        print(f"internal error: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    except RecursionError:  # only input can nest this deep (a JSON file, a model's forward)
+        print("error: the input is nested too deeply to process", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        print("error: out of memory; use a smaller model, input or batch", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug: one line here, the traceback in the log file
+        print(record_internal_error(exc), file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 # --- inspect -----------------------------------------------------------------------------------------
@@ -49,10 +64,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     else:
         model, default_size = torchvision_model(args.torchvision), (3, 224, 224)
     input_size = tuple(args.input_size) if args.input_size else default_size
+    if args.module:  # the user's own forward: whatever it raises is about their code, not the inspector
+        run_forward(model, input_size)
     try:
         report = inspect_module(model, input_size)
     except RuntimeError as exc:  # e.g. an input too small for the model's pooling
-        raise UserError(f"the model cannot run on input size {input_size}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"the model cannot run on input size {input_size}: {first_line(exc)}") from None
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
         return 0
@@ -62,14 +79,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive_int(text: str) -> int:
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def run_forward(model, input_size: tuple[int, ...]) -> None:
+    """One plain forward pass of a user's model; an exception from it is a ``UserError``."""
+    import torch
+
+    model.eval()
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size))
+    except Exception as exc:
+        raise UserError(f"the model's forward fails on input size {input_size}: {first_line(exc)}") from None
 
 
 def add_inspect(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +102,7 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--spec", help="spec JSON file, or a preset name (classic, compact, tiny)")
     source.add_argument("--module", help="FILE.py:Factory or package.module:Factory returning an nn.Module")
     source.add_argument("--torchvision", metavar="NAME", help="a torchvision model name, e.g. resnet18 (random weights)")
-    p.add_argument("--input-size", nargs=3, type=positive_int, metavar=("C", "H", "W"), help="input shape without batch (default: the spec's, 1 28 28 for --module, 3 224 224 for --torchvision)")
+    p.add_argument("--input-size", nargs=3, type=int_flag(1, 1024), metavar=("C", "H", "W"), help="input shape without batch (default: the spec's, 1 28 28 for --module, 3 224 224 for --torchvision)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(handler=cmd_inspect)
 
@@ -86,27 +110,27 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
 # --- train ---------------------------------------------------------------------------------------------
 def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15) -> None:
     """Flags for every TrainConfig field; shared by ``train`` and the search's ``reproduce``."""
-    from .train import OPTIMIZERS, SCHEDULES
+    from .train import MAX_EPOCHS, OPTIMIZERS, SCHEDULES
 
-    p.add_argument("--epochs", type=positive_int, default=epochs_default, help=f"epochs (default {epochs_default})")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--epochs", type=int_flag(1, MAX_EPOCHS), default=epochs_default, help=f"epochs (default {epochs_default})")
+    p.add_argument("--batch-size", type=int_flag(2, 60_000), default=128)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--lr", type=float_flag(0, 10, lo_open=True), default=0.05, help="peak learning rate (default 0.05)")
+    p.add_argument("--momentum", type=float_flag(0, 1, hi_open=True), default=0.9)
     p.add_argument("--no-nesterov", dest="nesterov", action="store_false")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float_flag(0, 1), default=1e-4)
     p.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
-    p.add_argument("--step-size", type=positive_int, default=6, help="StepLR epochs between decays")
-    p.add_argument("--gamma", type=float, default=0.1, help="StepLR decay factor")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--rotation", type=float, default=7.0, help="max random rotation in degrees (0: off)")
-    p.add_argument("--translate", type=float, default=0.0, help="max random shift, fraction of the side")
-    p.add_argument("--scale", type=float, default=0.0, help="random zoom range +/-")
-    p.add_argument("--shear", type=float, default=0.0, help="max random shear in degrees")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--val-size", type=int, default=10_000, help="validation images held out of the 60k (0: train on all)")
-    p.add_argument("--split-seed", type=int, default=0, help="which images are held out")
-    p.add_argument("--train-subset", type=positive_int, default=None, help="train on only this many images")
+    p.add_argument("--step-size", type=int_flag(1, MAX_EPOCHS), default=6, help="StepLR epochs between decays")
+    p.add_argument("--gamma", type=float_flag(0, 1, lo_open=True), default=0.1, help="StepLR decay factor")
+    p.add_argument("--label-smoothing", type=float_flag(0, 1, hi_open=True), default=0.0)
+    p.add_argument("--rotation", type=float_flag(0, 180), default=7.0, help="max random rotation in degrees (0: off)")
+    p.add_argument("--translate", type=float_flag(0, 1), default=0.0, help="max random shift, fraction of the side")
+    p.add_argument("--scale", type=float_flag(0, 1, hi_open=True), default=0.0, help="random zoom range +/-")
+    p.add_argument("--shear", type=float_flag(0, 60), default=0.0, help="max random shear in degrees")
+    p.add_argument("--seed", type=seed_flag, default=1)
+    p.add_argument("--val-size", type=int_flag(0, 59_998), default=10_000, help="validation images held out of the 60k (0: train on all)")
+    p.add_argument("--split-seed", type=seed_flag, default=0, help="which images are held out")
+    p.add_argument("--train-subset", type=int_flag(2, 60_000), default=None, help="train on only this many images")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: where the hardware has it)")
     p.add_argument("--channels-last", action="store_true", help="NHWC activations")
@@ -114,7 +138,7 @@ def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15)
     p.add_argument("--no-fast-maxpool", dest="fast_maxpool", action="store_false", help="plain nn.MaxPool2d")
     p.add_argument("--no-fused-tail", dest="fused_tail", action="store_false", help="plain ReLU/BatchNorm/dropout layers instead of the fused C kernel")
     p.add_argument("--no-cl-weight-grad", dest="cl_weight_grad", action="store_false", help="conv weight gradients in NCHW everywhere")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
+    p.add_argument("--threads", type=int_flag(1, 1024), default=None, help="torch intra-op threads")
     add_data_flags(p)
 
 
@@ -135,15 +159,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from .experiment import load_data, run_experiment
+    from .experiment import load_data, require_mnist_shape, run_experiment
+    from .runlog import check_new_run_dir
     from .spec import load_spec
+    from .train import resolve_device
 
+    # Everything is checked before the data is loaded or a file is written.
     spec = load_spec(args.spec)
+    require_mnist_shape(spec)
     cfg = train_config_from_args(args)
+    resolve_device(cfg.device)
+    name = check_name(args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", "--name" if args.name else "the run name (spec name)")
+    run_dir = check_new_run_dir(Path(check_writable_dir(args.out, "--out")) / name)
     data = load_data(cfg, args.data_dir, allow_download=args.download)
-    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(args.out) / name
     print(f"run directory: {run_dir}")
+    set_crash_log(run_dir / "train.log")
     run_experiment(spec, cfg, run_dir, data=data, data_dir=args.data_dir)
     return 0
 
@@ -152,7 +182,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a spec on MNIST and write a full run directory")
     p.add_argument("--spec", required=True, help="spec JSON file, or a preset name (classic, compact, tiny)")
     p.add_argument("--out", default="logs/runs", help="parent directory of the run directory (default logs/runs)")
-    p.add_argument("--name", default=None, help="run directory name (default: <spec name>-<timestamp>)")
+    p.add_argument("--name", type=name_flag, default=None, help="run directory name (default: <spec name>-<timestamp>)")
     add_train_config_flags(p)
     p.set_defaults(handler=cmd_train)
 
@@ -161,7 +191,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-params", type=positive_int, default=20_000, help="parameters must be fewer than this")
     p.add_argument("--max-epochs", type=positive_int, default=19, help="at most this many epochs")
-    p.add_argument("--min-acc", type=float, default=99.4, help="test accuracy (%%) needed in each of the last k epochs")
+    p.add_argument("--min-acc", type=float_flag(0, 100), default=99.4, help="test accuracy (%%) needed in each of the last k epochs")
     p.add_argument("--last-k", type=positive_int, default=3)
 
 

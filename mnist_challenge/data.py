@@ -24,6 +24,8 @@ from .errors import UserError
 ENV_VAR = "MNIST_DATA_DIR"
 DEFAULT_DIR = Path("data/mnist")
 MEAN, STD = 0.1307, 0.3081  # the usual MNIST normalisation (train-set pixel statistics)
+IMAGE_SIDE, NUM_CLASSES = 28, 10
+TRAIN_IMAGES = 60_000  # the official training set, before the validation hold-out
 
 # Published SHA-256 of each file, gzipped and raw, so a corrupt or truncated copy is caught either way.
 FILES = {
@@ -73,12 +75,24 @@ def download(directory: Path) -> None:
     """Fetch MNIST with torchvision into ``directory`` (lands in ``directory/MNIST/raw``)."""
     import torchvision
 
+    created = [d for d in (directory, directory / "MNIST", directory / "MNIST" / "raw") if not d.exists()]
     try:
         torchvision.datasets.MNIST(str(directory), train=True, download=True)
         torchvision.datasets.MNIST(str(directory), train=False, download=True)
     except Exception as exc:  # network errors come in many types
-        reason = " ".join(str(exc).split())[:160]  # torchvision's message spans lines; keep one
-        raise UserError(f"could not download MNIST into {directory} ({reason}); copy the four IDX files there, or set --data-dir / ${ENV_VAR}") from None
+        for folder in reversed(created):  # leave no empty folders behind that look like a dataset
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise UserError(f"could not download MNIST into {directory} ({_one_line(exc)}); copy the four IDX files there, "
+                        f"or set --data-dir / ${ENV_VAR}") from None
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, shortened at a word boundary (torchvision's spans lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def load_raw(data_dir: str | Path | None = None, allow_download: bool = False) -> dict[str, torch.Tensor]:
@@ -126,6 +140,18 @@ def _to_split(images: torch.Tensor, labels: torch.Tensor, device: torch.device) 
     return Split(x.contiguous(), labels.to(device=device, dtype=torch.int64))
 
 
+def check_split(val_size: int, train_subset: int | None, n: int = TRAIN_IMAGES, need_val: bool = False) -> None:
+    """The validation hold-out and the training subset fit in the ``n`` training images, leaving at least
+    two to train on (BatchNorm's minimum) and, where selection needs one, a validation set."""
+    if need_val and val_size < 1:
+        raise UserError("--val-size must be at least 1: the search selects on the validation split")
+    if not 0 <= val_size <= n - 2:
+        raise UserError(f"--val-size {val_size}: must be in 0..{n - 2} (the {n:,} training images must keep two to train on)")
+    if train_subset is not None and not 2 <= train_subset <= n - val_size:
+        raise UserError(f"--train-subset {train_subset}: must be in 2..{n - val_size} "
+                        f"(the {n - val_size:,} training images left after holding out {val_size:,} for validation)")
+
+
 def load_mnist(
     data_dir: str | Path | None = None,
     *,
@@ -141,15 +167,13 @@ def load_mnist(
     The validation set is drawn with ``split_seed`` independently of the training seed, so every run
     and every search trial is judged on the same held-out images.
     """
+    check_split(val_size, train_subset)
     raw = load_raw(data_dir, allow_download)
     n = raw["train_images"].shape[0]
-    if not 0 <= val_size < n:
-        raise UserError(f"val_size must be in 0..{n - 1}, got {val_size}")
+    check_split(val_size, train_subset, n)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     val_idx, train_idx = order[:val_size], order[val_size:]
     if train_subset is not None:
-        if train_subset <= 0:
-            raise UserError(f"train_subset must be positive, got {train_subset}")
         train_idx = train_idx[:train_subset]
     device = torch.device(device)
     train = _to_split(raw["train_images"][train_idx], raw["train_labels"][train_idx], device)

@@ -15,7 +15,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checker import Limits, check_run
-from .data import MnistData, load_mnist, resolve_data_dir
+from .data import IMAGE_SIDE, NUM_CLASSES, MnistData, load_mnist, resolve_data_dir
+from .errors import UserError
 from .inspector import format_report, inspect_module, torchsummary_table
 from .model import build_model
 from .runlog import RunDir
@@ -25,6 +26,14 @@ from .train import EpochHook, TrainConfig, TrainResult, resolve_device, train_mo
 
 def summary_text(model: nn.Module, input_size: tuple[int, ...], report_text: str) -> str:
     return f"{torchsummary_table(model, input_size)}\n{report_text}\n"
+
+
+def require_mnist_shape(spec: ArchSpec) -> None:
+    """Training reads MNIST: 1x28x28 images, 10 classes. A spec built for another shape cannot be fed."""
+    if (spec.in_channels, spec.input_size, spec.num_classes) != (1, IMAGE_SIDE, NUM_CLASSES):
+        raise UserError(f"spec {spec.name!r} takes {spec.in_channels}x{spec.input_size}x{spec.input_size} inputs and {spec.num_classes} "
+                        f"classes, but MNIST is 1x{IMAGE_SIDE}x{IMAGE_SIDE} with {NUM_CLASSES}: set in_channels 1, input_size "
+                        f"{IMAGE_SIDE}, num_classes {NUM_CLASSES} to train it")
 
 
 def load_data(cfg: TrainConfig, data_dir: str | Path | None, allow_download: bool = False) -> MnistData:
@@ -49,8 +58,9 @@ def run_experiment(
 
     ``on_epoch`` runs after the epoch is on disk, so a pruned or killed run keeps what it finished.
     """
-    run = RunDir(run_dir)
+    require_mnist_shape(spec)
     data = data if data is not None else load_data(cfg, data_dir)
+    run = RunDir(run_dir)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     model = model if model is not None else build_model(spec)
     input_size = (spec.in_channels, spec.input_size, spec.input_size)

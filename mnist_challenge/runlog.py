@@ -28,6 +28,7 @@ from torch import nn
 
 from .errors import UserError
 from .spec import ArchSpec
+from .validate import check_writable_dir, make_dir
 
 EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds", "eval_seconds", "images_per_second"]
 
@@ -57,14 +58,25 @@ def format_epoch(row: dict[str, Any], total: int) -> str:
     )
 
 
+def check_new_run_dir(path: str | Path) -> Path:
+    """``path`` can become a new run directory: absent or empty, and creatable (nothing is created)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"run directory {path} is a file; pick another --name or --out")
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"run directory {path} already exists and is not empty; pick another --name or --out")
+    check_writable_dir(path, "run directory")
+    return path
+
+
 class RunDir:
     """Owns one run's directory; every method appends or rewrites a file completely, then returns."""
 
     def __init__(self, path: str | Path, exist_ok: bool = False) -> None:
         self.path = Path(path)
-        if self.path.exists() and any(self.path.iterdir()) and not exist_ok:
-            raise UserError(f"run directory {self.path} already exists and is not empty; pick another --name or --out")
-        self.path.mkdir(parents=True, exist_ok=True)
+        if not exist_ok:
+            check_new_run_dir(self.path)
+        make_dir(self.path, "run directory")
         self.rows: list[dict[str, Any]] = []
         self.total_epochs = 0
 
@@ -118,29 +130,47 @@ class RunDir:
 
 
 def read_epochs(run_dir: str | Path) -> list[dict[str, float]]:
+    """The rows of ``epochs.csv`` as floats (an empty cell is NaN); a malformed file is a ``UserError``."""
     path = Path(run_dir) / "epochs.csv"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory: epochs.csv is missing")
     try:
-        with open(path, newline="") as f:
-            return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
-    except (ValueError, csv.Error) as exc:
-        raise UserError(f"{path} is malformed: {exc}") from None
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {"epoch", "test_acc"} - set(reader.fieldnames or ())
+            if missing:
+                raise UserError(f"{path} is malformed: no column {', '.join(sorted(missing))} in its header")
+            rows = []
+            for row in reader:
+                if None in row:
+                    raise UserError(f"{path} is malformed: line {reader.line_num} has more cells than the header")
+                rows.append({k: float(v) if v not in ("", None) else math.nan for k, v in row.items()})
+            return rows
+    except (ValueError, csv.Error, OSError) as exc:  # UnicodeDecodeError is a ValueError
+        raise UserError(f"{path} is malformed: {' '.join(str(exc).split())[:200]}") from None
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, ArchSpec]:
     """Rebuild a trained model from ``model.pt`` alone (the spec travels inside it)."""
     from .model import build_model
 
+    if not Path(path).is_file():
+        raise UserError(f"checkpoint not found: {path}")
     try:
         blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise UserError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(blob, dict) or not blob.get("spec"):
-        raise UserError(f"{path} has no spec inside; it was not written by this kit")
-    spec = ArchSpec.from_dict(blob["spec"])
+    except Exception as exc:  # torch.load fails in many ways on a file that is not a checkpoint
+        raise UserError(f"cannot read checkpoint {path}: {' '.join(str(exc).split())[:200] or type(exc).__name__}") from None
+    if not isinstance(blob, dict) or not blob.get("spec") or not isinstance(blob.get("state_dict"), dict):
+        raise UserError(f"{path} has no spec and state_dict inside; it was not written by this kit")
+    try:
+        spec = ArchSpec.from_dict(blob["spec"])
+    except UserError as exc:
+        raise UserError(f"{path}: its spec is invalid: {exc}") from None
     model = build_model(spec)
-    model.load_state_dict(blob["state_dict"])
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path}: its weights do not fit its spec ({' '.join(str(exc).split())[:200]})") from None
     return model.eval(), spec
 
 

@@ -23,21 +23,30 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .validate import check_float, check_int, check_name, require
 
 BATCHNORM_CHOICES = ("none", "before_relu", "after_relu")
 DROPOUT_PLACES = ("none", "every_conv", "block_end")
 HEAD_CHOICES = ("gap_conv", "conv_gap")
-MAX_CHANNELS = 4096  # far above anything useful on MNIST; catches typos such as 80000
+# Bounds on sizes: far above anything useful on MNIST-sized inputs, low enough that a typo (80000
+# channels, a 4,000 px input) is an error and not gigabytes of activations.
+MAX_CHANNELS = 512
+MAX_BLOCKS = 16
+MAX_CONVS_PER_BLOCK = 16
+MAX_INPUT_SIZE = 64  # MNIST is 28 px; padded (32) or upsampled (56, 64) variants still fit
+MAX_IN_CHANNELS = 4  # grey, RGB, RGBA
+MAX_CLASSES = 1000
+MAX_CONV_WEIGHTS = 2_000_000  # 100x the assignment's cap; bounds the memory and time of building a spec
 
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
+_check = require
 
 
 def _check_channels(value: Any, what: str) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool), f"{what} must be an integer, got {value!r}")
-    _check(0 < value <= MAX_CHANNELS, f"{what} must be in 1..{MAX_CHANNELS}, got {value}")
+    check_int(value, what, 1, MAX_CHANNELS)
+
+
+def _check_padding(value: Any, what: str) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value in (0, 1), f"{what} must be 0 or 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -52,9 +61,10 @@ class ConvBlock:
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
         _check(len(self.channels) >= 1, "a block needs at least one conv (channels is empty)")
+        _check(len(self.channels) <= MAX_CONVS_PER_BLOCK, f"a block has at most {MAX_CONVS_PER_BLOCK} convs, got {len(self.channels)}")
         for c in self.channels:
             _check_channels(c, "block channels")
-        _check(self.padding in (0, 1), f"block padding must be 0 or 1, got {self.padding!r}")
+        _check_padding(self.padding, "block padding")
         _check(isinstance(self.residual, bool), f"residual must be true or false, got {self.residual!r}")
         if self.transition is not None:
             _check_channels(self.transition, "transition channels")
@@ -79,17 +89,34 @@ class ArchSpec:
     def __post_init__(self) -> None:
         blocks = tuple(b if isinstance(b, ConvBlock) else ConvBlock(**b) for b in self.blocks)
         object.__setattr__(self, "blocks", blocks)
-        _check(len(self.blocks) >= 1, "a spec needs at least one block")
+        _check(1 <= len(self.blocks) <= MAX_BLOCKS, f"a spec needs at least one block and at most {MAX_BLOCKS}, got {len(self.blocks)}")
         _check_channels(self.stem_channels, "stem_channels")
-        _check_channels(self.in_channels, "in_channels")
-        _check_channels(self.num_classes, "num_classes")
-        _check(self.stem_padding in (0, 1), f"stem_padding must be 0 or 1, got {self.stem_padding!r}")
+        check_int(self.in_channels, "in_channels", 1, MAX_IN_CHANNELS)
+        check_int(self.num_classes, "num_classes", 2, MAX_CLASSES)
+        _check_padding(self.stem_padding, "stem_padding")
         _check(self.batchnorm in BATCHNORM_CHOICES, f"batchnorm must be one of {BATCHNORM_CHOICES}, got {self.batchnorm!r}")
         _check(self.dropout_at in DROPOUT_PLACES, f"dropout_at must be one of {DROPOUT_PLACES}, got {self.dropout_at!r}")
         _check(self.head in HEAD_CHOICES, f"head must be one of {HEAD_CHOICES}, got {self.head!r}")
-        _check(isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
-        _check(isinstance(self.input_size, int) and self.input_size >= 3, f"input_size must be an integer >= 3, got {self.input_size!r}")
+        check_float(self.dropout, "dropout", 0.0, 1.0, hi_open=True)
+        check_int(self.input_size, "input_size", 3, MAX_INPUT_SIZE)
+        check_name(self.name, "spec name")  # the default run folder is named after it
         self.feature_sizes()  # raises if the map shrinks below 1x1 anywhere
+        weights = self.conv_weights()
+        _check(weights <= MAX_CONV_WEIGHTS, f"the spec's convs have {weights:,} weights, more than the {MAX_CONV_WEIGHTS:,} "
+                                            f"an MNIST-sized net needs (the assignment allows 20,000): narrow the channels")
+
+    def conv_weights(self) -> int:
+        """Weights of every conv the spec builds (BatchNorm and biases aside): a size bound, cheap to compute."""
+        ch = self.stem_channels
+        total = 9 * self.in_channels * ch
+        for block in self.blocks:
+            block_in = ch
+            for out in block.channels:
+                total, ch = total + 9 * ch * out, out
+            total += block_in * ch if block.residual and block_in != ch else 0
+            if block.transition is not None:
+                total, ch = total + ch * block.transition, block.transition
+        return total + ch * self.num_classes
 
     def feature_sizes(self) -> list[tuple[str, int, int]]:
         """(stage, channels, side) after the stem, each block and each transition; raises if a map vanishes."""
@@ -121,13 +148,17 @@ class ArchSpec:
         _reject_unknown(data, cls, "spec")
         _check("blocks" in data, "spec is missing the required field 'blocks'")
         _check(isinstance(data["blocks"], list), "spec field 'blocks' must be a list of block objects")
+        _check(len(data["blocks"]) <= MAX_BLOCKS, f"a spec needs at least one block and at most {MAX_BLOCKS}, got {len(data['blocks'])}")
         blocks = []
         for i, block in enumerate(data["blocks"], start=1):
             _check(isinstance(block, dict), f"block {i} must be a JSON object")
             _reject_unknown(block, ConvBlock, f"block {i}")
             _check("channels" in block, f"block {i} is missing the required field 'channels'")
             _check(isinstance(block["channels"], list), f"block {i} field 'channels' must be a list of integers")
-            blocks.append(ConvBlock(**block))
+            try:
+                blocks.append(ConvBlock(**block))
+            except UserError as exc:
+                raise UserError(f"block {i}: {exc}") from None
         try:
             return cls(**{**data, "blocks": tuple(blocks)})
         except TypeError as exc:  # a wrong type the field checks did not anticipate
@@ -139,6 +170,8 @@ class ArchSpec:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"spec is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise UserError("spec is not a spec: its JSON is nested far too deep") from None
         return cls.from_dict(data)
 
     @classmethod
@@ -146,7 +179,13 @@ class ArchSpec:
         path = Path(path)
         _check(path.is_file(), f"spec file not found: {path}")
         try:
-            return cls.from_json(path.read_text())
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not a spec file (not UTF-8 text)") from None
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read the spec file ({exc.strerror or exc})") from None
+        try:
+            return cls.from_json(text)
         except UserError as exc:
             raise UserError(f"{path}: {exc}") from None
 

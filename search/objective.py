@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from mnist_challenge import UserError, build_model
 from mnist_challenge.checker import Limits
@@ -50,6 +51,41 @@ def check_constraints(spec, settings: SearchSettings) -> tuple[dict[str, Any], s
     return figures, None
 
 
+def find_twin(study: optuna.Study, trial: optuna.Trial, training: bool) -> FrozenTrial | None:
+    """A trial of the study with exactly ``trial``'s params that was trained, or is being trained, and so
+    owns that draw: finished (COMPLETE, or PRUNED after training), or RUNNING and either older or (before
+    we train) already training. Of two workers that draw the same params at once, the older trial trains;
+    a younger one that started first is stopped at its next epoch (``training=True``)."""
+    twins = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+        if t.number == trial.number or t.params != trial.params or "duplicate_of" in t.user_attrs:
+            continue
+        trained, older = "run_dir" in t.user_attrs, t.number < trial.number
+        if t.state == TrialState.PRUNED and not trained:
+            continue  # rejected before training: this trial is rejected the same way, before it gets here
+        if training and not (older and trained):
+            continue  # a younger twin, or an older one not training yet (it will see us training and yield)
+        if t.state == TrialState.RUNNING and not (older or trained):
+            continue  # a younger twin still drawing: it will see us and yield
+        twins.append(t)
+    return min(twins, key=lambda t: t.number) if twins else None
+
+
+def reuse_twin(trial: optuna.Trial, twin: FrozenTrial, multi_objective: bool) -> float | tuple[float, float]:
+    """Do not train a draw the study already has: reuse its result, or end as pruned if it has none."""
+    trial.set_user_attr("duplicate_of", twin.number)
+    trial.set_user_attr("epochs_run", 0)
+    if twin.state == TrialState.COMPLETE:
+        trial.set_user_attr("reason", f"same draw as trial {twin.number}: its result reused, not trained again")
+        for key in ("val_acc", "test_acc_last"):
+            if key in twin.user_attrs:
+                trial.set_user_attr(key, twin.user_attrs[key])
+        return tuple(twin.values) if multi_objective else twin.values[0]
+    what = "is training it now" if twin.state == TrialState.RUNNING else f"ended {twin.state.name}"
+    trial.set_user_attr("reason", f"same draw as trial {twin.number}, which {what}: not trained again")
+    raise optuna.TrialPruned()
+
+
 class Objective:
     """Called by ``study.optimize``; holds the data in memory across trials of one worker."""
 
@@ -74,12 +110,20 @@ class Objective:
             trial.set_user_attr(key, value)
         if broken:
             return self.reject(trial, broken, figures)
+        twin = find_twin(trial.study, trial, training=False)
+        if twin is not None:
+            return reuse_twin(trial, twin, s.multi_objective)
 
         run_dir = s.study_dir / "trials" / f"trial_{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
 
         def report(epoch: int, row: dict[str, Any]) -> None:
             trial.set_user_attr("epochs_run", epoch)
+            twin = find_twin(trial.study, trial, training=True)  # an older trial took the same draw meanwhile
+            if twin is not None:
+                trial.set_user_attr("duplicate_of", twin.number)
+                trial.set_user_attr("reason", f"same draw as the older trial {twin.number}: stopped after epoch {epoch}")
+                raise optuna.TrialPruned()
             # A net still at chance level after two epochs has collapsed (too high a learning rate, say).
             # No pruner can tell in a young study, where the first trials of each bracket always go on.
             if epoch >= 2 and row["val_acc"] < CHANCE_LEVEL:

@@ -13,7 +13,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .space import spec_from_params
 
-TRIAL_FIELDS = ["number", "state", "val_acc", "params", "rf_head", "macs", "epochs_run", "planned_epochs", "seconds", "test_acc_last", "reason", "run_dir", "hyperparameters"]
+TRIAL_FIELDS = ["number", "state", "val_acc", "params", "rf_head", "macs", "epochs_run", "planned_epochs", "seconds", "test_acc_last", "reason",
+                "run_dir", "duplicate_of", "sampler_seed", "worker", "hyperparameters"]
 
 
 def trial_row(t: FrozenTrial) -> dict[str, Any]:
@@ -31,6 +32,9 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "test_acc_last": attrs.get("test_acc_last", ""),
         "reason": attrs.get("reason", ""),
         "run_dir": attrs.get("run_dir", ""),
+        "duplicate_of": attrs.get("duplicate_of", ""),
+        "sampler_seed": attrs.get("sampler_seed", ""),
+        "worker": attrs.get("worker", ""),
         "hyperparameters": json.dumps(t.params, sort_keys=True),
     }
 
@@ -44,7 +48,8 @@ def write_trials_csv(study: optuna.Study, path: Path) -> None:
 
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    """Completed trials that trained their own draw (not those that reused a twin's result)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "duplicate_of" not in t.user_attrs]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:

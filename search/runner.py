@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import os
 import signal
+import socket
+import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +18,10 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from mnist_challenge import UserError
+from mnist_challenge.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InternalError, record_internal_error, set_crash_log
 from mnist_challenge.experiment import load_data
 from mnist_challenge.train import TrainConfig
+from mnist_challenge.validate import SEED_MAX
 
 from .objective import Objective, SearchSettings
 from .outputs import export, plot, summary_table
@@ -38,6 +44,24 @@ class RunPlan:
     heartbeat_interval: int = 60
     grace_period: int = 180
     enqueue: tuple[dict, ...] = ()  # trial params to run first (known designs as a warm start)
+    sampler_seed: int = 0  # worker i seeds its sampler with sampler_seed + i (see process_sampler_seed)
+
+
+def process_sampler_seed(seed: int, study_name: str) -> int:
+    """A sampler seed for this command: from the study's ``--seed`` and name, and from what is unique to
+    this process (host, pid, time, a random UUID), so that two commands on one study, a resumed study
+    and the same command on many machines all draw differently. Recorded on every trial it draws
+    (``sampler_seed``); ``--sampler-seed`` replays it."""
+    unique = f"{study_name}|{seed}|{socket.gethostname()}|{os.getpid()}|{time.time_ns()}|{uuid.uuid4()}"
+    return int.from_bytes(hashlib.sha256(unique.encode()).digest()[:4], "big")
+
+
+def worker_sampler_seed(plan: "RunPlan", worker: int) -> int:
+    return (plan.sampler_seed + worker) % (SEED_MAX + 1)
+
+
+def worker_label(worker: int) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}/w{worker}"
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
@@ -55,22 +79,31 @@ def study_attrs(plan: RunPlan) -> dict:
     return {"base_config": s.base.to_dict(), "max_params": s.max_params, "min_rf": s.min_rf, "multi_objective": s.multi_objective}
 
 
+SETTINGS_WAIT = 30.0  # seconds to wait for another command that has just created the study to record its settings
+
+
 def open_study(plan: RunPlan, worker: int = 0) -> optuna.Study:
     storage = make_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period)
     s = plan.settings
     directions = ["maximize", "minimize"] if s.multi_objective else ["maximize"]
-    sampler = optuna.samplers.TPESampler(seed=plan.seed + worker)
+    sampler = optuna.samplers.TPESampler(seed=worker_sampler_seed(plan, worker))
     pruner = make_pruner(plan.pruner, s.base.epochs)
     try:
         study = optuna.create_study(study_name=s.study_name, storage=storage, directions=directions, sampler=sampler, pruner=pruner)
-    except optuna.exceptions.DuplicatedStudyError:  # it exists (resume, or another worker was first)
+    except optuna.exceptions.DuplicatedStudyError:  # it exists (resume, or another command was first)
         study = optuna.load_study(study_name=s.study_name, storage=storage, sampler=sampler, pruner=pruner)
+        deadline = time.time() + SETTINGS_WAIT
+        while "base_config" not in study.user_attrs and time.time() < deadline:  # its creator is writing them now
+            time.sleep(0.5)
         stored, wanted = study.user_attrs, study_attrs(plan)
-        if "base_config" in stored:  # absent only while its creator is still writing them
+        if "base_config" in stored:  # absent only if its creator died before writing them
             differing = [k for k in ("max_params", "min_rf", "multi_objective") if stored.get(k) != wanted[k]]
-            differing += [k for k in ("epochs", "train_subset", "val_size", "split_seed") if stored["base_config"].get(k) != wanted["base_config"][k]]
+            base = stored["base_config"] if isinstance(stored["base_config"], dict) else {}
+            differing += [k for k in ("epochs", "train_subset", "val_size", "split_seed") if base.get(k) != wanted["base_config"][k]]
             if differing:
                 raise UserError(f"study {s.study_name!r} exists with different settings ({', '.join(differing)}); rerun with its settings or pick another --study")
+            if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE for d in directions]:
+                raise UserError(f"study {s.study_name!r} exists with other objectives; rerun with its --mode or pick another --study")
             return study
     for key, value in study_attrs(plan).items():
         study.set_user_attr(key, value)
@@ -96,13 +129,27 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
         export(study, plan.settings.study_dir, plan.settings.multi_objective)
 
     started: list[optuna.Trial] = []
+    seed, label = worker_sampler_seed(plan, worker), worker_label(worker)
 
     def tracked(trial: optuna.Trial) -> float:
         started.append(trial)
+        trial.set_user_attr("sampler_seed", seed)  # with the study's history, what replays this draw
+        trial.set_user_attr("worker", label)
         return objective(trial)
 
+    deadline = None if plan.timeout is None else time.time() + plan.timeout
     try:
-        study.optimize(tracked, n_trials=n_trials, timeout=plan.timeout, callbacks=[after_trial], catch=(RuntimeError,))
+        for _ in range(n_trials):  # one trial per call, so that one lost trial does not end the worker
+            if deadline is not None and time.time() >= deadline:
+                break
+            try:
+                study.optimize(tracked, n_trials=1, callbacks=[after_trial], catch=(RuntimeError,))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # This worker was silent past --grace (suspended, say): another one failed the trial and
+                # queued it again. Nothing is lost; go on with the next trial.
+                tqdm.write(f"trial {started[-1].number if started else '?'} was taken over by another worker (its heartbeat "
+                           f"went stale); it is queued again")
+                bar.update(1)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one: optuna has marked the trial FAIL
         if started:
             retry_interrupted(study, started[-1].number)
@@ -137,19 +184,30 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _worker_entry(plan: RunPlan, worker: int, n_trials: int, parent: int) -> None:
+    """A worker process: the same exit-code contract as the command (2 bad input, 3 internal, 130)."""
     _exit_with_parent(parent)
     signal.signal(signal.SIGTERM, _interrupt)  # the parent stops workers with SIGTERM: queue the trial again
+    set_crash_log(search_log(plan.settings))
     try:
         worker_main(plan, worker, n_trials, progress=False)
     except UserError as exc:
-        raise SystemExit(f"error: worker {worker}: {exc}")
+        print(f"error: worker {worker}: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
-        raise SystemExit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        print(f"worker {worker}: {record_internal_error(exc)}", file=sys.stderr)
+        sys.exit(EXIT_INTERNAL)
+
+
+def search_log(s: SearchSettings) -> Path:
+    """The study's log of internal errors (tracebacks), beside its outputs."""
+    return s.study_dir / "search.log"
 
 
 def run_search(plan: RunPlan) -> optuna.Study:
     s = plan.settings
-    s.study_dir.mkdir(parents=True, exist_ok=True)
+    set_crash_log(search_log(s))
     study = open_study(plan)  # creates it, or checks that the existing one matches, before any worker starts
     for params in plan.enqueue:  # skipped when a trial with these params exists (a resumed study)
         study.enqueue_trial(params, skip_if_exists=True)
@@ -181,6 +239,9 @@ def run_search(plan: RunPlan) -> optuna.Study:
                 p.join()
             bar.close()
         failed = [p.exitcode for p in procs if p.exitcode]
+        if EXIT_INTERNAL in failed:
+            raise InternalError(f"{failed.count(EXIT_INTERNAL)} worker(s) hit an internal error (a bug in the kit; traceback in "
+                                f"{search_log(s)}); finished trials are kept in the study")
         if failed:
             raise UserError(f"{len(failed)} worker(s) exited with an error (exit codes {failed}); finished trials are kept in the study")
     print(f"\n({time.time() - started:.0f} s this run)")
@@ -209,5 +270,7 @@ def export_study(plan: RunPlan) -> None:
 
 
 def base_config_from_study(study: optuna.Study) -> TrainConfig:
+    if "base_config" not in study.user_attrs:
+        raise UserError(f"study {study.study_name!r} has no recorded settings: it was not made by this kit's search")
     return TrainConfig.from_dict(study.user_attrs["base_config"])
 

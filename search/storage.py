@@ -14,14 +14,18 @@ stops beating, and the next worker to ask for a trial marks it FAIL and re-enque
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from mnist_challenge import UserError
+from mnist_challenge.validate import make_dir
 
 SUPPORTED = ("sqlite", "postgresql", "mysql")
 
@@ -53,34 +57,60 @@ def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat API
     engine_kwargs: dict = {}
     if dialect == "sqlite":
-        if not parsed.database:
+        if not parsed.database or parsed.database == ":memory:":
             raise UserError("--storage sqlite:// needs a file path: in-memory SQLite cannot be shared or resumed")
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        make_dir(Path(parsed.database).parent, "--storage folder")
         engine_kwargs["connect_args"] = {"timeout": 120}
     elif dialect == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
         engine_kwargs["pool_pre_ping"] = True
-    from sqlalchemy.exc import IntegrityError, OperationalError
-
-    for attempt in range(5):
+    for attempt in range(CREATE_ATTEMPTS):
         try:
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=retry_trial,
-            )
+            with _creation_lock(Path(parsed.database).parent) if dialect == "sqlite" else contextlib.nullcontext():
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=retry_trial,
+                )
         except ImportError as exc:
             raise UserError(f"--storage {dialect}: the database driver is not installed ({exc})") from None
-        except IntegrityError:
-            # Two workers creating the tables of a fresh database at once: one wins, the other retries
-            # and finds them there.
-            time.sleep(0.5 * (attempt + 1))
-        except (OperationalError, Exception) as exc:  # unreachable server, bad credentials, unwritable file
+        except Exception as exc:  # unreachable server, bad credentials, unwritable file, or the creation race
+            if _creation_race(exc) and attempt + 1 < CREATE_ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1))
+                continue
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot open storage {parsed.render_as_string(hide_password=True)}: {first}") from None
-    raise UserError(f"cannot open storage {parsed.render_as_string(hide_password=True)}: table creation kept colliding with another worker")
+    raise AssertionError("unreachable")
+
+
+CREATE_ATTEMPTS = 8
+# What two processes creating a fresh database's tables at once run into, depending on who is where in
+# SQLAlchemy's check-then-create and Alembic's version stamp: a unique key violation, a table that
+# "already exists", or (SQLite) a lock held by the other creator.
+_RACE_SIGNS = ("already exists", "duplicate key", "unique constraint", "database is locked", "integrityerror")
+
+
+def _creation_race(exc: BaseException) -> bool:
+    from sqlalchemy.exc import IntegrityError
+
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return isinstance(exc, IntegrityError) or any(sign in text for sign in _RACE_SIGNS)
+
+
+@contextlib.contextmanager
+def _creation_lock(folder: Path) -> Iterator[None]:
+    """Processes of one machine open (and so maybe create) one SQLite file one at a time: an exclusive
+    ``flock`` on its folder, held only while the storage object is built."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def load_study(storage: RDBStorage, name: str) -> optuna.Study:

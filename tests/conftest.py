@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -26,3 +29,24 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     """Run ``python -m <args>`` from the repo root the way a user would, capturing output."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def call(main: Callable, *argv: str) -> tuple[int, str, str]:
+    """Run a CLI's ``main`` in this process (fast: no interpreter start, no torch import): exit code,
+    stdout, stderr. argparse's own exits (bad flags, --help) come back as codes too."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_error_line(result: tuple[int, str, str], fragment: str = "") -> None:
+    """Exit 2 with exactly one ``error:`` line on stderr that contains ``fragment``."""
+    code, _, err = result
+    lines = err.strip().splitlines()
+    assert code == 2, (code, err[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
+    assert fragment in lines[0], (fragment, lines[0])

@@ -57,7 +57,7 @@ def test_inspect_json_for_spec_module_and_torchvision(tmp_path):
         (["--module", "no_such_package_xyz:make"], "cannot import"),
         (["--module", "justtext"], "expects FILE.py:Factory"),
         (["--torchvision", "resnet_9000"], "unknown torchvision model"),
-        (["--spec", "classic", "--input-size", "1", "0", "28"], "positive integer"),
+        (["--spec", "classic", "--input-size", "1", "0", "28"], "must be an integer in [1, 1024], got 0"),
         (["--spec", "classic", "--input-size", "1", "4", "4"], "cannot run on input size"),
         ([], "one of the arguments"),
     ],

@@ -218,7 +218,7 @@ def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
         (["--storage", "postgresql://u:p@127.0.0.1:9/nope"], "cannot open storage"),
         (["--min-rf", "30"], "exists with different settings"),
         (["--data-dir", str(tmp_path / "none")], "MNIST files missing"),
-        (["--workers", "0"], "positive integer"),
+        (["--workers", "0"], "must be an integer in [1, 256], got 0"),
         (["--enqueue", "nosuchpreset"], "no preset named"),
         (["--enqueue", "compact:momentum=0.5"], "expected KEY=VALUE"),
     ]
@@ -280,3 +280,103 @@ def test_recipe_keys_are_exactly_what_suggest_recipe_draws():
         suggest_recipe(trial, TrainConfig())
         drawn |= trial.params.keys()
     assert drawn == RECIPE_KEYS
+
+
+def trained_params(trials):
+    """The parameter sets that were trained (a run directory exists), as comparable JSON strings."""
+    return [json.dumps(t.params, sort_keys=True) for t in trials if t.user_attrs.get("run_dir") and "duplicate_of" not in t.user_attrs]
+
+
+def assert_no_draw_trained_twice(trials):
+    trained = trained_params(trials)
+    assert trained and len(trained) == len(set(trained)), trained
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_two_concurrent_commands_and_a_resume_train_no_draw_twice(mnist_dir, tmp_path):
+    # Both commands start the same fresh SQLite study at once (the table-creation race) and both enqueue
+    # the same preset: it must be trained once; every other draw must differ (per-process sampler seeds).
+    args = [sys.executable, "-m", "search", "--study", "c", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--n-trials", "4",
+            "--enqueue", "tiny", "--pruner", "none", "--max-params", "5001", *TINY]
+    commands = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in commands:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    resume = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    trials = trials_of(tmp_path / "c" / "study.db", "c")
+    assert len(trials) == 12
+    assert_no_draw_trained_twice(trials)
+    tiny = params_from_spec(load_spec("tiny"), TrainConfig(), 5_001)
+    same = [t for t in trials if all(t.params.get(k) == v for k, v in tiny.items())]
+    assert len([t for t in same if t.user_attrs.get("run_dir")]) == 1  # the preset is trained once
+    assert len({t.user_attrs["sampler_seed"] for t in trials}) == 3  # one seed per command (one worker each)
+    csv_text = (tmp_path / "c" / "trials.csv").read_text()
+    assert "sampler_seed" in csv_text.splitlines()[0]
+
+
+def test_a_draw_the_study_has_is_not_trained_again(tmp_path, monkeypatch):
+    import search.objective as objective_module
+
+    trained = []
+
+    def fake_training(spec, cfg, run_dir, *, on_epoch, **_):
+        trained.append(run_dir)
+        row = {"val_acc": 90.0, "test_acc": 90.0}
+        on_epoch(1, row)
+        return type("Result", (), {"epochs": [row]})()
+
+    monkeypatch.setattr(objective_module, "run_experiment", fake_training)
+    settings = SearchSettings("dup", tmp_path, TrainConfig(epochs=1), max_params=10**9)
+    params = params_from_spec(load_spec("tiny"), TrainConfig())
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    for _ in range(3):
+        study.enqueue_trial(params)
+    study.optimize(objective_module.Objective(settings, data=None), n_trials=3)
+    first, *copies = study.trials
+    assert len(trained) == 1 and first.state == TrialState.COMPLETE
+    for copy in copies:  # the stored result is reused, nothing is trained
+        assert copy.state == TrialState.COMPLETE and copy.value == first.value and copy.user_attrs["duplicate_of"] == 0
+        assert "run_dir" not in copy.user_attrs and "not trained again" in copy.user_attrs["reason"]
+
+
+def _twin_trials(*run_dirs):
+    """Two RUNNING trials of one study with the same draw; ``run_dirs`` marks which of them are training."""
+    study = optuna.create_study(direction="maximize")
+    trials = []
+    for run_dir in run_dirs:
+        study.enqueue_trial({"x": 1.0})
+        trial = study.ask()
+        trial.suggest_float("x", 0, 2)
+        trials.append(trial)
+    for trial, run_dir in zip(trials, run_dirs):
+        if run_dir:
+            trial.set_user_attr("run_dir", run_dir)
+    return study, trials
+
+
+def test_of_two_twins_drawn_at_once_exactly_one_trains():
+    from search.objective import find_twin
+
+    study, (older, younger) = _twin_trials(None, None)  # neither has checked yet: the older owns the draw
+    assert find_twin(study, older, training=False) is None
+    assert find_twin(study, younger, training=False).number == older.number
+    study, (older, younger) = _twin_trials(None, "y")  # the younger checked first and is training: the older yields
+    assert find_twin(study, older, training=False).number == younger.number
+    assert find_twin(study, younger, training=True) is None
+    study, (older, younger) = _twin_trials("o", "y")  # both checked at the same moment: the younger stops at its next epoch
+    assert find_twin(study, younger, training=True).number == older.number
+    assert find_twin(study, older, training=True) is None
+
+
+def test_fresh_sqlite_study_opened_by_many_processes_at_once(tmp_path):
+    # The fresh-study race in every form (IntegrityError, "table ... already exists", a locked file): each
+    # of four processes creates or joins the same new study; all must succeed, three times over.
+    code = ("import sys; from search.storage import make_storage; import optuna; "
+            "s = make_storage(sys.argv[1]); optuna.create_study(study_name='r', storage=s, load_if_exists=True)")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'round{round_}' / 'study.db'}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, url], cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-2000:]

@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from .conftest import ROOT
+from .test_search import assert_no_draw_trained_twice
 
 TINY = ["--epochs", "1", "--train-subset", "600", "--val-size", "500", "--workers", "1", "--threads", "1"]
 
@@ -51,12 +52,14 @@ def postgres_url():
 
 
 def _search(url, logs, mnist_dir, n):
-    cmd = [sys.executable, "-m", "search", "--study", "shared", "--storage", url, "--logs", str(logs), "--data-dir", str(mnist_dir), "--n-trials", str(n), *TINY]
+    cmd = [sys.executable, "-m", "search", "--study", "shared", "--storage", url, "--logs", str(logs), "--data-dir", str(mnist_dir), "--n-trials", str(n),
+           "--enqueue", "compact", "--pruner", "none", *TINY]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_two_workers_share_one_study_and_it_resumes(postgres_url, mnist_dir, tmp_path):
-    # Two independent commands, as two machines would run them, against one database.
+    # Two independent commands, as two machines would run them, against one database; both enqueue the same
+    # preset. Every trial is stored once, and no parameter set is trained twice (resume included).
     machines = [_search(postgres_url, tmp_path / f"machine{i}", mnist_dir, 2) for i in (1, 2)]
     for proc in machines:
         out, err = proc.communicate(timeout=600)
@@ -68,7 +71,10 @@ def test_two_workers_share_one_study_and_it_resumes(postgres_url, mnist_dir, tmp
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     run_dirs = [t.user_attrs["run_dir"] for t in trials if "run_dir" in t.user_attrs]
     assert len(run_dirs) == len(set(run_dirs))
-    again = _search(postgres_url, tmp_path / "machine1", mnist_dir, 1)
+    again = _search(postgres_url, tmp_path / "machine1", mnist_dir, 2)
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-2000:]
-    assert len(optuna.load_study(study_name="shared", storage=postgres_url).trials) == 5
+    trials = optuna.load_study(study_name="shared", storage=postgres_url).get_trials(deepcopy=False)
+    assert len(trials) == 6
+    assert_no_draw_trained_twice(trials)
+    assert len({t.user_attrs["sampler_seed"] for t in trials}) == 3  # each command samples differently
