@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -27,7 +28,7 @@ from .model import build_model
 from .reference import time_reference_steps
 from .spec import load_spec
 from .train import TrainConfig, evaluate, prepare_model, resolve_device, train_model, use_bf16
-from .validate import int_flag, positive_int
+from .validate import check_writable_dir, int_flag
 
 
 def _runs(values: list[float]) -> str:
@@ -120,9 +121,9 @@ def ablate(spec, data: MnistData, cfg: TrainConfig, steps: int, warmup: int, rep
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m mnist_challenge.bench", description="kit engine vs the course pipeline: images/s and ratio")
     p.add_argument("--spec", default="classic", help="spec file or preset (default classic)")
-    p.add_argument("--steps", type=positive_int, default=150, help="timed optimizer steps per side (default 150)")
-    p.add_argument("--warmup", type=positive_int, default=20, help="untimed steps first (default 20)")
-    p.add_argument("--repeats", type=positive_int, default=3, help="alternating engine/reference measurements; medians reported (default 3)")
+    p.add_argument("--steps", type=int_flag(1, 100_000), default=150, help="timed optimizer steps per side (default 150)")
+    p.add_argument("--warmup", type=int_flag(1, 100_000), default=20, help="untimed steps first (default 20)")
+    p.add_argument("--repeats", type=int_flag(1, 100), default=3, help="alternating engine/reference measurements; medians reported (default 3)")
     p.add_argument("--batch-size", type=int_flag(2, 4096), default=128)
     p.add_argument("--threads", type=int_flag(1, 1024), default=None, help="torch threads for both sides (default: torch's)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
@@ -133,9 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablate", action="store_true", help="also time the engine with each speed trick turned off in turn")
     p.add_argument("--layouts", action="store_true", help="also compare one 2-thread process with two 1-thread processes")
     p.add_argument("--search", action="store_true", help="also measure search trials/hour without and with pruning (a few minutes)")
-    p.add_argument("--search-trials", type=positive_int, default=6)
-    p.add_argument("--search-epochs", type=positive_int, default=4)
-    p.add_argument("--search-subset", type=positive_int, default=5_000)
+    p.add_argument("--search-trials", type=int_flag(1, 1000), default=6)
+    p.add_argument("--search-epochs", type=int_flag(1, 19), default=4)
+    p.add_argument("--search-subset", type=int_flag(2, 50_000), default=5_000)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     add_data_flags(p)
     p.set_defaults(handler=run_bench)
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.json:  # checked now, not after minutes of timing
+        check_writable_dir(Path(args.json).resolve().parent, "--json")
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = load_spec(args.spec)

@@ -64,7 +64,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     else:
         model, default_size = torchvision_model(args.torchvision), (3, 224, 224)
     input_size = tuple(args.input_size) if args.input_size else default_size
-    if args.module:  # the user's own forward: whatever it raises is about their code, not the inspector
+    if not args.spec:  # the user's (or torchvision's) forward: what it raises is about that model or the input size
         run_forward(model, input_size)
     try:
         report = inspect_module(model, input_size)

@@ -75,12 +75,12 @@ def download(directory: Path) -> None:
     """Fetch MNIST with torchvision into ``directory`` (lands in ``directory/MNIST/raw``)."""
     import torchvision
 
-    created = [d for d in (directory, directory / "MNIST", directory / "MNIST" / "raw") if not d.exists()]
+    created = [d for d in (directory / "MNIST" / "raw", directory / "MNIST", directory, *directory.parents) if not d.exists()]
     try:
         torchvision.datasets.MNIST(str(directory), train=True, download=True)
         torchvision.datasets.MNIST(str(directory), train=False, download=True)
     except Exception as exc:  # network errors come in many types
-        for folder in reversed(created):  # leave no empty folders behind that look like a dataset
+        for folder in created:  # innermost first: leave no empty folders behind that look like a dataset
             try:
                 folder.rmdir()
             except OSError:

@@ -144,11 +144,13 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
                 break
             try:
                 study.optimize(tracked, n_trials=1, callbacks=[after_trial], catch=(RuntimeError,))
-            except optuna.exceptions.UpdateFinishedTrialError:
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+                if not taken_over(exc):
+                    raise
                 # This worker was silent past --grace (suspended, say): another one failed the trial and
                 # queued it again. Nothing is lost; go on with the next trial.
-                tqdm.write(f"trial {started[-1].number if started else '?'} was taken over by another worker (its heartbeat "
-                           f"went stale); it is queued again")
+                tqdm.write(f"trial {started[-1].number if started else '?'} was taken over by another worker (its "
+                           f"heartbeat went stale); it is queued again")
                 bar.update(1)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one: optuna has marked the trial FAIL
         if started:
@@ -156,6 +158,12 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
         raise
     finally:
         bar.close()
+
+
+def taken_over(exc: BaseException) -> bool:
+    """Optuna's two ways of saying that another process finished this worker's trial: a write to it
+    (``UpdateFinishedTrialError``), or the final tell ("Cannot tell a FAIL trial.")."""
+    return isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or str(exc).startswith("Cannot tell a ")
 
 
 def retry_interrupted(study: optuna.Study, number: int) -> None:

@@ -6,6 +6,7 @@ reliability review (issue 11) is kept here as a regression test; nothing a refus
 import argparse
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,7 +39,7 @@ def spec_file(tmp_path, name="spec.json", **changes):
         (json.dumps({**GOOD_SPEC, "stem_padding": 1.0}), "stem_padding must be 0 or 1"),
         (json.dumps({**GOOD_SPEC, "blocks": [{"channels": [8], "padding": 1.0}]}), "padding must be 0 or 1"),
         (json.dumps({**GOOD_SPEC, "blocks": [{"channels": [True]}]}), "must be an integer"),
-        (json.dumps({**GOOD_SPEC, "input_size": 4000}), "input_size must be an integer in [3, 64]"),
+        (json.dumps({**GOOD_SPEC, "input_size": 4000}), "input_size must be an integer in [3, 128]"),
         (json.dumps({**GOOD_SPEC, "stem_channels": 80000}), "stem_channels must be an integer in [1, 512]"),
         (json.dumps({**GOOD_SPEC, "blocks": [{"channels": [512] * 16, "padding": 1}]}), "narrow the channels"),
         (json.dumps({**GOOD_SPEC, "dropout": float("nan")}), "dropout must be a finite number"),
@@ -91,6 +92,8 @@ def test_a_forward_that_raises_is_the_users_error(tmp_path):
     factory = tmp_path / "broken.py"
     factory.write_text("import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        raise ValueError('boom')\n")
     assert_one_error_line(call(kit, "inspect", "--module", f"{factory}:Net"), "forward fails on input size (1, 28, 28): ValueError: boom")
+    # torchvision's ViT asserts its input size (an AssertionError, not a RuntimeError)
+    assert_one_error_line(call(kit, "inspect", "--torchvision", "vit_b_16", "--input-size", "3", "28", "28"), "forward fails on input size")
 
 
 # --- check and report ------------------------------------------------------------------------------------
@@ -219,7 +222,8 @@ def test_a_failed_download_says_why_in_whole_words_and_leaves_no_empty_folders(t
 
     reason = "Error downloading train-images-idx3-ubyte.gz:\nTried https://example.invalid/mnist/, got:\n" + "<urlopen error [Errno -3] " * 20
 
-    def offline(*_args, **_kwargs):
+    def offline(root, *_args, **_kwargs):  # torchvision makes its folders, then fails to fetch
+        (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
         raise RuntimeError(reason)
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
@@ -229,7 +233,7 @@ def test_a_failed_download_says_why_in_whole_words_and_leaves_no_empty_folders(t
     message = str(info.value)
     assert "Error downloading train-images-idx3-ubyte.gz: Tried https://example.invalid/mnist/, got:" in message
     assert " ...)" in message and "\n" not in message and "copy the four IDX files there" in message
-    assert not target.exists() and (tmp_path / "data").exists() is False
+    assert not (tmp_path / "data").exists()
 
 
 # --- search: every setting checked before a study is created ---------------------------------------------

@@ -380,3 +380,28 @@ def test_fresh_sqlite_study_opened_by_many_processes_at_once(tmp_path):
         for proc in procs:
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err[-2000:]
+
+
+@pytest.mark.parametrize("writes_after", [True, False])
+def test_a_worker_whose_trial_was_taken_over_goes_on(tmp_path, monkeypatch, writes_after):
+    # Another worker failed this worker's trial (its heartbeat looked stale): Optuna raises at the next
+    # write (UpdateFinishedTrialError) or at the final tell (ValueError). The worker must go on, not crash.
+    import search.runner as runner
+
+    calls = []
+
+    def objective(trial):
+        calls.append(trial.number)
+        if len(calls) == 1:
+            trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            if writes_after:
+                trial.set_user_attr("late", True)
+        return 1.0
+
+    monkeypatch.setattr(runner, "Objective", lambda *a, **k: objective)
+    monkeypatch.setattr(runner, "load_data", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "export", lambda *a, **k: {})
+    settings = SearchSettings("u", tmp_path, TrainConfig(epochs=1))
+    plan = runner.RunPlan(settings, f"sqlite:///{tmp_path / 'u.db'}", 2, 1, "none", 0, None, None)
+    runner.worker_main(plan, 0, 2, progress=False)
+    assert [t.state for t in trials_of(tmp_path / "u.db", "u")] == [TrialState.FAIL, TrialState.COMPLETE]
