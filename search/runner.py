@@ -144,7 +144,7 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
                 break
             try:
                 study.optimize(tracked, n_trials=1, callbacks=[after_trial], catch=(RuntimeError,))
-            except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+            except Exception as exc:
                 if not taken_over(exc):
                     raise
                 # This worker was silent past --grace (suspended, say): another one failed the trial and
@@ -160,10 +160,15 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
         bar.close()
 
 
-def taken_over(exc: BaseException) -> bool:
-    """Optuna's two ways of saying that another process finished this worker's trial: a write to it
-    (``UpdateFinishedTrialError``), or the final tell ("Cannot tell a FAIL trial.")."""
-    return isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or str(exc).startswith("Cannot tell a ")
+def taken_over(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what it was raised while handling) is Optuna saying that another process finished
+    this worker's trial: at a write to it (``UpdateFinishedTrialError``), or at the final tell ("Cannot
+    tell a FAIL trial.", which Optuna 5 may follow with an internal assertion)."""
+    while exc is not None:
+        if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or str(exc).startswith("Cannot tell a "):
+            return True
+        exc = exc.__context__
+    return False
 
 
 def retry_interrupted(study: optuna.Study, number: int) -> None:
