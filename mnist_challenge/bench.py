@@ -28,7 +28,7 @@ from .model import build_model
 from .reference import time_reference_steps
 from .spec import load_spec
 from .train import TrainConfig, evaluate, prepare_model, resolve_device, train_model, use_bf16
-from .validate import check_writable_dir, int_flag
+from .validate import int_flag, make_dir
 
 
 def _runs(values: list[float]) -> str:
@@ -143,9 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def write_json(path: Path, figures: dict) -> None:
+    """The figures as JSON; a path that cannot be written is the user's ``--json`` error."""
+    make_dir(path.resolve().parent, "--json")
+    try:
+        path.write_text(json.dumps(figures, indent=2) + "\n")
+    except OSError as exc:
+        raise UserError(f"--json {path}: cannot write it ({exc.strerror or exc})") from None
+
+
 def run_bench(args: argparse.Namespace) -> int:
     if args.json:  # checked now, not after minutes of timing
-        check_writable_dir(Path(args.json).resolve().parent, "--json")
+        write_json(Path(args.json), {})
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = load_spec(args.spec)
@@ -203,8 +212,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"search, {args.search_trials} trials x {args.search_epochs} epochs on {args.search_subset} images: "
               f"{rates['none']:.0f} trials/h without pruning, {rates['hyperband']:.0f} with Hyperband")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+        write_json(Path(args.json), figures)
     if "ratio" in figures:
         print(f"RATIO engine / course pipeline: {figures['ratio']:.2f}x")
     return 0

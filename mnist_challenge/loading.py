@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -30,14 +31,14 @@ def module_from_factory(target: str) -> nn.Module:
             module = importlib.import_module(location)
     except UserError:
         raise
-    except Exception as exc:  # anything the user's file raises on import
+    except (Exception, SystemExit) as exc:  # anything the user's file raises on import, sys.exit() included
         raise UserError(f"cannot import {location!r}: {type(exc).__name__}: {exc}") from None
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise UserError(f"{location!r} has no callable {attr!r}")
     try:
         model = factory()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise UserError(f"{attr}() failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"{attr}() returned {type(model).__name__}, not an nn.Module")
@@ -53,7 +54,9 @@ def torchvision_model(name: str) -> nn.Module:
         close = [m for m in available if name.lower() in m][:8]
         hint = f"; did you mean {close}?" if close else "; see torchvision.models.list_models()"
         raise UserError(f"unknown torchvision model {name!r}{hint}")
-    return torchvision.models.get_model(name, weights=None)
+    with warnings.catch_warnings():  # e.g. inception_v3's notice about its future initialisation: not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        return torchvision.models.get_model(name, weights=None)
 
 
 def torchvision_published_params(name: str) -> int | None:

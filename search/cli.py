@@ -109,6 +109,7 @@ def validate_search_args(args: argparse.Namespace, base) -> None:
     from mnist_challenge.validate import check_writable_dir
 
     from .space import smallest_params
+    from .storage import parse_storage_url
 
     if args.epochs >= 20:
         raise UserError(f"--epochs must be < 20 (the assignment's rule), got {args.epochs}")
@@ -121,6 +122,9 @@ def validate_search_args(args: argparse.Namespace, base) -> None:
     check_split(base.val_size, base.train_subset, need_val=True)
     resolve_device(base.device)
     check_writable_dir(study_dir(args), "--logs")
+    parsed = parse_storage_url(storage_url(args))
+    if parsed.get_backend_name() == "sqlite":
+        check_writable_dir(Path(parsed.database).parent, "--storage folder")
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -42,23 +42,31 @@ def default_storage_url(study_dir: Path) -> str:
     return f"sqlite:///{study_dir / 'study.db'}"
 
 
-def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180) -> RDBStorage:
-    """An RDBStorage for ``url`` with heartbeats and retries; ``UserError`` if it is unusable."""
+def parse_storage_url(url: str):
+    """The parsed URL of a supported database; ``UserError`` for anything else (checked before any work)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise UserError(f"--storage {url!r} is not a database URL (expected e.g. sqlite:///logs/study.db or postgresql://user:pw@host/db)") from None
+    except (ArgumentError, ValueError):  # ValueError: a malformed host or port
+        raise UserError(f"--storage {url!r} is not a database URL (expected e.g. sqlite:///logs/study.db or "
+                        f"postgresql://user:pw@host/db)") from None
     dialect = parsed.get_backend_name()
     if dialect not in SUPPORTED:
         raise UserError(f"--storage: unsupported database {dialect!r}; use one of {SUPPORTED}")
+    if dialect == "sqlite" and (not parsed.database or parsed.database == ":memory:"):
+        raise UserError("--storage sqlite:// needs a file path: in-memory SQLite cannot be shared or resumed")
+    return parsed
+
+
+def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180) -> RDBStorage:
+    """An RDBStorage for ``url`` with heartbeats and retries; ``UserError`` if it is unusable."""
+    parsed = parse_storage_url(url)
+    dialect = parsed.get_backend_name()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat API
     engine_kwargs: dict = {}
     if dialect == "sqlite":
-        if not parsed.database or parsed.database == ":memory:":
-            raise UserError("--storage sqlite:// needs a file path: in-memory SQLite cannot be shared or resumed")
         make_dir(Path(parsed.database).parent, "--storage folder")
         engine_kwargs["connect_args"] = {"timeout": 120}
     elif dialect == "postgresql":

@@ -92,8 +92,17 @@ def test_a_forward_that_raises_is_the_users_error(tmp_path):
     factory = tmp_path / "broken.py"
     factory.write_text("import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        raise ValueError('boom')\n")
     assert_one_error_line(call(kit, "inspect", "--module", f"{factory}:Net"), "forward fails on input size (1, 28, 28): ValueError: boom")
+    exits = tmp_path / "exits.py"
+    exits.write_text("import sys\nsys.exit(3)\n")
+    assert_one_error_line(call(kit, "inspect", "--module", f"{exits}:Net"), "SystemExit: 3")
     # torchvision's ViT asserts its input size (an AssertionError, not a RuntimeError)
     assert_one_error_line(call(kit, "inspect", "--torchvision", "vit_b_16", "--input-size", "3", "28", "28"), "forward fails on input size")
+
+
+def test_bench_checks_its_json_path_first():
+    from mnist_challenge.bench import main as bench
+
+    assert_one_error_line(call(bench, "--json", "/proc/no/such/figures.json", "--steps", "1"), "--json /proc/no")
 
 
 # --- check and report ------------------------------------------------------------------------------------
@@ -252,6 +261,8 @@ def test_a_failed_download_says_why_in_whole_words_and_leaves_no_empty_folders(t
         (["--enqueue", "compact:translate=nan"], "translate (fraction of the side) must be a finite number"),
         (["--enqueue", "compact:lr=-1"], "lr must be in (0, 10]"),
         (["--n-trials", "0"], "argument --n-trials"),
+        (["--storage", "postgresql://u@[::1:5432/x"], "is not a database URL"),
+        (["--storage", "sqlite://"], "needs a file path"),
     ],
 )
 def test_search_refuses_bad_settings_before_creating_the_study(tmp_path, mnist_dir, flags, fragment):
