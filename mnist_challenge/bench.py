@@ -121,11 +121,14 @@ def ablate(spec, data: MnistData, cfg: TrainConfig, steps: int, warmup: int, rep
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m mnist_challenge.bench", description="kit engine vs the course pipeline: images/s and ratio")
     p.add_argument("--spec", default="classic", help="spec file or preset (default classic)")
-    p.add_argument("--steps", type=int_flag(1, 100_000), default=150, help="timed optimizer steps per side (default 150)")
+    p.add_argument("--steps", type=int_flag(1, 100_000), default=150,
+                   help="timed optimizer steps per side (default 150)")
     p.add_argument("--warmup", type=int_flag(1, 100_000), default=20, help="untimed steps first (default 20)")
-    p.add_argument("--repeats", type=int_flag(1, 100), default=3, help="alternating engine/reference measurements; medians reported (default 3)")
+    p.add_argument("--repeats", type=int_flag(1, 100), default=3,
+                   help="alternating engine/reference measurements; medians reported (default 3)")
     p.add_argument("--batch-size", type=int_flag(2, 4096), default=128)
-    p.add_argument("--threads", type=int_flag(1, 1024), default=None, help="torch threads for both sides (default: torch's)")
+    p.add_argument("--threads", type=int_flag(1, 1024), default=None,
+                   help="torch threads for both sides (default: torch's)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--channels-last", action="store_true")
     for trick, flag in TRICKS.items():

@@ -70,20 +70,26 @@ def read_inspection(run_dir: Path) -> dict[str, Any]:
     """inspection.json with the fields the rules read, type-checked."""
     path = run_dir / "inspection.json"
     inspection = read_json_object(path)
-    params, has_linear, linear = inspection.get("params"), inspection.get("has_linear"), inspection.get("linear_layers", [])
-    require(isinstance(params, int) and not isinstance(params, bool) and params >= 0, f"{path} is malformed: 'params' must be a count, got {params!r}")
-    require(isinstance(has_linear, bool), f"{path} is malformed: 'has_linear' must be true or false, got {has_linear!r}")
-    require(isinstance(linear, list) and all(isinstance(n, str) for n in linear), f"{path} is malformed: 'linear_layers' must be a list of names")
-    for key in ("macs", "receptive_field_head"):  # optional, shown in the report's table
-        value = inspection.get(key, 0)
-        require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, f"{path} is malformed: '{key}' must be a count, got {value!r}")
+    for key in ("params", "macs", "receptive_field_head"):  # macs and RF are optional, shown in the report's table
+        value = inspection.get(key, None if key == "params" else 0)
+        require(_is_count(value), f"{path} is malformed: '{key}' must be a count, got {value!r}")
+    has_linear, linear = inspection.get("has_linear"), inspection.get("linear_layers", [])
+    require(isinstance(has_linear, bool), f"{path} is malformed: 'has_linear' must be true or false, "
+                                          f"got {has_linear!r}")
+    require(isinstance(linear, list) and all(isinstance(n, str) for n in linear),
+            f"{path} is malformed: 'linear_layers' must be a list of names")
     return inspection
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def planned_epochs(run_dir: Path) -> int:
     path = run_dir / "config.json"
     epochs = read_json_object(path).get("epochs")
-    require(isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1, f"{path} is malformed: 'epochs' must be a positive integer, got {epochs!r}")
+    require(_is_count(epochs) and epochs >= 1,
+            f"{path} is malformed: 'epochs' must be a positive integer, got {epochs!r}")
     return epochs
 
 
@@ -108,8 +114,9 @@ def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
     rules.append({"rule": f"parameters < {limits.max_params:,}", "passed": params < limits.max_params, "figure": f"{params:,}"})
     linear = inspection.get("linear_layers") or []
     rules.append({"rule": "no fully connected layer", "passed": not inspection["has_linear"], "figure": f"nn.Linear found: {', '.join(linear) or 'F.linear'}" if inspection["has_linear"] else "none"})
-    rules.append({"rule": f"epochs <= {limits.max_epochs}", "passed": 1 <= len(rows) <= limits.max_epochs and planned <= limits.max_epochs,
-                  "figure": f"{len(rows)}" + (f" (planned {planned})" if planned != len(rows) else "")})
+    within = 1 <= len(rows) <= limits.max_epochs and planned <= limits.max_epochs
+    figure = f"{len(rows)}" + (f" (planned {planned})" if planned != len(rows) else "")
+    rules.append({"rule": f"epochs <= {limits.max_epochs}", "passed": within, "figure": figure})
     numbers = [r["epoch"] for r in rows]
     complete = numbers == list(range(1, planned + 1))
     figure = f"{len(rows)} of {planned} planned epochs logged"

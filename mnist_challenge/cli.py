@@ -11,7 +11,8 @@ import json
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InternalError, UserError, record_internal_error, set_crash_log
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InternalError, UserError
+from .errors import record_internal_error, set_crash_log
 from .validate import check_name, check_writable_dir, float_flag, int_flag, name_flag, positive_int, seed_flag
 
 
@@ -112,7 +113,8 @@ def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15)
     """Flags for every TrainConfig field; shared by ``train`` and the search's ``reproduce``."""
     from .train import MAX_EPOCHS, OPTIMIZERS, SCHEDULES
 
-    p.add_argument("--epochs", type=int_flag(1, MAX_EPOCHS), default=epochs_default, help=f"epochs (default {epochs_default})")
+    p.add_argument("--epochs", type=int_flag(1, MAX_EPOCHS), default=epochs_default,
+                   help=f"epochs (default {epochs_default})")
     p.add_argument("--batch-size", type=int_flag(2, 60_000), default=128)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
     p.add_argument("--lr", type=float_flag(0, 10, lo_open=True), default=0.05, help="peak learning rate (default 0.05)")
@@ -128,7 +130,8 @@ def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15)
     p.add_argument("--scale", type=float_flag(0, 1, hi_open=True), default=0.0, help="random zoom range +/-")
     p.add_argument("--shear", type=float_flag(0, 60), default=0.0, help="max random shear in degrees")
     p.add_argument("--seed", type=seed_flag, default=1)
-    p.add_argument("--val-size", type=int_flag(0, 59_998), default=10_000, help="validation images held out of the 60k (0: train on all)")
+    p.add_argument("--val-size", type=int_flag(0, 59_998), default=10_000,
+                   help="validation images held out of the 60k (0: train on all)")
     p.add_argument("--split-seed", type=seed_flag, default=0, help="which images are held out")
     p.add_argument("--train-subset", type=int_flag(2, 60_000), default=None, help="train on only this many images")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -169,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     require_mnist_shape(spec)
     cfg = train_config_from_args(args)
     resolve_device(cfg.device)
-    name = check_name(args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", "--name" if args.name else "the run name (spec name)")
+    name = args.name or check_name(f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", "the run name (spec name + time)")
     run_dir = check_new_run_dir(Path(check_writable_dir(args.out, "--out")) / name)
     data = load_data(cfg, args.data_dir, allow_download=args.download)
     print(f"run directory: {run_dir}")
@@ -191,7 +194,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-params", type=positive_int, default=20_000, help="parameters must be fewer than this")
     p.add_argument("--max-epochs", type=positive_int, default=19, help="at most this many epochs")
-    p.add_argument("--min-acc", type=float_flag(0, 100), default=99.4, help="test accuracy (%%) needed in each of the last k epochs")
+    p.add_argument("--min-acc", type=float_flag(0, 100), default=99.4,
+                   help="test accuracy (%%) needed in each of the last k epochs")
     p.add_argument("--last-k", type=positive_int, default=3)
 
 

@@ -75,7 +75,8 @@ def download(directory: Path) -> None:
     """Fetch MNIST with torchvision into ``directory`` (lands in ``directory/MNIST/raw``)."""
     import torchvision
 
-    created = [d for d in (directory / "MNIST" / "raw", directory / "MNIST", directory, *directory.parents) if not d.exists()]
+    folders = (directory / "MNIST" / "raw", directory / "MNIST", directory, *directory.parents)
+    created = [d for d in folders if not d.exists()]
     try:
         torchvision.datasets.MNIST(str(directory), train=True, download=True)
         torchvision.datasets.MNIST(str(directory), train=False, download=True)
@@ -146,7 +147,8 @@ def check_split(val_size: int, train_subset: int | None, n: int = TRAIN_IMAGES, 
     if need_val and val_size < 1:
         raise UserError("--val-size must be at least 1: the search selects on the validation split")
     if not 0 <= val_size <= n - 2:
-        raise UserError(f"--val-size {val_size}: must be in 0..{n - 2} (the {n:,} training images must keep two to train on)")
+        raise UserError(f"--val-size {val_size}: must be in 0..{n - 2} "
+                        f"(the {n:,} training images must keep two to train on)")
     if train_subset is not None and not 2 <= train_subset <= n - val_size:
         raise UserError(f"--train-subset {train_subset}: must be in 2..{n - val_size} "
                         f"(the {n - val_size:,} training images left after holding out {val_size:,} for validation)")

@@ -48,7 +48,9 @@ def record_internal_error(exc: BaseException) -> str:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     targets = [_crash_log] if _crash_log is not None else []
-    targets.append(Path(tempfile.gettempdir()) / f"mnist_challenge-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    targets.append(
+        Path(tempfile.gettempdir()) / f"mnist_challenge-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    )
     where = "nowhere (no log file could be written)"
     for target in targets:
         try:

@@ -31,9 +31,9 @@ def summary_text(model: nn.Module, input_size: tuple[int, ...], report_text: str
 def require_mnist_shape(spec: ArchSpec) -> None:
     """Training reads MNIST: 1x28x28 images, 10 classes. A spec built for another shape cannot be fed."""
     if (spec.in_channels, spec.input_size, spec.num_classes) != (1, IMAGE_SIDE, NUM_CLASSES):
-        raise UserError(f"spec {spec.name!r} takes {spec.in_channels}x{spec.input_size}x{spec.input_size} inputs and {spec.num_classes} "
-                        f"classes, but MNIST is 1x{IMAGE_SIDE}x{IMAGE_SIDE} with {NUM_CLASSES}: set in_channels 1, input_size "
-                        f"{IMAGE_SIDE}, num_classes {NUM_CLASSES} to train it")
+        raise UserError(f"spec {spec.name!r} takes {spec.in_channels}x{spec.input_size}x{spec.input_size} inputs and "
+                        f"{spec.num_classes} classes, but MNIST is 1x{IMAGE_SIDE}x{IMAGE_SIDE} with {NUM_CLASSES}: "
+                        f"set in_channels 1, input_size {IMAGE_SIDE}, num_classes {NUM_CLASSES} to train it")
 
 
 def load_data(cfg: TrainConfig, data_dir: str | Path | None, allow_download: bool = False) -> MnistData:

@@ -54,7 +54,7 @@ def torchvision_model(name: str) -> nn.Module:
         close = [m for m in available if name.lower() in m][:8]
         hint = f"; did you mean {close}?" if close else "; see torchvision.models.list_models()"
         raise UserError(f"unknown torchvision model {name!r}{hint}")
-    with warnings.catch_warnings():  # e.g. inception_v3's notice about its future initialisation: not the user's concern
+    with warnings.catch_warnings():  # inception_v3's notice about its future initialisation: not the user's concern
         warnings.simplefilter("ignore", FutureWarning)
         return torchvision.models.get_model(name, weights=None)
 

@@ -159,7 +159,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ArchSpec]:
     try:
         blob = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load fails in many ways on a file that is not a checkpoint
-        raise UserError(f"cannot read checkpoint {path}: {' '.join(str(exc).split())[:200] or type(exc).__name__}") from None
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise UserError(f"cannot read checkpoint {path}: {reason}") from None
     if not isinstance(blob, dict) or not blob.get("spec") or not isinstance(blob.get("state_dict"), dict):
         raise UserError(f"{path} has no spec and state_dict inside; it was not written by this kit")
     try:

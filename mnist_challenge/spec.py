@@ -46,7 +46,8 @@ def _check_channels(value: Any, what: str) -> None:
 
 
 def _check_padding(value: Any, what: str) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool) and value in (0, 1), f"{what} must be 0 or 1, got {value!r}")
+    _check(isinstance(value, int) and not isinstance(value, bool) and value in (0, 1),
+           f"{what} must be 0 or 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class ConvBlock:
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
         _check(len(self.channels) >= 1, "a block needs at least one conv (channels is empty)")
-        _check(len(self.channels) <= MAX_CONVS_PER_BLOCK, f"a block has at most {MAX_CONVS_PER_BLOCK} convs, got {len(self.channels)}")
+        _check(len(self.channels) <= MAX_CONVS_PER_BLOCK,
+               f"a block has at most {MAX_CONVS_PER_BLOCK} convs, got {len(self.channels)}")
         for c in self.channels:
             _check_channels(c, "block channels")
         _check_padding(self.padding, "block padding")
@@ -89,7 +91,8 @@ class ArchSpec:
     def __post_init__(self) -> None:
         blocks = tuple(b if isinstance(b, ConvBlock) else ConvBlock(**b) for b in self.blocks)
         object.__setattr__(self, "blocks", blocks)
-        _check(1 <= len(self.blocks) <= MAX_BLOCKS, f"a spec needs at least one block and at most {MAX_BLOCKS}, got {len(self.blocks)}")
+        _check(1 <= len(self.blocks) <= MAX_BLOCKS,
+               f"a spec needs at least one block and at most {MAX_BLOCKS}, got {len(self.blocks)}")
         _check_channels(self.stem_channels, "stem_channels")
         check_int(self.in_channels, "in_channels", 1, MAX_IN_CHANNELS)
         check_int(self.num_classes, "num_classes", 2, MAX_CLASSES)
@@ -102,8 +105,9 @@ class ArchSpec:
         check_name(self.name, "spec name")  # the default run folder is named after it
         self.feature_sizes()  # raises if the map shrinks below 1x1 anywhere
         weights = self.conv_weights()
-        _check(weights <= MAX_CONV_WEIGHTS, f"the spec's convs have {weights:,} weights, more than the {MAX_CONV_WEIGHTS:,} "
-                                            f"an MNIST-sized net needs (the assignment allows 20,000): narrow the channels")
+        _check(weights <= MAX_CONV_WEIGHTS, f"the spec's convs have {weights:,} weights, more than the "
+                                            f"{MAX_CONV_WEIGHTS:,} an MNIST-sized net needs (the assignment allows "
+                                            f"20,000): narrow the channels")
 
     def conv_weights(self) -> int:
         """Weights of every conv the spec builds (BatchNorm and biases aside): a size bound, cheap to compute."""
@@ -148,7 +152,8 @@ class ArchSpec:
         _reject_unknown(data, cls, "spec")
         _check("blocks" in data, "spec is missing the required field 'blocks'")
         _check(isinstance(data["blocks"], list), "spec field 'blocks' must be a list of block objects")
-        _check(len(data["blocks"]) <= MAX_BLOCKS, f"a spec needs at least one block and at most {MAX_BLOCKS}, got {len(data['blocks'])}")
+        _check(len(data["blocks"]) <= MAX_BLOCKS,
+               f"a spec needs at least one block and at most {MAX_BLOCKS}, got {len(data['blocks'])}")
         blocks = []
         for i, block in enumerate(data["blocks"], start=1):
             _check(isinstance(block, dict), f"block {i} must be a JSON object")

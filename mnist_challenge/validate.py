@@ -37,16 +37,29 @@ def _in_range(value: float, lo: float | None, hi: float | None, lo_open: bool, h
 def check_int(value: Any, what: str, lo: int | None = None, hi: int | None = None) -> int:
     """An integer (not a bool, not a float such as 1.0) in [lo, hi]."""
     require(isinstance(value, int) and not isinstance(value, bool), f"{what} must be an integer, got {value!r}")
-    require(_in_range(value, lo, hi, False, False), f"{what} must be an integer in {_interval(lo, hi, False, False)}, got {value}")
+    require(
+        _in_range(value, lo, hi, False, False),
+        f"{what} must be an integer in {_interval(lo, hi, False, False)}, got {value}",
+    )
     return value
 
 
-def check_float(value: Any, what: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-                hi_open: bool = False) -> float:
+def check_float(
+    value: Any,
+    what: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
     """A finite real number (ints allowed, bools and NaN/inf not) in the interval."""
     require(isinstance(value, (int, float)) and not isinstance(value, bool), f"{what} must be a number, got {value!r}")
     require(math.isfinite(value), f"{what} must be a finite number, got {value}")
-    require(_in_range(value, lo, hi, lo_open, hi_open), f"{what} must be in {_interval(lo, hi, lo_open, hi_open)}, got {value:g}")
+    require(
+        _in_range(value, lo, hi, lo_open, hi_open),
+        f"{what} must be in {_interval(lo, hi, lo_open, hi_open)}, got {value:g}",
+    )
     return float(value)
 
 
@@ -60,9 +73,13 @@ def check_name(value: Any, what: str) -> str:
     require(isinstance(value, str), f"{what} must be a string, got {value!r}")
     require(0 < len(value) <= NAME_MAX, f"{what} must be 1 to {NAME_MAX} characters, got {len(value)}")
     bad = sorted({c for c in value if c in "/\\" or not c.isprintable()})
-    require(not bad, f"{what} {value!r} may not contain {bad!r}: it names one folder (use letters, digits, '-', '_', '.')")
-    require(value not in (".", "..") and not value.startswith("-") and value == value.strip(),
-            f"{what} {value!r} is not usable as a folder name")
+    require(
+        not bad, f"{what} {value!r} may not contain {bad!r}: it names one folder (use letters, digits, '-', '_', '.')"
+    )
+    require(
+        value not in (".", "..") and not value.startswith("-") and value == value.strip(),
+        f"{what} {value!r} is not usable as a folder name",
+    )
     return value
 
 
@@ -85,7 +102,9 @@ def make_dir(path: str | Path, what: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{what} {path}: cannot create the folder ({exc.strerror or exc}); pick another folder") from None
+        raise UserError(
+            f"{what} {path}: cannot create the folder ({exc.strerror or exc}); pick another folder"
+        ) from None
     return path
 
 
@@ -108,9 +127,14 @@ def int_flag(lo: int | None = None, hi: int | None = None) -> Callable[[str], in
     return _flag(int, lambda v: check_int(v, "the value", lo, hi), f"an integer in {_interval(lo, hi, False, False)}")
 
 
-def float_flag(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> Callable[[str], float]:
-    return _flag(float, lambda v: check_float(v, "the value", lo, hi, lo_open=lo_open, hi_open=hi_open),
-                 f"a number in {_interval(lo, hi, lo_open, hi_open)}")
+def float_flag(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False
+) -> Callable[[str], float]:
+    return _flag(
+        float,
+        lambda v: check_float(v, "the value", lo, hi, lo_open=lo_open, hi_open=hi_open),
+        f"a number in {_interval(lo, hi, lo_open, hi_open)}",
+    )
 
 
 def name_flag(text: str) -> str:

@@ -32,7 +32,8 @@ def default_workers() -> int:
 
 
 def add_study_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--study", type=name_flag, default=DEFAULT_STUDY, help=f"study name, also its folder under --logs (default {DEFAULT_STUDY})")
+    p.add_argument("--study", type=name_flag, default=DEFAULT_STUDY,
+                   help=f"study name, also its folder under --logs (default {DEFAULT_STUDY})")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///logs/search/<study>/study.db); postgresql://... to share one study between machines")
     p.add_argument("--logs", default="logs/search", help="parent of the study's output directory (default logs/search)")
 
@@ -40,23 +41,33 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m search", description=__doc__.splitlines()[0])
     add_study_flags(p)
-    p.add_argument("--n-trials", type=int_flag(1, 100_000), default=20, help="trials to add in this run, over all workers (default 20)")
+    p.add_argument("--n-trials", type=int_flag(1, 100_000), default=20,
+                   help="trials to add in this run, over all workers (default 20)")
     p.add_argument("--epochs", type=positive_int, default=15, help="epochs per trial; must be < 20 (default 15)")
-    p.add_argument("--max-params", type=int_flag(1, 10**8), default=20_000, help="parameter cap, strictly fewer (default 20000)")
-    p.add_argument("--min-rf", type=int_flag(1, 10_000), default=20, help="minimum receptive field at the head in px (default 20)")
+    p.add_argument("--max-params", type=int_flag(1, 10**8), default=20_000,
+                   help="parameter cap, strictly fewer (default 20000)")
+    p.add_argument("--min-rf", type=int_flag(1, 10_000), default=20,
+                   help="minimum receptive field at the head in px (default 20)")
     p.add_argument("--mode", choices=("single", "multi"), default="single", help="single: max val acc under the cap; multi: (val acc, params) Pareto front")
     p.add_argument("--pruner", choices=("hyperband", "median", "sha", "none"), default="hyperband")
-    p.add_argument("--workers", type=int_flag(1, 256), default=None, help="worker processes on this machine (default: 2 on CPU, 1 on GPU)")
-    p.add_argument("--threads", type=int_flag(1, 1024), default=None, help="torch threads per worker (default: cores / workers)")
-    p.add_argument("--train-subset", type=int_flag(2, 60_000), default=None, help="train each trial on this many images (quick looks, tests)")
-    p.add_argument("--val-size", type=int_flag(1, 59_998), default=10_000, help="validation images held out of the 60k (default 10000)")
-    p.add_argument("--seed", type=seed_flag, default=0, help="training seed of every trial, and part of each sampler's seed")
+    p.add_argument("--workers", type=int_flag(1, 256), default=None,
+                   help="worker processes on this machine (default: 2 on CPU, 1 on GPU)")
+    p.add_argument("--threads", type=int_flag(1, 1024), default=None,
+                   help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--train-subset", type=int_flag(2, 60_000), default=None,
+                   help="train each trial on this many images (quick looks, tests)")
+    p.add_argument("--val-size", type=int_flag(1, 59_998), default=10_000,
+                   help="validation images held out of the 60k (default 10000)")
+    p.add_argument("--seed", type=seed_flag, default=0,
+                   help="training seed of every trial, and part of each sampler's seed")
     p.add_argument("--sampler-seed", type=seed_flag, default=None,
                    help="seed worker i's sampler with this + i, to replay a recorded run (default: drawn per process, "
                         "so that every command and machine draws differently; recorded as each trial's sampler_seed)")
-    p.add_argument("--timeout", type=float_flag(0, None, lo_open=True), default=None, help="stop starting new trials after this many seconds")
+    p.add_argument("--timeout", type=float_flag(0, None, lo_open=True), default=None,
+                   help="stop starting new trials after this many seconds")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--heartbeat", type=int_flag(1, 3600), default=60, help="seconds between trial heartbeats (default 60)")
+    p.add_argument("--heartbeat", type=int_flag(1, 3600), default=60,
+                   help="seconds between trial heartbeats (default 60)")
     p.add_argument("--grace", type=int_flag(1, 86_400), default=None,
                    help=f"a RUNNING trial silent this long is failed and retried; at least {GRACE_FACTOR}x --heartbeat "
                         f"(default {DEFAULT_GRACE_FACTOR}x --heartbeat)")
@@ -117,8 +128,9 @@ def validate_search_args(args: argparse.Namespace, base) -> None:
     if args.max_params <= floor:
         raise UserError(f"--max-params {args.max_params}: no spec in the search space has fewer than {floor} parameters")
     if args.grace < GRACE_FACTOR * args.heartbeat:
-        raise UserError(f"--grace {args.grace} must be at least {GRACE_FACTOR}x --heartbeat {args.heartbeat}: a live trial "
-                        f"would be taken for a dead one and run twice; leave --grace out to use {DEFAULT_GRACE_FACTOR}x")
+        raise UserError(f"--grace {args.grace} must be at least {GRACE_FACTOR}x --heartbeat {args.heartbeat}: a "
+                        f"live trial would be taken for a dead one and run twice; leave --grace out to use "
+                        f"{DEFAULT_GRACE_FACTOR}x")
     check_split(base.val_size, base.train_subset, need_val=True)
     resolve_device(base.device)
     check_writable_dir(study_dir(args), "--logs")
@@ -141,8 +153,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     base = TrainConfig(epochs=args.epochs, seed=args.seed, threads=threads, train_subset=args.train_subset, val_size=args.val_size, device=args.device)
     settings = SearchSettings(args.study, study_dir(args), base, args.max_params, args.min_rf, args.mode == "multi")
     sampler_seed = args.sampler_seed if args.sampler_seed is not None else process_sampler_seed(args.seed, args.study)
-    plan = RunPlan(settings, storage_url(args), args.n_trials, workers, args.pruner, args.seed, args.data_dir, args.timeout, args.heartbeat,
-                   args.grace, sampler_seed=sampler_seed)
+    plan = RunPlan(settings, storage_url(args), args.n_trials, workers, args.pruner, args.seed, args.data_dir,
+                   args.timeout, args.heartbeat, args.grace, sampler_seed=sampler_seed)
     if args.export_only:
         from .runner import export_study
 
@@ -157,8 +169,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     plan = dataclasses.replace(plan, enqueue=tuple(enqueued_params(item, base, args.max_params) for item in args.enqueue))
     make_dir(study_dir(args), "--logs")
     print(f"study {args.study!r}: {args.n_trials} trials, {workers} worker(s) x {threads} thread(s), {args.epochs} epochs each, storage {plan.storage_url}")
-    print(f"sampler seed {sampler_seed} (worker i: {sampler_seed} + i; --sampler-seed {sampler_seed} replays this command's draws "
-          f"on the study as it is now)")
+    print(f"sampler seed {sampler_seed} (worker i: {sampler_seed} + i; --sampler-seed {sampler_seed} replays this "
+          f"command's draws on the study as it is now)")
     run_search(plan)
     return 0
 
@@ -171,7 +183,8 @@ def build_reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int_flag(1, 1000), default=None, help="epochs (default: the study's)")
     p.add_argument("--seed", type=seed_flag, default=1)
     p.add_argument("--threads", type=int_flag(1, 1024), default=None)
-    p.add_argument("--train-subset", type=int_flag(2, 60_000), default=None, help="train on only this many images (smoke tests)")
+    p.add_argument("--train-subset", type=int_flag(2, 60_000), default=None,
+                   help="train on only this many images (smoke tests)")
     p.add_argument("--out", default=None, help="run directory (default logs/search/<study>/reproduce/seed<S>)")
     add_limit_flags(p)
     add_data_flags(p)
@@ -208,17 +221,20 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         base = base_config_from_study(study)
         recipe = recipe_from_params(trial.params, base)
     except (KeyError, ValueError, TypeError) as exc:  # a draw that never completed, or a study this kit did not make
-        raise UserError(f"trial {trial.number} of {args.study!r} ({trial.state.name}) cannot be rebuilt: {exc!r} is missing or "
-                        f"malformed; pick a completed trial") from None
+        raise UserError(f"trial {trial.number} of {args.study!r} ({trial.state.name}) cannot be rebuilt: {exc!r} is "
+                        f"missing or malformed; pick a completed trial") from None
     epochs = args.epochs or base.epochs
     limits = limits_from_args(args)
     # All 60k training images (no validation hold-out): selection is over, the test set is reported.
     # The run directory's config.json records the trial and study it reproduces.
-    cfg = dataclasses.replace(recipe, epochs=epochs, seed=args.seed, val_size=0, train_subset=args.train_subset, threads=args.threads)
-    out = check_new_run_dir(Path(args.out) if args.out else study_dir(args) / "reproduce" / f"trial{trial.number}-seed{args.seed}")
+    cfg = dataclasses.replace(recipe, epochs=epochs, seed=args.seed, val_size=0, train_subset=args.train_subset,
+                              threads=args.threads)
+    default_out = study_dir(args) / "reproduce" / f"trial{trial.number}-seed{args.seed}"
+    out = check_new_run_dir(Path(args.out) if args.out else default_out)
     print(f"reproducing trial {trial.number} of {args.study!r} ({epochs} epochs, seed {args.seed}) -> {out}")
     set_crash_log(out / "train.log")
-    run_experiment(spec, cfg, out, data_dir=args.data_dir, limits=limits, extra_config={"study": args.study, "trial": trial.number})
+    run_experiment(spec, cfg, out, data_dir=args.data_dir, limits=limits,
+                   extra_config={"study": args.study, "trial": trial.number})
     from mnist_challenge.checker import check_run
 
     return 0 if check_run(out, limits).passed else 1

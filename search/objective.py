@@ -122,7 +122,8 @@ class Objective:
             twin = find_twin(trial.study, trial, training=True)  # an older trial took the same draw meanwhile
             if twin is not None:
                 trial.set_user_attr("duplicate_of", twin.number)
-                trial.set_user_attr("reason", f"same draw as the older trial {twin.number}: stopped after epoch {epoch}")
+                reason = f"same draw as the older trial {twin.number}: stopped after epoch {epoch}"
+                trial.set_user_attr("reason", reason)
                 raise optuna.TrialPruned()
             # A net still at chance level after two epochs has collapsed (too high a learning rate, say).
             # No pruner can tell in a young study, where the first trials of each bracket always go on.

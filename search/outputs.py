@@ -13,8 +13,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .space import spec_from_params
 
-TRIAL_FIELDS = ["number", "state", "val_acc", "params", "rf_head", "macs", "epochs_run", "planned_epochs", "seconds", "test_acc_last", "reason",
-                "run_dir", "duplicate_of", "sampler_seed", "worker", "hyperparameters"]
+TRIAL_FIELDS = ["number", "state", "val_acc", "params", "rf_head", "macs", "epochs_run", "planned_epochs", "seconds",
+                "test_acc_last", "reason", "run_dir", "duplicate_of", "sampler_seed", "worker", "hyperparameters"]
 
 
 def trial_row(t: FrozenTrial) -> dict[str, Any]:
@@ -49,7 +49,8 @@ def write_trials_csv(study: optuna.Study, path: Path) -> None:
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
     """Completed trials that trained their own draw (not those that reused a twin's result)."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "duplicate_of" not in t.user_attrs]
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t for t in done if "duplicate_of" not in t.user_attrs]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:

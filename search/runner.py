@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from mnist_challenge import UserError
-from mnist_challenge.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InternalError, record_internal_error, set_crash_log
+from mnist_challenge.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InternalError
+from mnist_challenge.errors import record_internal_error, set_crash_log
 from mnist_challenge.experiment import load_data
 from mnist_challenge.train import TrainConfig
 from mnist_challenge.validate import SEED_MAX
@@ -99,11 +100,13 @@ def open_study(plan: RunPlan, worker: int = 0) -> optuna.Study:
         if "base_config" in stored:  # absent only if its creator died before writing them
             differing = [k for k in ("max_params", "min_rf", "multi_objective") if stored.get(k) != wanted[k]]
             base = stored["base_config"] if isinstance(stored["base_config"], dict) else {}
-            differing += [k for k in ("epochs", "train_subset", "val_size", "split_seed") if base.get(k) != wanted["base_config"][k]]
+            differing += [k for k in ("epochs", "train_subset", "val_size", "split_seed")
+                          if base.get(k) != wanted["base_config"][k]]
+            if [d.name.lower() for d in study.directions] != directions:
+                differing.append("mode")
             if differing:
-                raise UserError(f"study {s.study_name!r} exists with different settings ({', '.join(differing)}); rerun with its settings or pick another --study")
-            if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE for d in directions]:
-                raise UserError(f"study {s.study_name!r} exists with other objectives; rerun with its --mode or pick another --study")
+                raise UserError(f"study {s.study_name!r} exists with different settings ({', '.join(differing)}); "
+                                f"rerun with its settings or pick another --study")
             return study
     for key, value in study_attrs(plan).items():
         study.set_user_attr(key, value)
@@ -253,8 +256,8 @@ def run_search(plan: RunPlan) -> optuna.Study:
             bar.close()
         failed = [p.exitcode for p in procs if p.exitcode]
         if EXIT_INTERNAL in failed:
-            raise InternalError(f"{failed.count(EXIT_INTERNAL)} worker(s) hit an internal error (a bug in the kit; traceback in "
-                                f"{search_log(s)}); finished trials are kept in the study")
+            raise InternalError(f"{failed.count(EXIT_INTERNAL)} worker(s) hit an internal error (a bug in the kit; "
+                                f"traceback in {search_log(s)}); finished trials are kept in the study")
         if failed:
             raise UserError(f"{len(failed)} worker(s) exited with an error (exit codes {failed}); finished trials are kept in the study")
     print(f"\n({time.time() - started:.0f} s this run)")

@@ -73,30 +73,51 @@ def test_a_bad_spec_file_is_one_error_line(tmp_path, content, fragment):
 )
 def test_train_refuses_bad_settings_before_writing(tmp_path, mnist_dir, spec_changes, flags, fragment):
     out = tmp_path / "runs"
-    result = call(kit, "train", "--spec", spec_file(tmp_path, **spec_changes), "--out", str(out), "--data-dir", str(mnist_dir), *flags)
+    result = call(
+        kit,
+        "train",
+        "--spec",
+        spec_file(tmp_path, **spec_changes),
+        "--out",
+        str(out),
+        "--data-dir",
+        str(mnist_dir),
+        *flags,
+    )
     assert_one_error_line(result, fragment)
     assert not out.exists() and not (tmp_path / "outside").exists()
 
 
 def test_train_refuses_an_unwritable_out_and_a_missing_gpu(tmp_path, mnist_dir):
     (tmp_path / "a_file").write_text("")
-    assert_one_error_line(call(kit, "train", "--spec", "tiny", "--out", str(tmp_path / "a_file" / "runs"), "--data-dir", str(mnist_dir)),
-                          "is a file, not a folder")
+    assert_one_error_line(
+        call(kit, "train", "--spec", "tiny", "--out", str(tmp_path / "a_file" / "runs"), "--data-dir", str(mnist_dir)),
+        "is a file, not a folder",
+    )
     if not torch.cuda.is_available():
-        assert_one_error_line(call(kit, "train", "--spec", "tiny", "--device", "cuda", "--out", str(tmp_path / "r")), "no CUDA GPU")
+        assert_one_error_line(
+            call(kit, "train", "--spec", "tiny", "--device", "cuda", "--out", str(tmp_path / "r")), "no CUDA GPU"
+        )
         assert not (tmp_path / "r").exists()
 
 
 # --- inspect ---------------------------------------------------------------------------------------------
 def test_a_forward_that_raises_is_the_users_error(tmp_path):
     factory = tmp_path / "broken.py"
-    factory.write_text("import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        raise ValueError('boom')\n")
-    assert_one_error_line(call(kit, "inspect", "--module", f"{factory}:Net"), "forward fails on input size (1, 28, 28): ValueError: boom")
+    factory.write_text(
+        "import torch\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        raise ValueError('boom')\n"
+    )
+    assert_one_error_line(
+        call(kit, "inspect", "--module", f"{factory}:Net"), "forward fails on input size (1, 28, 28): ValueError: boom"
+    )
     exits = tmp_path / "exits.py"
     exits.write_text("import sys\nsys.exit(3)\n")
     assert_one_error_line(call(kit, "inspect", "--module", f"{exits}:Net"), "SystemExit: 3")
     # torchvision's ViT asserts its input size (an AssertionError, not a RuntimeError)
-    assert_one_error_line(call(kit, "inspect", "--torchvision", "vit_b_16", "--input-size", "3", "28", "28"), "forward fails on input size")
+    assert_one_error_line(
+        call(kit, "inspect", "--torchvision", "vit_b_16", "--input-size", "3", "28", "28"),
+        "forward fails on input size",
+    )
 
 
 def test_bench_checks_its_json_path_first():
@@ -112,8 +133,23 @@ def make_run(path, test_accs, planned=None):
     run = RunDir(path)
     run.start(spec, {"epochs": planned or len(test_accs)}, model, "", inspect_module(model, (1, 28, 28)).as_dict())
     for i, acc in enumerate(test_accs, start=1):
-        run.log_epoch({"epoch": i, "lr": 0.01, "train_loss": 0.1, "train_acc": 98.0, "val_loss": 0.02, "val_acc": acc, "test_loss": 0.02,
-                       "test_acc": acc, "seconds": 1.0, "eval_seconds": 0.1, "images_per_second": 1.0}, model, spec)
+        run.log_epoch(
+            {
+                "epoch": i,
+                "lr": 0.01,
+                "train_loss": 0.1,
+                "train_acc": 98.0,
+                "val_loss": 0.02,
+                "val_acc": acc,
+                "test_loss": 0.02,
+                "test_acc": acc,
+                "seconds": 1.0,
+                "eval_seconds": 0.1,
+                "images_per_second": 1.0,
+            },
+            model,
+            spec,
+        )
     return path
 
 
@@ -229,7 +265,10 @@ def test_a_worker_internal_error_exits_3(tmp_path, monkeypatch):
 def test_a_failed_download_says_why_in_whole_words_and_leaves_no_empty_folders(tmp_path, monkeypatch):
     import torchvision
 
-    reason = "Error downloading train-images-idx3-ubyte.gz:\nTried https://example.invalid/mnist/, got:\n" + "<urlopen error [Errno -3] " * 20
+    reason = (
+        "Error downloading train-images-idx3-ubyte.gz:\nTried https://example.invalid/mnist/, got:\n"
+        + "<urlopen error [Errno -3] " * 20
+    )
 
     def offline(root, *_args, **_kwargs):  # torchvision makes its folders, then fails to fetch
         (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
@@ -267,16 +306,22 @@ def test_a_failed_download_says_why_in_whole_words_and_leaves_no_empty_folders(t
 )
 def test_search_refuses_bad_settings_before_creating_the_study(tmp_path, mnist_dir, flags, fragment):
     logs = tmp_path / "logs"
-    assert_one_error_line(call(search, "--study", "s", "--logs", str(logs), "--data-dir", str(mnist_dir), *flags), fragment)
+    assert_one_error_line(
+        call(search, "--study", "s", "--logs", str(logs), "--data-dir", str(mnist_dir), *flags), fragment
+    )
     assert not logs.exists() and not (tmp_path / "escape").exists()
 
 
 def test_search_refuses_a_missing_gpu_and_an_unwritable_logs_folder(tmp_path, mnist_dir):
     (tmp_path / "a_file").write_text("")
-    assert_one_error_line(call(search, "--logs", str(tmp_path / "a_file"), "--data-dir", str(mnist_dir)), "not a folder")
+    assert_one_error_line(
+        call(search, "--logs", str(tmp_path / "a_file"), "--data-dir", str(mnist_dir)), "not a folder"
+    )
     if not torch.cuda.is_available():
         logs = tmp_path / "logs"
-        assert_one_error_line(call(search, "--logs", str(logs), "--device", "cuda", "--data-dir", str(mnist_dir)), "no CUDA GPU")
+        assert_one_error_line(
+            call(search, "--logs", str(logs), "--device", "cuda", "--data-dir", str(mnist_dir)), "no CUDA GPU"
+        )
         assert not logs.exists()
 
 

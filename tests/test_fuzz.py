@@ -23,7 +23,9 @@ from search.cli import main as search
 from .conftest import call
 from .test_contract import make_run
 
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 GOOD_SPEC = load_spec("tiny").to_dict()
 JSON = st.recursive(
@@ -32,8 +34,41 @@ JSON = st.recursive(
     max_leaves=12,
 )
 # Values a spec field may well hold, so that many mutated specs are valid and get inspected.
-PLAUSIBLE = st.sampled_from([0, 1, 2, 3, 4, 8, 16, 28, 32, 64, 65, 512, 513, 10, True, False, None, 0.0, 0.05, 1.0, "gap_conv", "conv_gap",
-                             "none", "after_relu", "before_relu", "every_conv", "block_end", "x", [4], [8, 8], [16, 16, 16]])
+PLAUSIBLE = st.sampled_from(
+    [
+        0,
+        1,
+        2,
+        3,
+        4,
+        8,
+        16,
+        28,
+        32,
+        64,
+        65,
+        512,
+        513,
+        10,
+        True,
+        False,
+        None,
+        0.0,
+        0.05,
+        1.0,
+        "gap_conv",
+        "conv_gap",
+        "none",
+        "after_relu",
+        "before_relu",
+        "every_conv",
+        "block_end",
+        "x",
+        [4],
+        [8, 8],
+        [16, 16, 16],
+    ]
+)
 SPEC_FIELDS = sorted(GOOD_SPEC) + ["colour"]
 BLOCK_FIELDS = ["channels", "padding", "residual", "transition", "kernel"]
 
@@ -75,16 +110,72 @@ def test_any_spec_file_gives_a_report_or_one_error_line(text):
         assert_contract(call(kit, "inspect", "--spec", str(path), "--json"))
 
 
-NUMBER_TEXTS = st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1", "2", "0.5", "1e400", "1e23", "abc", "", "99999999999999999999999",
-                                "0x10", "1_000", "3.", "-0"]) | st.floats().map(repr) | st.integers(-(2**40), 2**40).map(str)
-TRAIN_FLAGS = ["--epochs", "--batch-size", "--lr", "--momentum", "--weight-decay", "--step-size", "--gamma", "--label-smoothing", "--rotation",
-               "--translate", "--scale", "--shear", "--seed", "--val-size", "--split-seed", "--train-subset", "--threads"]
-SEARCH_FLAGS = ["--n-trials", "--epochs", "--max-params", "--min-rf", "--workers", "--threads", "--train-subset", "--val-size", "--seed",
-                "--sampler-seed", "--timeout", "--heartbeat", "--grace"]
+NUMBER_TEXTS = (
+    st.sampled_from(
+        [
+            "nan",
+            "inf",
+            "-inf",
+            "-1",
+            "0",
+            "1",
+            "2",
+            "0.5",
+            "1e400",
+            "1e23",
+            "abc",
+            "",
+            "99999999999999999999999",
+            "0x10",
+            "1_000",
+            "3.",
+            "-0",
+        ]
+    )
+    | st.floats().map(repr)
+    | st.integers(-(2**40), 2**40).map(str)
+)
+TRAIN_FLAGS = [
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--momentum",
+    "--weight-decay",
+    "--step-size",
+    "--gamma",
+    "--label-smoothing",
+    "--rotation",
+    "--translate",
+    "--scale",
+    "--shear",
+    "--seed",
+    "--val-size",
+    "--split-seed",
+    "--train-subset",
+    "--threads",
+]
+SEARCH_FLAGS = [
+    "--n-trials",
+    "--epochs",
+    "--max-params",
+    "--min-rf",
+    "--workers",
+    "--threads",
+    "--train-subset",
+    "--val-size",
+    "--seed",
+    "--sampler-seed",
+    "--timeout",
+    "--heartbeat",
+    "--grace",
+]
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.sampled_from(TRAIN_FLAGS), NUMBER_TEXTS), min_size=1, max_size=3), st.sampled_from(["tiny", "spec.json"]))
+@given(
+    st.lists(st.tuples(st.sampled_from(TRAIN_FLAGS), NUMBER_TEXTS), min_size=1, max_size=3),
+    st.sampled_from(["tiny", "spec.json"]),
+)
 def test_train_flags_give_a_run_or_one_error_line(monkeypatch, mnist_dir, flags, spec):
     started = []
     monkeypatch.setattr(experiment_module, "run_experiment", lambda *a, **k: started.append(a))
@@ -101,15 +192,35 @@ def test_train_flags_give_a_run_or_one_error_line(monkeypatch, mnist_dir, flags,
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.sampled_from(SEARCH_FLAGS), NUMBER_TEXTS), min_size=1, max_size=3),
-       st.sampled_from(["", "compact", "compact:lr=nan", "tiny:rotation=1e9", "classic:batch_size=7", "nosuch", "compact:translate=0.05"]))
+@given(
+    st.lists(st.tuples(st.sampled_from(SEARCH_FLAGS), NUMBER_TEXTS), min_size=1, max_size=3),
+    st.sampled_from(
+        [
+            "",
+            "compact",
+            "compact:lr=nan",
+            "tiny:rotation=1e9",
+            "classic:batch_size=7",
+            "nosuch",
+            "compact:translate=0.05",
+        ]
+    ),
+)
 def test_search_flags_give_a_search_or_one_error_line(monkeypatch, mnist_dir, flags, enqueue):
     started = []
     monkeypatch.setattr(runner_module, "run_search", lambda plan: started.append(plan))
     monkeypatch.setattr(data_module, "load_raw", lambda *a, **k: None)
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp) / "logs"
-        argv = ["--study", "f", "--logs", str(logs), "--data-dir", str(mnist_dir), *[part for pair in flags for part in pair]]
+        argv = [
+            "--study",
+            "f",
+            "--logs",
+            str(logs),
+            "--data-dir",
+            str(mnist_dir),
+            *[part for pair in flags for part in pair],
+        ]
         result = call(search, *argv, *(["--enqueue", enqueue] if enqueue else []))
         assert_contract(result)
         assert (result[0] == 0) == bool(started)
