@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InternalError, UserError
-from .errors import record_internal_error, set_crash_log
+from .errors import interrupt_on_sigterm, record_internal_error, set_crash_log
 from .validate import check_name, check_writable_dir, float_flag, int_flag, name_flag, positive_int, seed_flag
 
 
@@ -26,6 +27,7 @@ class Parser(argparse.ArgumentParser):
 def run_cli(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
     """Parse, dispatch to ``args.handler`` and apply the exit-code contract (see ``errors.py``)."""
     set_crash_log(None)  # the handler names its run's log once it has one
+    previous = interrupt_on_sigterm()
     try:
         args = build().parse_args(argv)
         return args.handler(args) or 0
@@ -47,6 +49,9 @@ def run_cli(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | 
     except Exception as exc:  # a bug: one line here, the traceback in the log file
         print(record_internal_error(exc), file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # --- inspect -----------------------------------------------------------------------------------------

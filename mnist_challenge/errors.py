@@ -14,7 +14,9 @@ A ``UserError`` is turned into exit 2 by ``cli.run_cli``; any other exception is
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -35,6 +37,18 @@ class InternalError(Exception):
 
 
 _crash_log: Path | None = None
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupt_on_sigterm() -> object:
+    """SIGTERM (``kill``, a scheduler's stop) ends a command the way Ctrl-C does: exit 130, finished work
+    kept. Returns the handler it replaced (None outside the main thread, where signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def set_crash_log(path: str | Path | None) -> None:

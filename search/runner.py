@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
-import signal
 import socket
 import sys
 import time
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 
 from mnist_challenge import UserError
 from mnist_challenge.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InternalError
-from mnist_challenge.errors import record_internal_error, set_crash_log
+from mnist_challenge.errors import interrupt_on_sigterm, record_internal_error, set_crash_log
 from mnist_challenge.experiment import load_data
 from mnist_challenge.train import TrainConfig
 from mnist_challenge.validate import SEED_MAX
@@ -195,14 +194,10 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _worker_entry(plan: RunPlan, worker: int, n_trials: int, parent: int) -> None:
     """A worker process: the same exit-code contract as the command (2 bad input, 3 internal, 130)."""
     _exit_with_parent(parent)
-    signal.signal(signal.SIGTERM, _interrupt)  # the parent stops workers with SIGTERM: queue the trial again
+    interrupt_on_sigterm()  # the parent stops workers with SIGTERM: queue the trial again
     set_crash_log(search_log(plan.settings))
     try:
         worker_main(plan, worker, n_trials, progress=False)
@@ -231,7 +226,7 @@ def run_search(plan: RunPlan) -> optuna.Study:
     started = time.time()
     # SIGTERM (kill, a scheduler's stop) goes the KeyboardInterrupt way: the running trial is queued
     # again for the next run, and workers are stopped too.
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_sigterm()
     if plan.workers == 1:
         worker_main(plan, 0, plan.n_trials, progress=True)
     else:

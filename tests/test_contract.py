@@ -334,3 +334,31 @@ def test_nan_never_passes_a_number_check():
     for bad in (1.0, True, "1", None, 2**70):
         with pytest.raises(UserError):
             check_int(bad, "x", 0, 2**64)
+
+
+# --- interrupted -----------------------------------------------------------------------------------------
+def test_a_train_stopped_with_sigterm_exits_130_and_keeps_its_finished_epochs(tmp_path, mnist_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    args = ["train", "--spec", "tiny", "--epochs", "19", "--train-subset", "2000", "--val-size", "500", "--threads", "1"]
+    run = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_challenge", *args, "--data-dir", str(mnist_dir), "--out", str(tmp_path),
+                             "--name", "r"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if (run / "epochs.csv").is_file() and len((run / "epochs.csv").read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err[-2000:]
+    assert len((run / "epochs.csv").read_text().splitlines()) >= 2  # the header and at least one finished epoch
