@@ -99,14 +99,15 @@ def test_low_receptive_field_is_rejected():
 
 def _search_args(mnist_dir, tmp_path, study):
     return [sys.executable, "-m", "search", "--study", study, "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--epochs", "2",
-            "--train-subset", "3000", "--val-size", "500", "--workers", "1", "--threads", "1", "--heartbeat", "1", "--grace", "4", "--pruner", "none"]
+            "--train-subset", "3000", "--val-size", "500", "--workers", "1", "--threads", "1", "--heartbeat", "1", "--grace", "4", "--pruner", "none",
+            "--sampler-seed", "0"]  # fixed draws: the trials these tests wait for train long enough to be seen
 
 
 def _wait_until_a_trial_trains(worker, db, study):
     """The first RUNNING trial once it is really training (its run dir has epochs.csv)."""
     deadline = time.time() + 300
     while time.time() < deadline:
-        time.sleep(1)
+        time.sleep(0.3)
         if worker.poll() is not None:
             pytest.fail(f"the search ended (exit {worker.returncode}) before a trial started training")
         if not db.exists():
