@@ -10,15 +10,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import ArchSpec, ConvBlock
+from .spec import DILATION, ArchSpec, ConvBlock
 
 
-def conv_unit(spec: ArchSpec, in_ch: int, out_ch: int, kernel: int, padding: int, with_dropout: bool) -> nn.Sequential:
-    """conv -> (BN) -> ReLU -> (BN) -> (dropout), as the spec places them.
+def conv_unit(spec: ArchSpec, in_ch: int, out_ch: int, kernel: int, padding: int, with_dropout: bool,
+              kind: str = "conv") -> nn.Sequential:
+    """conv -> (BN) -> ReLU -> (BN) -> (dropout), as the spec places them. The conv is ``kind``'s: one
+    ``kernel`` conv, a depthwise 3x3 followed by a 1x1 (separable), or a 3x3 of dilation 2 (dilated);
+    ``padding`` 1 keeps the map's size in each case.
 
-    Convs carry no bias when a BatchNorm follows: BN's own shift makes it redundant parameters.
+    Convs carry no bias when a BatchNorm follows: BN's own shift makes it redundant parameters. The
+    depthwise half of a separable conv has none either: the 1x1 after it is linear too.
     """
-    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel, padding=padding, bias=spec.batchnorm == "none")]
+    bias = spec.batchnorm == "none"
+    if kind == "separable":
+        layers: list[nn.Module] = [nn.Conv2d(in_ch, in_ch, 3, padding=padding, groups=in_ch, bias=False),
+                                   nn.Conv2d(in_ch, out_ch, 1, bias=bias)]
+    else:
+        dilation = DILATION[kind]
+        layers = [nn.Conv2d(in_ch, out_ch, kernel, padding=padding * dilation, dilation=dilation, bias=bias)]
     if spec.batchnorm == "before_relu":
         layers.append(nn.BatchNorm2d(out_ch))
     layers.append(nn.ReLU())
@@ -37,12 +47,12 @@ class Block(nn.Module):
         every_conv = spec.dropout_at == "every_conv"
         units, ch = [], in_ch
         for out_ch in block.channels:
-            units.append(conv_unit(spec, ch, out_ch, 3, block.padding, every_conv))
+            units.append(conv_unit(spec, ch, out_ch, 3, block.padding, every_conv, block.kind))
             ch = out_ch
         self.convs = nn.Sequential(*units)
         self.residual = block.residual
-        # Unpadded convs shrink the map by one pixel per side each; the skip path is centre-cropped to match.
-        self.crop = 0 if block.padding == 1 else len(block.channels)
+        # Unpadded convs shrink the map on each side; the skip path is centre-cropped to match.
+        self.crop = block.shrink // 2
         self.proj = nn.Conv2d(in_ch, ch, 1, bias=False) if block.residual and in_ch != ch else None
         self.drop = nn.Dropout(spec.dropout) if spec.dropout_at == "block_end" and spec.dropout > 0 else None
 
@@ -74,7 +84,8 @@ class SpecNet(nn.Module):
                 squeeze = conv_unit(spec, ch, block.transition, 1, 0, every_conv)
                 self.add_module(f"transition{i}", nn.Sequential(nn.MaxPool2d(2), squeeze))
                 ch = block.transition
-        to_classes = nn.Conv2d(ch, spec.num_classes, 1, bias=False)
+        kernel = 3 if spec.head == "conv3_gap" else 1
+        to_classes = nn.Conv2d(ch, spec.num_classes, kernel, padding=kernel // 2, bias=False)
         gap = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(gap, to_classes) if spec.head == "gap_conv" else nn.Sequential(to_classes, gap)
 

@@ -5,10 +5,13 @@ The network a spec describes is always::
     input -> stem 3x3 conv -> block_1 -> [transition] -> block_2 -> [transition] ... -> head -> log_softmax
 
 * a *conv unit* is a 3x3 conv followed by ReLU and, optionally, BatchNorm (before or after the ReLU)
-  and dropout;
-* a *block* is one or more conv units sharing a padding, optionally wrapped by a residual connection;
+  and dropout; the conv is one of the block's *kind*: a plain 3x3, a depthwise-separable 3x3 (a depthwise
+  3x3 then a 1x1: 9c + c*c' weights instead of 9c*c') or a dilated 3x3 (dilation 2: RF +4 per conv);
+* a *block* is one or more conv units of one kind sharing a padding, optionally wrapped by a residual
+  connection;
 * a *transition* (after any block) is MaxPool2d(2) followed by a 1x1 "squeeze" conv unit;
-* the *head* is global average pooling and a 1x1 conv to the classes, in either order.
+* the *head* is global average pooling and a conv to the classes: GAP then 1x1, 1x1 then GAP, or a
+  3x3 (padding 1) then GAP.
 
 There is no fully connected layer by construction. A spec is frozen, validated when it is built and
 round-trips through JSON, so every run and every search trial can save the exact network it trained.
@@ -27,7 +30,9 @@ from .validate import check_float, check_int, check_name, require
 
 BATCHNORM_CHOICES = ("none", "before_relu", "after_relu")
 DROPOUT_PLACES = ("none", "every_conv", "block_end")
-HEAD_CHOICES = ("gap_conv", "conv_gap")
+HEAD_CHOICES = ("gap_conv", "conv_gap", "conv3_gap")
+BLOCK_KINDS = ("conv", "separable", "dilated")
+DILATION = {"conv": 1, "separable": 1, "dilated": 2}  # of each block kind's 3x3
 # Bounds on sizes: far above anything useful on MNIST-sized inputs, low enough that a typo (80000
 # channels, a 4,000 px input) is an error and not gigabytes of activations.
 MAX_CHANNELS = 512
@@ -58,6 +63,7 @@ class ConvBlock:
     padding: int = 0  # 0 shrinks the map by 2 per conv (cheap RF growth), 1 keeps its size
     residual: bool = False  # add the block input to its output (1x1 projection if channels differ)
     transition: int | None = None  # if set: MaxPool2d(2) + 1x1 squeeze to this many channels after the block
+    kind: str = "conv"  # one of BLOCK_KINDS: plain 3x3, depthwise-separable 3x3 + 1x1, or dilated (2) 3x3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
@@ -70,6 +76,12 @@ class ConvBlock:
         _check(isinstance(self.residual, bool), f"residual must be true or false, got {self.residual!r}")
         if self.transition is not None:
             _check_channels(self.transition, "transition channels")
+        _check(isinstance(self.kind, str) and self.kind in BLOCK_KINDS, f"block kind must be one of {BLOCK_KINDS}, got {self.kind!r}")
+
+    @property
+    def shrink(self) -> int:
+        """Pixels the block takes off the map side: an unpadded 3x3 of dilation d takes 2d."""
+        return 0 if self.padding == 1 else 2 * DILATION[self.kind] * len(self.channels)
 
 
 @dataclass(frozen=True)
@@ -82,7 +94,7 @@ class ArchSpec:
     batchnorm: str = "after_relu"  # one of BATCHNORM_CHOICES: where BN sits relative to ReLU, or none
     dropout: float = 0.0  # dropout probability (Dropout2d is not used: MNIST maps are too small)
     dropout_at: str = "none"  # one of DROPOUT_PLACES
-    head: str = "gap_conv"  # one of HEAD_CHOICES: GAP then 1x1 conv, or 1x1 conv then GAP
+    head: str = "gap_conv"  # one of HEAD_CHOICES: GAP then 1x1 conv, 1x1 conv then GAP, or 3x3 conv then GAP
     name: str = "unnamed"  # free text, carried into logs
     in_channels: int = 1  # image channels
     input_size: int = 28  # square input side in pixels
@@ -116,11 +128,11 @@ class ArchSpec:
         for block in self.blocks:
             block_in = ch
             for out in block.channels:
-                total, ch = total + 9 * ch * out, out
+                total, ch = total + (9 * ch + ch * out if block.kind == "separable" else 9 * ch * out), out
             total += block_in * ch if block.residual and block_in != ch else 0
             if block.transition is not None:
                 total, ch = total + ch * block.transition, block.transition
-        return total + ch * self.num_classes
+        return total + ch * self.num_classes * (9 if self.head == "conv3_gap" else 1)
 
     def feature_sizes(self) -> list[tuple[str, int, int]]:
         """(stage, channels, side) after the stem, each block and each transition; raises if a map vanishes."""
@@ -128,7 +140,7 @@ class ArchSpec:
         sizes = [("stem", self.stem_channels, side)]
         _check(side >= 1, f"the stem conv shrinks the {self.input_size}px input below 1x1")
         for i, block in enumerate(self.blocks, start=1):
-            side -= 2 * (1 - block.padding) * len(block.channels)
+            side -= block.shrink
             _check(side >= 1, f"block {i} shrinks the feature map below 1x1 (add padding, a block fewer, or a later transition)")
             sizes.append((f"block{i}", block.channels[-1], side))
             if block.transition is not None:

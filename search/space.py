@@ -120,6 +120,7 @@ def params_from_spec(spec: ArchSpec, recipe: TrainConfig | None = None, max_para
     channel_choices = widths(max_params)
     params: dict[str, Any] = {"n_blocks": pick("n_blocks", len(spec.blocks), N_BLOCKS)}
     for i, block in enumerate(spec.blocks, start=1):
+        pick(f"b{i} kind", block.kind, ["conv"])
         params[f"b{i}_convs"] = pick(f"b{i}_convs", len(block.channels), N_CONVS)
         for j, c in enumerate(block.channels, start=1):
             params[f"b{i}_c{j}"] = pick(f"b{i}_c{j}", c, channel_choices)

@@ -44,9 +44,12 @@ def measured_rf(body: nn.Module, in_ch: int, side: int) -> int:
 
 
 def spec_body(spec: ArchSpec) -> nn.Sequential:
-    """The spec's model up to the head's input."""
+    """The spec's model up to the head's input: the map global average pooling reads."""
     model = build_model(spec)
-    return nn.Sequential(*[m for name, m in model.named_children() if name != "head"])
+    layers = [m for name, m in model.named_children() if name != "head"]
+    if spec.head != "gap_conv":  # the head's conv comes before GAP and widens what each unit sees
+        layers.append(model.head[0])
+    return nn.Sequential(*layers)
 
 
 @settings(max_examples=25, deadline=None)
@@ -54,6 +57,47 @@ def spec_body(spec: ArchSpec) -> nn.Sequential:
 def test_head_rf_matches_gradient_footprint_for_random_specs(spec):
     report = inspect_module(build_model(spec), (1, spec.input_size, spec.input_size))
     assert report.receptive_field_head == measured_rf(linearised(spec_body(spec)), 1, spec.input_size)
+
+
+@settings(max_examples=40, deadline=None)
+@given(specs(max_channels=6))
+def test_params_and_macs_of_every_block_kind_match_numel_and_flop_counter(spec):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(spec).eval()
+    report = inspect_module(model, (1, 28, 28))
+    assert report.params == sum(p.numel() for p in model.parameters()) and report.params_unused == 0
+    assert spec.conv_weights() == sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 1, 28, 28))
+    assert report.macs == counter.get_total_flops() // 2  # the flop counter counts a multiply-add as two
+
+
+@pytest.mark.parametrize(
+    "kind, weights, rf",
+    [
+        ("conv", 9 * 8 * 12 + 9 * 12 * 12, 3 + 2 + 2),  # stem 3x3, then two 3x3: RF 7
+        ("separable", (9 * 8 + 8 * 12) + (9 * 12 + 12 * 12), 3 + 2 + 2),  # depthwise 3x3 + 1x1: same RF, fewer weights
+        ("dilated", 9 * 8 * 12 + 9 * 12 * 12, 3 + 4 + 4),  # dilation 2: each 3x3 spans 5 pixels
+    ],
+)
+def test_each_block_kind_has_the_published_weights_and_rf(kind, weights, rf):
+    spec = ArchSpec(blocks=(ConvBlock((12, 12), padding=1, kind=kind),), stem_channels=8, batchnorm="none", head="conv_gap")
+    model = build_model(spec)
+    body = [m for m in model.block1.modules() if isinstance(m, nn.Conv2d)]
+    assert sum(m.weight.numel() for m in body) == weights
+    report = inspect_module(model, (1, 28, 28))
+    assert report.receptive_field_head == rf == measured_rf(linearised(spec_body(spec)), 1, 28)
+    assert report.params == sum(p.numel() for p in model.parameters())
+
+
+def test_a_3x3_head_widens_the_rf_at_gap_and_old_spec_files_load_unchanged():
+    spec = load_spec("tiny")
+    wider = ArchSpec.from_dict({**spec.to_dict(), "head": "conv3_gap"})
+    a, b = inspect_module(build_model(spec), (1, 28, 28)), inspect_module(build_model(wider), (1, 28, 28))
+    assert b.receptive_field_head == a.receptive_field_head + 2 * 2  # one more 3x3 at jump 2 (tiny pools once)
+    old = {**spec.to_dict(), "blocks": [{k: v for k, v in block.items() if k != "kind"} for block in spec.to_dict()["blocks"]]}
+    assert ArchSpec.from_dict(old) == spec  # a spec file written before block kinds existed
 
 
 class TwoPathResidual(nn.Module):

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mnist_challenge import ArchSpec, ConvBlock, UserError, build_model, count_params, load_spec
-from mnist_challenge.spec import BATCHNORM_CHOICES, DROPOUT_PLACES, HEAD_CHOICES
+from mnist_challenge.spec import BATCHNORM_CHOICES, BLOCK_KINDS, DILATION, DROPOUT_PLACES, HEAD_CHOICES
 from torch import nn
 
 
@@ -16,15 +16,15 @@ def specs(draw, max_channels: int = 24, input_size: int = 28) -> ArchSpec:
     side = input_size - 2 * (1 - (stem_padding := draw(st.integers(0, 1))))
     blocks = []
     for _ in range(n_blocks):
-        padding = draw(st.integers(0, 1))
-        max_convs = 3 if padding else max(0, min(3, (side - 1) // 2))
+        padding, kind = draw(st.integers(0, 1)), draw(st.sampled_from(BLOCK_KINDS))
+        max_convs = 3 if padding else max(0, min(3, (side - 1) // (2 * DILATION[kind])))
         if max_convs == 0:
             break
         channels = draw(st.lists(st.integers(1, max_channels), min_size=1, max_size=max_convs))
-        side -= 2 * (1 - padding) * len(channels)
+        side -= 0 if padding else 2 * DILATION[kind] * len(channels)
         transition = draw(st.none() | st.integers(1, max_channels)) if side >= 2 else None
         side = side // 2 if transition else side
-        blocks.append(ConvBlock(channels, padding, draw(st.booleans()), transition))
+        blocks.append(ConvBlock(channels, padding, draw(st.booleans()), transition, kind))
     if not blocks:
         blocks = [ConvBlock([4], 1)]
     return ArchSpec(
