@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enqueue", action="append", default=[], metavar="SPEC[:KEY=VALUE,...]",
                    help="run this spec (preset name or spec.json) first, with the default recipe or the given recipe values "
                         "(e.g. compact:lr=0.1,rotation=10); repeatable; skipped if the study already has the same trial")
+    p.add_argument("--space", type=int, choices=(1, 2), default=None,
+                   help="architecture space: 2 fits each drawn topology's widths to --max-params (the default for a new "
+                        "study); 1 draws absolute widths (needed by --enqueue). A study keeps the one it was made with")
     p.add_argument("--export-only", action="store_true", help="run no trials: rewrite the outputs (trials.csv, best spec, plots) from the storage")
     add_data_flags(p)
     p.set_defaults(handler=cmd_search)
@@ -127,6 +130,9 @@ def validate_search_args(args: argparse.Namespace, base) -> None:
     floor = smallest_params()
     if args.max_params <= floor:
         raise UserError(f"--max-params {args.max_params}: no spec in the search space has fewer than {floor} parameters")
+    if args.enqueue and args.space != 1:
+        raise UserError("--enqueue needs --space 1: a known spec has absolute widths, which only the version 1 space "
+                        "draws (the fitted space scales relative widths to the cap)")
     if args.grace < GRACE_FACTOR * args.heartbeat:
         raise UserError(f"--grace {args.grace} must be at least {GRACE_FACTOR}x --heartbeat {args.heartbeat}: a "
                         f"live trial would be taken for a dead one and run twice; leave --grace out to use "
@@ -151,7 +157,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     workers = args.workers or default_workers()
     threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
     base = TrainConfig(epochs=args.epochs, seed=args.seed, threads=threads, train_subset=args.train_subset, val_size=args.val_size, device=args.device)
-    settings = SearchSettings(args.study, study_dir(args), base, args.max_params, args.min_rf, args.mode == "multi")
+    settings = SearchSettings(args.study, study_dir(args), base, args.max_params, args.min_rf, args.mode == "multi",
+                              space_version=args.space)
     sampler_seed = args.sampler_seed if args.sampler_seed is not None else process_sampler_seed(args.seed, args.study)
     plan = RunPlan(settings, storage_url(args), args.n_trials, workers, args.pruner, args.seed, args.data_dir,
                    args.timeout, args.heartbeat, args.grace, sampler_seed=sampler_seed)
@@ -201,7 +208,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     from .outputs import best_trial
     from .runner import base_config_from_study
-    from .space import recipe_from_params, spec_from_params
+    from .space import recipe_from_params, spec_of_trial
     from .storage import load_study, make_storage
 
     if args.storage is None and not (study_dir(args) / "study.db").is_file():
@@ -217,7 +224,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if trial is None:
             raise UserError(f"study {args.study!r} has no completed trial yet")
     try:
-        spec = spec_from_params(trial.params, args.study, trial.number)
+        spec = spec_of_trial(trial, args.study)
         base = base_config_from_study(study)
         recipe = recipe_from_params(trial.params, base)
     except (KeyError, ValueError, TypeError) as exc:  # a draw that never completed, or a study this kit did not make

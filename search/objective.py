@@ -22,7 +22,7 @@ from mnist_challenge.experiment import run_experiment
 from mnist_challenge.inspector import inspect_module
 from mnist_challenge.train import TrainConfig
 
-from .space import suggest_recipe, suggest_spec
+from .space import SPACE_VERSION, draw_spec, suggest_recipe
 
 CHANCE_LEVEL = 20.0  # % validation accuracy; 10 classes give 10 % by guessing
 
@@ -36,6 +36,7 @@ class SearchSettings:
     min_rf: int = 20  # receptive field at the head's input, pixels
     multi_objective: bool = False  # (val acc, params) Pareto front instead of val acc alone
     select_last: int = 3  # objective = mean val acc of the last k epochs
+    space_version: int | None = None  # architecture space (space.py); None: the study's own, SPACE_VERSION if new
 
 
 def check_constraints(spec, settings: SearchSettings) -> tuple[dict[str, Any], str | None]:
@@ -99,7 +100,7 @@ class Objective:
         started = time.time()
         trial.set_user_attr("planned_epochs", s.base.epochs)
         try:
-            spec = suggest_spec(trial, s.study_name, s.max_params)
+            spec = draw_spec(trial, s.study_name, s.max_params, s.min_rf, s.space_version or SPACE_VERSION)
         except UserError as exc:  # the draw's feature map vanished: not a network
             return self.reject(trial, f"invalid architecture: {exc}", {})
         recipe = suggest_recipe(trial, s.base)

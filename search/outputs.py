@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .space import spec_from_params
+from .space import spec_of_trial
 
 TRIAL_FIELDS = ["number", "state", "val_acc", "params", "rf_head", "macs", "epochs_run", "planned_epochs", "seconds",
                 "test_acc_last", "reason", "run_dir", "duplicate_of", "sampler_seed", "worker", "hyperparameters"]
@@ -85,12 +85,12 @@ def export(study: optuna.Study, study_dir: Path, multi_objective: bool) -> dict[
     summary: dict[str, Any] = {"study": study.study_name, "trials": len(study.trials), **pruning_savings(study)}
     best = best_trial(study)
     if best is not None:
-        spec = spec_from_params(best.params, study.study_name, best.number)
+        spec = spec_of_trial(best, study.study_name)
         spec.save(study_dir / "best_spec.json")
         summary["best"] = {"trial": best.number, "val_acc": best.values[0], "params": best.user_attrs.get("params"), "rf_head": best.user_attrs.get("rf_head"), "hyperparameters": best.params, "run_dir": best.user_attrs.get("run_dir")}
     if multi_objective and completed(study):
         front = sorted(study.best_trials, key=lambda t: t.values[1])
-        pareto = [{"trial": t.number, "val_acc": t.values[0], "params": int(t.values[1]), "spec": spec_from_params(t.params, study.study_name, t.number).to_dict()} for t in front]
+        pareto = [{"trial": t.number, "val_acc": t.values[0], "params": int(t.values[1]), "spec": spec_of_trial(t, study.study_name).to_dict()} for t in front]
         (study_dir / "pareto.json").write_text(json.dumps(pareto, indent=2) + "\n")
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import multiprocessing as mp
 import os
@@ -25,6 +26,7 @@ from mnist_challenge.validate import SEED_MAX
 
 from .objective import Objective, SearchSettings
 from .outputs import export, plot, summary_table
+from .space import SPACE_VERSION
 from .storage import make_storage, retry_trial
 
 PRUNERS = ("hyperband", "median", "sha", "none")
@@ -76,7 +78,13 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 def study_attrs(plan: RunPlan) -> dict:
     s = plan.settings
-    return {"base_config": s.base.to_dict(), "max_params": s.max_params, "min_rf": s.min_rf, "multi_objective": s.multi_objective}
+    return {"base_config": s.base.to_dict(), "max_params": s.max_params, "min_rf": s.min_rf, "multi_objective": s.multi_objective,
+            "space_version": s.space_version or SPACE_VERSION}
+
+
+def space_version_of(study: optuna.Study) -> int:
+    """The architecture space a study draws from: studies made before versions were recorded are 1."""
+    return study.user_attrs.get("space_version", 1)
 
 
 SETTINGS_WAIT = 30.0  # seconds to wait for another command that has just created the study to record its settings
@@ -103,6 +111,8 @@ def open_study(plan: RunPlan, worker: int = 0) -> optuna.Study:
                           if base.get(k) != wanted["base_config"][k]]
             if [d.name.lower() for d in study.directions] != directions:
                 differing.append("mode")
+            if s.space_version is not None and s.space_version != space_version_of(study):
+                differing.append(f"space (the study's is {space_version_of(study)})")
             if differing:
                 raise UserError(f"study {s.study_name!r} exists with different settings ({', '.join(differing)}); "
                                 f"rerun with its settings or pick another --study")
@@ -121,7 +131,7 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(plan, worker)
     data = load_data(plan.settings.base, plan.data_dir)
-    objective = Objective(plan.settings, data, progress=False)
+    objective = Objective(dataclasses.replace(plan.settings, space_version=space_version_of(study)), data, progress=False)
     bar = tqdm(total=n_trials, desc="trials", unit="trial", disable=None if progress else True)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

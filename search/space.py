@@ -2,6 +2,13 @@
 
 Model construction lives in ``mnist_challenge.model``; here only choices are made, so the params of
 any finished trial turn back into the same spec by replaying them (``spec_from_params``).
+
+Two versions of the architecture space exist; a study keeps the one it was created with
+(``space_version`` in its user attrs; studies from before the attribute are version 1):
+
+* 1: absolute channel widths from a list (narrowed under small caps); draws over the cap are rejected.
+* 2 (new studies): a topology with *relative* widths and block kinds, fitted to the cap
+  (``fitted_spec``, ``budget.fit_to_cap``), so every draw fits and lands just under the cap.
 """
 
 from __future__ import annotations
@@ -10,8 +17,14 @@ from typing import Any
 
 import optuna
 
-from mnist_challenge import ArchSpec, ConvBlock
+from mnist_challenge import ArchSpec, ConvBlock, UserError
+from mnist_challenge.spec import BLOCK_KINDS, DILATION, MAX_CHANNELS
 from mnist_challenge.train import TrainConfig
+
+from .budget import fit_to_cap, width
+
+SPACE_VERSION = 2  # the version new studies get
+SPACE_VERSIONS = (1, 2)
 
 CHANNELS = [4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32]
 SQUEEZE = [6, 8, 10, 12, 16]
@@ -64,6 +77,96 @@ def suggest_spec(trial: optuna.Trial, name: str = "search", max_params: int | No
         head=trial.suggest_categorical("head", HEADS),
         name=f"{name}-trial{trial.number}",
     )
+
+
+# --- version 2: topology and relative widths, fitted to the cap ---------------------------------------
+FITTED_CONVS = (2, 3)  # convs per block: one-conv blocks add too little RF for their transition's cost
+RELATIVE_WIDTH = (0.5, 2.0)  # a block's width relative to the others (log-uniform)
+SQUEEZE_RATIO = (0.4, 1.0)  # a transition's squeeze width relative to its block's
+STEM_RATIO = (0.3, 1.0)  # the stem's width relative to the first block's
+
+
+def fitted_spec(trial: optuna.Trial, name: str, max_params: int, min_rf: int = 0) -> ArchSpec:
+    """Draw a topology and relative widths, then scale the widths to the cap.
+
+    Two repairs keep every draw a network worth training (both are replayed exactly from the params):
+    a block whose unpadded convs would shrink the map below 4 px is padded instead, and if the drawn
+    network would see less than ``min_rf`` pixels at its head, its last block becomes dilated (twice
+    the RF growth). The first transition is always there: full 28 px maps cost much and see little."""
+    n_blocks = trial.suggest_int("n_blocks", *N_BLOCKS)
+    stem_padding = trial.suggest_int("stem_padding", *PADDING)
+    side = 28 - 2 * (1 - stem_padding)
+    shapes = []
+    for i in range(1, n_blocks + 1):
+        convs = trial.suggest_int(f"b{i}_convs", *FITTED_CONVS)
+        kind = trial.suggest_categorical(f"b{i}_kind", list(BLOCK_KINDS))
+        padding = _keep_map(trial.suggest_int(f"b{i}_padding", *PADDING), side, kind, convs)
+        side -= 0 if padding else 2 * DILATION[kind] * convs
+        residual = trial.suggest_categorical(f"b{i}_residual", [False, True])
+        relative = trial.suggest_float(f"b{i}_width", *RELATIVE_WIDTH, log=True)
+        squeeze = None
+        if i < n_blocks and side >= 4 and (i == 1 or trial.suggest_categorical(f"b{i}_transition", [True, False])):
+            squeeze = trial.suggest_float(f"b{i}_squeeze", *SQUEEZE_RATIO)
+            side //= 2
+        shapes.append([convs, kind, padding, residual, relative, squeeze])
+    stem_ratio = trial.suggest_float("stem_width", *STEM_RATIO)
+    dropout = trial.suggest_categorical("dropout", DROPOUT)
+    head = trial.suggest_categorical("head", list(HEADS_V2))
+    if _head_rf(shapes, head) < min_rf:  # the last block sees too little: dilate it
+        convs, _, padding, *rest = shapes[-1]
+        side_before = side + (0 if padding else 2 * DILATION[shapes[-1][1]] * convs)
+        shapes[-1] = [convs, "dilated", _keep_map(padding, side_before, "dilated", convs), *rest]
+    common = dict(
+        stem_padding=stem_padding,
+        batchnorm=trial.suggest_categorical("batchnorm", BATCHNORM),
+        dropout=dropout,
+        dropout_at=trial.suggest_categorical("dropout_at", DROPOUT_AT) if dropout > 0 else "none",
+        head=head,
+        name=f"{name}-trial{trial.number}",
+    )
+
+    def build(scale: float) -> ArchSpec:
+        blocks = tuple(
+            ConvBlock((width(scale, rel, MAX_CHANNELS),) * convs, padding, residual,
+                      None if squeeze is None else width(scale, rel * squeeze, MAX_CHANNELS), kind)
+            for convs, kind, padding, residual, rel, squeeze in shapes
+        )
+        return ArchSpec(blocks=blocks, stem_channels=width(scale, shapes[0][4] * stem_ratio, MAX_CHANNELS), **common)
+
+    return fit_to_cap(build, max_params)[0]
+
+
+def _keep_map(padding: int, side: int, kind: str, convs: int) -> int:
+    """The block's padding, or 1 where unpadded convs would leave a map under 4 px."""
+    return 1 if padding == 0 and side - 2 * DILATION[kind] * convs < 4 else padding
+
+
+def _head_rf(shapes: list, head: str) -> int:
+    """RF at the head's input of a drawn topology (widths do not change it): stem 3x3, each 3x3 adds
+    (kernel span - 1) x jump, each 2x2 max-pool adds one jump and doubles it, a 3x3 head adds two jumps."""
+    rf, jump = 3, 1
+    for convs, kind, _, _, _, squeeze in shapes:
+        rf += convs * 2 * DILATION[kind] * jump
+        if squeeze is not None:
+            rf, jump = rf + jump, jump * 2
+    return rf + (2 * jump if head == "conv3_gap" else 0)
+
+
+HEADS_V2 = ("gap_conv", "conv_gap", "conv3_gap")
+
+
+def draw_spec(trial: optuna.Trial, name: str, max_params: int, min_rf: int, version: int) -> ArchSpec:
+    """The spec of a trial in a study of space ``version``."""
+    if version == 1:
+        return suggest_spec(trial, name, max_params)
+    return fitted_spec(trial, name, max_params, min_rf)
+
+
+def spec_of_trial(trial: optuna.trial.FrozenTrial, study_name: str) -> ArchSpec:
+    """The spec a finished trial drew: stored with it (every version), else replayed (version 1)."""
+    if isinstance(trial.user_attrs.get("spec"), dict):
+        return ArchSpec.from_dict(trial.user_attrs["spec"])
+    return spec_from_params(trial.params, study_name, trial.number)
 
 
 RECIPE_KEYS = frozenset({"lr", "batch_size", "schedule", "step_size", "rotation", "translate", "weight_decay"})  # drawn by suggest_recipe

@@ -221,7 +221,7 @@ def test_search_flags_give_a_search_or_one_error_line(monkeypatch, mnist_dir, fl
             str(mnist_dir),
             *[part for pair in flags for part in pair],
         ]
-        result = call(search, *argv, *(["--enqueue", enqueue] if enqueue else []))
+        result = call(search, *argv, *(["--space", "1", "--enqueue", enqueue] if enqueue else []))
         assert_contract(result)
         assert (result[0] == 0) == bool(started)
         if result[0] == 2:

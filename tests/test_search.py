@@ -10,6 +10,8 @@ import time
 
 import optuna
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from optuna.trial import TrialState
 
 from mnist_challenge.train import TrainConfig
@@ -78,7 +80,7 @@ def test_candidate_over_the_cap_is_rejected_without_training(tmp_path):
         big.update({f"b{b}_convs": 3, f"b{b}_c1": 32, f"b{b}_c2": 32, f"b{b}_c3": 32, f"b{b}_padding": 1, f"b{b}_residual": False})
         if b < 3:
             big.update({f"b{b}_transition": True, f"b{b}_squeeze": 16})
-    settings = SearchSettings("cap", tmp_path, TrainConfig(epochs=1), max_params=20_000)
+    settings = SearchSettings("cap", tmp_path, TrainConfig(epochs=1), max_params=20_000, space_version=1)
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial(big)
     study.optimize(Objective(settings, data=None), n_trials=1)  # data=None: any training attempt would crash
@@ -220,8 +222,9 @@ def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
         (["--min-rf", "30"], "exists with different settings"),
         (["--data-dir", str(tmp_path / "none")], "MNIST files missing"),
         (["--workers", "0"], "must be an integer in [1, 256], got 0"),
-        (["--enqueue", "nosuchpreset"], "no preset named"),
-        (["--enqueue", "compact:momentum=0.5"], "expected KEY=VALUE"),
+        (["--space", "1", "--enqueue", "nosuchpreset"], "no preset named"),
+        (["--space", "1", "--enqueue", "compact:momentum=0.5"], "expected KEY=VALUE"),
+        (["--space", "1"], "exists with different settings (space (the study's is 2))"),
     ]
     for extra, fragment in cases:
         result = run_cli(*base, *extra)
@@ -234,7 +237,7 @@ def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
 def test_reproduce_retrains_on_all_training_images(mnist_dir, tmp_path):
     # The enqueued preset is the first trial, so there is always a trained trial to reproduce.
     args = ["search", "--study", "r", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--n-trials", "1", "--pruner", "none",
-            "--enqueue", "compact", *TINY]
+            "--space", "1", "--enqueue", "compact", *TINY]
     assert run_cli(*args).returncode == 0
     (trial,) = trials_of(tmp_path / "r" / "study.db", "r")
     assert trial.state == TrialState.COMPLETE and spec_from_params(trial.params).blocks == load_spec("compact").blocks
@@ -298,7 +301,7 @@ def test_two_concurrent_commands_and_a_resume_train_no_draw_twice(mnist_dir, tmp
     # Both commands start the same fresh SQLite study at once (the table-creation race) and both enqueue
     # the same preset: it must be trained once; every other draw must differ (per-process sampler seeds).
     args = [sys.executable, "-m", "search", "--study", "c", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--n-trials", "4",
-            "--enqueue", "tiny", "--pruner", "none", "--max-params", "5001", *TINY]
+            "--space", "1", "--enqueue", "tiny", "--pruner", "none", "--max-params", "5001", *TINY]
     commands = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for proc in commands:
         out, err = proc.communicate(timeout=600)
@@ -328,7 +331,7 @@ def test_a_draw_the_study_has_is_not_trained_again(tmp_path, monkeypatch):
         return type("Result", (), {"epochs": [row]})()
 
     monkeypatch.setattr(objective_module, "run_experiment", fake_training)
-    settings = SearchSettings("dup", tmp_path, TrainConfig(epochs=1), max_params=10**9)
+    settings = SearchSettings("dup", tmp_path, TrainConfig(epochs=1), max_params=10**9, space_version=1)
     params = params_from_spec(load_spec("tiny"), TrainConfig())
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
     for _ in range(3):
@@ -406,3 +409,34 @@ def test_a_worker_whose_trial_was_taken_over_goes_on(tmp_path, monkeypatch, writ
     plan = runner.RunPlan(settings, f"sqlite:///{tmp_path / 'u.db'}", 2, 1, "none", 0, None, None)
     runner.worker_main(plan, 0, 2, progress=False)
     assert [t.state for t in trials_of(tmp_path / "u.db", "u")] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2_500, 30_000), st.integers(0, 2**31 - 1))
+def test_every_fitted_draw_fits_its_cap_sees_enough_and_replays(cap, seed):
+    from search.space import fitted_spec
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    trial = study.ask()
+    spec = fitted_spec(trial, "f", cap, min_rf=20)
+    figures, broken = check_constraints(spec, SearchSettings("f", None, TrainConfig(), max_params=cap, min_rf=20))
+    assert broken is None, broken
+    assert figures["params"] >= 0.6 * cap  # fitted up to the cap, not left far under it
+    assert fitted_spec(optuna.trial.FixedTrial(trial.params, number=trial.number), "f", cap, min_rf=20) == spec
+
+
+def test_a_cold_fitted_search_under_5000_rejects_under_5_percent_and_fills_the_cap():
+    import statistics
+
+    from search.space import fitted_spec
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
+    settings = SearchSettings("f", None, TrainConfig(), max_params=5_001, min_rf=20)
+    fills, rejected = [], 0
+    for _ in range(100):
+        trial = study.ask()
+        figures, broken = check_constraints(fitted_spec(trial, "f", 5_001, min_rf=20), settings)
+        rejected += broken is not None
+        fills.append(figures["params"] / 5_001)
+        study.tell(trial, 0.0)
+    assert rejected < 5 and statistics.median(fills) >= 0.75

@@ -53,7 +53,7 @@ def postgres_url():
 
 def _search(url, logs, mnist_dir, n):
     cmd = [sys.executable, "-m", "search", "--study", "shared", "--storage", url, "--logs", str(logs), "--data-dir", str(mnist_dir), "--n-trials", str(n),
-           "--enqueue", "compact", "--pruner", "none", *TINY]
+           "--space", "1", "--enqueue", "compact", "--pruner", "none", *TINY]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
