@@ -146,6 +146,9 @@ def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15)
     p.add_argument("--no-fast-maxpool", dest="fast_maxpool", action="store_false", help="plain nn.MaxPool2d")
     p.add_argument("--no-fused-tail", dest="fused_tail", action="store_false", help="plain ReLU/BatchNorm/dropout layers instead of the fused C kernel")
     p.add_argument("--no-cl-weight-grad", dest="cl_weight_grad", action="store_false", help="conv weight gradients in NCHW everywhere")
+    p.add_argument("--ema-decay", type=float_flag(0, 1, hi_open=True), default=0.999,
+                   help="exponential moving average of the weights, evaluated and saved as the model (default 0.999)")
+    p.add_argument("--no-ema", dest="ema_decay", action="store_const", const=0.0, help="evaluate and save the last step's weights")
     p.add_argument("--threads", type=int_flag(1, 1024), default=None, help="torch intra-op threads")
     add_data_flags(p)
 

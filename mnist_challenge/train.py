@@ -6,6 +6,7 @@ Timing is honest: ``seconds`` in the epoch log is the training time of that epoc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .augment import AugmentConfig, random_affine
 from .data import MnistData, Split
+from .ema import WeightEMA
 from .errors import UserError
 from .fast import bf16_pays, bf16_supported, speed_up
 from .native import unavailable_reason
@@ -61,6 +63,7 @@ class TrainConfig:
     cl_weight_grad: bool = True  # weight gradients of 3x3 convs whose input channels are not a multiple of 16, in channels_last (fast.py)
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     eval_batch_size: int = 256  # evaluation batch size: 3x faster than 2,000 on the course CPU (cache-sized maps; see bench)
+    ema_decay: float = 0.999  # EMA of the weights, evaluated and saved as the model (ema.py); 0: off
 
     def __post_init__(self) -> None:
         """Every field typed and in range (NaN, inf and bools-for-numbers rejected): a bad value is one
@@ -89,6 +92,7 @@ class TrainConfig:
         if self.threads is not None:
             check_int(self.threads, "threads", 1, 1024)
         check_int(self.eval_batch_size, "eval_batch_size", 1, 100_000)
+        check_float(self.ema_decay, "ema_decay", 0.0, 1.0, hi_open=True)
         for flag in ("nesterov", "channels_last", "pooled_dropout", "fast_maxpool", "fused_tail", "cl_weight_grad"):
             require(isinstance(getattr(self, flag), bool), f"{flag} must be true or false, got {getattr(self, flag)!r}")
 
@@ -103,7 +107,8 @@ class TrainConfig:
     def from_dict(cls, data: Any) -> "TrainConfig":
         require(isinstance(data, dict), f"a training config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        # A config recorded before a field existed ran without what the field adds: no EMA.
+        return cls(**{"ema_decay": 0.0, **{k: v for k, v in data.items() if k in known}})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -199,6 +204,7 @@ def train_model(
     if steps == 0:
         raise UserError(f"the training split has {n} images: fewer than one batch")
     opt, sched, per_step = make_optimizer(model, cfg, steps)
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None  # after prepare_model: it holds the model's tensors
     settings = {"device": str(device), "bf16_autocast": autocast, "threads": torch.get_num_threads(), "swapped_layers": swapped, "fused_tail_unavailable": unavailable_reason() if wants_fused_tail(cfg, device) else None, "channels_last": cfg.channels_last, "steps_per_epoch": steps}
     if on_start is not None:
         on_start(settings)
@@ -225,6 +231,8 @@ def train_model(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update()
             if per_step:
                 sched.step()
             loss_sum += loss.detach() * y.shape[0]
@@ -237,17 +245,21 @@ def train_model(
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training diverged in epoch {epoch} (loss {train_loss}); lower the learning rate")
         eval_start = time.perf_counter()
-        val_loss, val_acc = evaluate(model, data.val, cfg.eval_batch_size, autocast, cfg.channels_last) if data.val is not None else (float("nan"), float("nan"))
-        test_loss, test_acc = evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last)
-        row = {
-            "epoch": epoch, "lr": lr,
-            "train_loss": train_loss, "train_acc": train_acc,
-            "val_loss": val_loss, "val_acc": val_acc,
-            "test_loss": test_loss, "test_acc": test_acc,
-            "seconds": seconds, "eval_seconds": time.perf_counter() - eval_start,
-            "images_per_second": seen / seconds,
-        }
-        rows.append(row)
-        if on_epoch is not None:
-            on_epoch(epoch, row)
+        with ema.applied() if ema is not None else contextlib.nullcontext():  # the averaged weights are the model
+            nan = (float("nan"), float("nan"))
+            val_loss, val_acc = evaluate(model, data.val, cfg.eval_batch_size, autocast, cfg.channels_last) if data.val is not None else nan
+            test_loss, test_acc = evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last)
+            row = {
+                "epoch": epoch, "lr": lr,
+                "train_loss": train_loss, "train_acc": train_acc,
+                "val_loss": val_loss, "val_acc": val_acc,
+                "test_loss": test_loss, "test_acc": test_acc,
+                "seconds": seconds, "eval_seconds": time.perf_counter() - eval_start,
+                "images_per_second": seen / seconds,
+            }
+            rows.append(row)
+            if on_epoch is not None:
+                on_epoch(epoch, row)  # logs and saves the model: the averaged one
+    if ema is not None:
+        ema.copy_to_model()
     return TrainResult(model, rows, settings)
