@@ -2,6 +2,8 @@
 
     python -m search [--study NAME] [--n-trials N] [--epochs 15] [--workers 2] [--storage URL] ...
     python -m search reproduce [--study NAME] [--seed S] [--epochs N]
+    python -m search --budget {assignment,compact,tiny,micro}   # screen, promote, confirm
+    python -m search fidelity --budget tiny [--designs 20]       # how far short schedules rank truly
 
 Defaults need nothing: an SQLite file under logs/search/<study>/, the CPU, two single-thread workers
 (faster than one two-thread process on two cores: see the README's benchmark section).
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Sequence
 
 from mnist_challenge.cli import Parser, add_data_flags, add_limit_flags, limits_from_args, run_cli
+
+from .stages import BUDGETS
 from mnist_challenge.validate import float_flag, int_flag, make_dir, name_flag, positive_int, seed_flag
 
 DEFAULT_STUDY = "mnist-gap"
@@ -32,8 +36,8 @@ def default_workers() -> int:
 
 
 def add_study_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--study", type=name_flag, default=DEFAULT_STUDY,
-                   help=f"study name, also its folder under --logs (default {DEFAULT_STUDY})")
+    p.add_argument("--study", type=name_flag, default=None,
+                   help=f"study name, also its folder under --logs (default {DEFAULT_STUDY}; with --budget B: budget-B)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///logs/search/<study>/study.db); postgresql://... to share one study between machines")
     p.add_argument("--logs", default="logs/search", help="parent of the study's output directory (default logs/search)")
 
@@ -41,10 +45,17 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m search", description=__doc__.splitlines()[0])
     add_study_flags(p)
+    p.add_argument("--budget", choices=sorted(BUDGETS), default=None,
+                   help="run a budget's whole staged search: screen designs on a short complete schedule, promote the "
+                        "best through longer ones, confirm the top ones with seeds (sets the cap, epochs, pruning)")
+    p.add_argument("--rungs", default=None, help="with --budget: the shorter schedules before the full one, e.g. 4,8")
+    p.add_argument("--screen", type=int_flag(1, 100_000), default=None, help="with --budget: designs screened (default 60)")
+    p.add_argument("--confirm", type=int_flag(1, 1000), default=None, help="with --budget: designs confirmed with seeds (default 5)")
+    p.add_argument("--seeds", type=int_flag(1, 100), default=None, help="with --budget: seeds per confirmed design (default 3)")
     p.add_argument("--n-trials", type=int_flag(1, 100_000), default=20,
                    help="trials to add in this run, over all workers (default 20)")
-    p.add_argument("--epochs", type=positive_int, default=15, help="epochs per trial; must be < 20 (default 15)")
-    p.add_argument("--max-params", type=int_flag(1, 10**8), default=20_000,
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per trial; must be < 20 (default 15)")
+    p.add_argument("--max-params", type=int_flag(1, 10**8), default=None,
                    help="parameter cap, strictly fewer (default 20000)")
     p.add_argument("--min-rf", type=int_flag(1, 10_000), default=20,
                    help="minimum receptive field at the head in px (default 20)")
@@ -84,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def study_dir(args: argparse.Namespace) -> Path:
-    return Path(args.logs) / args.study
+    return Path(args.logs) / (args.study or DEFAULT_STUDY)
 
 
 def storage_url(args: argparse.Namespace) -> str:
@@ -145,6 +156,31 @@ def validate_search_args(args: argparse.Namespace, base) -> None:
         check_writable_dir(Path(parsed.database).parent, "--storage folder")
 
 
+def resolve_budget(args: argparse.Namespace):
+    """Fill in what ``--budget`` sets (study name, cap, epochs of the first rung, no pruning), or the
+    plain search's defaults; a flag that a budget sets and the user also gave is refused."""
+    from mnist_challenge import UserError
+
+    from .stages import budget_from_args
+
+    staged_flags = {"--rungs": args.rungs, "--screen": args.screen, "--confirm": args.confirm, "--seeds": args.seeds}
+    if args.budget is None:
+        given = [flag for flag, value in staged_flags.items() if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} only apply with --budget")
+        args.study = args.study or DEFAULT_STUDY
+        args.epochs, args.max_params = args.epochs or 15, args.max_params or 20_000
+        return None
+    clashing = [flag for flag, value in (("--epochs", args.epochs), ("--max-params", args.max_params), ("--enqueue", args.enqueue or None),
+                                         ("--mode multi", args.mode == "multi" or None)) if value is not None]
+    if clashing:
+        raise UserError(f"--budget {args.budget} sets the cap, the epochs and the stages itself; drop {', '.join(clashing)}")
+    budget = budget_from_args(args.budget, args.rungs, args.screen, args.confirm, args.seeds)
+    args.study = args.study or f"budget-{budget.name}"
+    args.epochs, args.max_params, args.pruner = budget.ladder[0], budget.max_params, "none"
+    return budget
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from mnist_challenge import UserError
     from mnist_challenge.train import TrainConfig
@@ -152,16 +188,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .objective import SearchSettings
     from .runner import RunPlan, process_sampler_seed, run_search
 
+    budget = resolve_budget(args)
     if args.grace is None:
         args.grace = DEFAULT_GRACE_FACTOR * args.heartbeat
     workers = args.workers or default_workers()
     threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
     base = TrainConfig(epochs=args.epochs, seed=args.seed, threads=threads, train_subset=args.train_subset, val_size=args.val_size, device=args.device)
     settings = SearchSettings(args.study, study_dir(args), base, args.max_params, args.min_rf, args.mode == "multi",
-                              space_version=args.space)
+                              select_last=1 if budget else 3, space_version=args.space)
     sampler_seed = args.sampler_seed if args.sampler_seed is not None else process_sampler_seed(args.seed, args.study)
     plan = RunPlan(settings, storage_url(args), args.n_trials, workers, args.pruner, args.seed, args.data_dir,
-                   args.timeout, args.heartbeat, args.grace, sampler_seed=sampler_seed)
+                   args.timeout, args.heartbeat, args.grace, sampler_seed=sampler_seed,
+                   fill_to=budget.screen if budget else None)
     if args.export_only:
         from .runner import export_study
 
@@ -175,10 +213,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     load_raw(args.data_dir, allow_download=args.download)  # fail on missing data before touching the study
     plan = dataclasses.replace(plan, enqueue=tuple(enqueued_params(item, base, args.max_params) for item in args.enqueue))
     make_dir(study_dir(args), "--logs")
-    print(f"study {args.study!r}: {args.n_trials} trials, {workers} worker(s) x {threads} thread(s), {args.epochs} epochs each, storage {plan.storage_url}")
+    what = (f"budget {budget.name}: < {budget.max_params:,} params; {budget.screen} designs screened on {budget.ladder[0]} epochs, "
+            f"promoted through {', '.join(map(str, budget.ladder[1:]))}, top {budget.confirm} x {budget.seeds} seeds"
+            if budget else f"{args.n_trials} trials, {args.epochs} epochs each")
+    print(f"study {args.study!r}: {what}; {workers} worker(s) x {threads} thread(s), storage {plan.storage_url}")
     print(f"sampler seed {sampler_seed} (worker i: {sampler_seed} + i; --sampler-seed {sampler_seed} replays this "
           f"command's draws on the study as it is now)")
-    run_search(plan)
+    study = run_search(plan)
+    if budget is not None:
+        from .runner import finish
+        from .stages import confirmed_table, run_stages
+
+        stages = run_stages(study, budget, base, study_dir(args), args.data_dir, workers)
+        finish(study, settings)
+        print(f"confirmed at {budget.epochs} epochs, validation accuracy over {budget.seeds} seeds:")
+        print(confirmed_table(stages))
+        if stages["winner"]:
+            w = stages["winner"]
+            print(f"winner: trial {w['trial']}, {w['params']:,} params, val acc {w['mean']:.2f} ± {w['std']:.2f}% "
+                  f"-> {study_dir(args) / 'best_spec.json'}")
     return 0
 
 
@@ -211,6 +264,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .space import recipe_from_params, spec_of_trial
     from .storage import load_study, make_storage
 
+    args.study = args.study or DEFAULT_STUDY
     if args.storage is None and not (study_dir(args) / "study.db").is_file():
         raise UserError(f"no study storage at {study_dir(args) / 'study.db'}; run the search first or pass --storage")
     study = load_study(make_storage(storage_url(args)), args.study)
@@ -230,7 +284,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     except (KeyError, ValueError, TypeError) as exc:  # a draw that never completed, or a study this kit did not make
         raise UserError(f"trial {trial.number} of {args.study!r} ({trial.state.name}) cannot be rebuilt: {exc!r} is "
                         f"missing or malformed; pick a completed trial") from None
-    epochs = args.epochs or base.epochs
+    stages = study.user_attrs.get("stages") or {}
+    epochs = args.epochs or stages.get("budget", {}).get("epochs") or base.epochs  # a staged study's full schedule
     limits = limits_from_args(args)
     # All 60k training images (no validation hold-out): selection is over, the test set is reported.
     # The run directory's config.json records the trial and study it reproduces.
@@ -247,8 +302,48 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0 if check_run(out, limits).passed else 1
 
 
+# --- fidelity ----------------------------------------------------------------------------------------
+def build_fidelity_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m search fidelity",
+               description="how well each rung's short complete schedule ranks designs: Spearman vs the full schedule")
+    p.add_argument("--budget", choices=sorted(BUDGETS), required=True)
+    p.add_argument("--designs", type=int_flag(3, 10_000), default=20, help="random designs of the fitted space (default 20)")
+    p.add_argument("--rungs", default=None, help="the shorter schedules to score, e.g. 3,5,8 (default: the budget's)")
+    p.add_argument("--out", default=None, help="output folder (default logs/search/fidelity/<budget>)")
+    p.add_argument("--seed", type=seed_flag, default=0, help="training seed of every run")
+    p.add_argument("--sampler-seed", type=seed_flag, default=0, help="which designs are drawn (default 0: replayable)")
+    p.add_argument("--workers", type=int_flag(1, 256), default=None, help="worker processes (default: 2 on CPU)")
+    p.add_argument("--train-subset", type=int_flag(2, 60_000), default=None, help="train on this many images (tests)")
+    p.add_argument("--val-size", type=int_flag(1, 59_998), default=10_000)
+    add_data_flags(p)
+    p.set_defaults(handler=cmd_fidelity)
+    return p
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from mnist_challenge.data import check_split, load_raw
+    from mnist_challenge.train import TrainConfig
+
+    from .stages import budget_from_args, run_fidelity
+
+    budget = budget_from_args(args.budget, args.rungs, None, None, None)
+    workers = args.workers or default_workers()
+    base = TrainConfig(seed=args.seed, threads=1, train_subset=args.train_subset, val_size=args.val_size, device="cpu")
+    check_split(base.val_size, base.train_subset, need_val=True)
+    out = make_dir(Path(args.out) if args.out else Path("logs/search/fidelity") / budget.name, "--out")
+    load_raw(args.data_dir, allow_download=args.download)
+    print(f"fidelity study: {args.designs} designs under {budget.max_params:,} params, schedules of "
+          f"{', '.join(map(str, budget.ladder))} epochs, {workers} worker(s) -> {out}")
+    result = run_fidelity(budget, args.designs, out, base, args.data_dir, workers, args.sampler_seed)
+    for epochs, rho in result["spearman_vs_full"].items():
+        print(f"{epochs:>3} epochs vs {budget.epochs}: Spearman {rho:+.3f}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "reproduce":
         return run_cli(build_reproduce_parser, argv[1:])
+    if argv and argv[0] == "fidelity":
+        return run_cli(build_fidelity_parser, argv[1:])
     return run_cli(build_parser, argv)

@@ -14,12 +14,26 @@ from optuna.trial import FrozenTrial, TrialState
 from .space import spec_of_trial
 
 TRIAL_FIELDS = ["number", "state", "val_acc", "params", "rf_head", "macs", "epochs_run", "planned_epochs", "seconds",
-                "test_acc_last", "reason", "run_dir", "duplicate_of", "sampler_seed", "worker", "hyperparameters"]
+                "test_acc_last", "reason", "run_dir", "duplicate_of", "sampler_seed", "worker", "rung_val_acc", "confirmed",
+                "hyperparameters"]
 
 
-def trial_row(t: FrozenTrial) -> dict[str, Any]:
+def staged_figures(study: optuna.Study) -> dict[int, dict[str, str]]:
+    """Per trial, from a staged search's record: its score on each rung, and its seeds' mean ± std."""
+    stages = study.user_attrs.get("stages") or {}
+    figures: dict[int, dict[str, Any]] = {}
+    for rung in stages.get("rungs", []):
+        for e in rung["entries"]:
+            figures.setdefault(e["trial"], {"rungs": {}})["rungs"][rung["epochs"]] = e["val_acc"]
+    for e in stages.get("confirmed", []):
+        figures.setdefault(e["trial"], {"rungs": {}})["confirmed"] = f"{e['mean']:.2f} ± {e['std']:.2f} ({len(e['seeds'])} seeds)"
+    return {n: {"rung_val_acc": json.dumps(f["rungs"]), "confirmed": f.get("confirmed", "")} for n, f in figures.items()}
+
+
+def trial_row(t: FrozenTrial, staged: dict[str, str] | None = None) -> dict[str, Any]:
     attrs = t.user_attrs
     return {
+        **(staged or {"rung_val_acc": "", "confirmed": ""}),
         "number": t.number,
         "state": t.state.name,
         "val_acc": attrs.get("val_acc", ""),
@@ -43,8 +57,9 @@ def write_trials_csv(study: optuna.Study, path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, TRIAL_FIELDS)
         writer.writeheader()
+        staged = staged_figures(study)
         for t in study.get_trials(deepcopy=False):
-            writer.writerow(trial_row(t))
+            writer.writerow(trial_row(t, staged.get(t.number)))
 
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
@@ -54,10 +69,14 @@ def completed(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """Highest validation accuracy among completed trials; fewer parameters breaks ties."""
+    """A staged search's winner (best mean over seeds); otherwise the highest validation accuracy among
+    completed trials, fewer parameters breaking ties."""
     done = completed(study)
     if not done:
         return None
+    winner = (study.user_attrs.get("stages") or {}).get("winner")
+    if winner is not None:
+        return next(t for t in done if t.number == winner["trial"])
     return max(done, key=lambda t: (t.values[0], -t.user_attrs.get("params", math.inf)))
 
 
@@ -87,7 +106,15 @@ def export(study: optuna.Study, study_dir: Path, multi_objective: bool) -> dict[
     if best is not None:
         spec = spec_of_trial(best, study.study_name)
         spec.save(study_dir / "best_spec.json")
-        summary["best"] = {"trial": best.number, "val_acc": best.values[0], "params": best.user_attrs.get("params"), "rf_head": best.user_attrs.get("rf_head"), "hyperparameters": best.params, "run_dir": best.user_attrs.get("run_dir")}
+        summary["best"] = {"trial": best.number, "val_acc": best.values[0], "params": best.user_attrs.get("params"),
+                           "rf_head": best.user_attrs.get("rf_head"), "hyperparameters": best.params, "run_dir": best.user_attrs.get("run_dir")}
+    stages = study.user_attrs.get("stages")
+    if stages:  # a staged search: the rungs' sizes, every confirmed design's seeds, the winner by mean
+        summary["stages"] = {"budget": stages["budget"], "rungs": [{"epochs": r["epochs"], "designs": len(r["entries"])} for r in stages["rungs"]],
+                             "confirmed": stages["confirmed"], "winner": stages["winner"]}
+        if stages["winner"] and best is not None:
+            summary["best"].update(val_acc_mean=stages["winner"]["mean"], val_acc_std=stages["winner"]["std"],
+                                   full_epochs=stages["budget"]["epochs"], run_dir=stages["winner"]["run_dir"])
     if multi_objective and completed(study):
         front = sorted(study.best_trials, key=lambda t: t.values[1])
         pareto = [{"trial": t.number, "val_acc": t.values[0], "params": int(t.values[1]), "spec": spec_of_trial(t, study.study_name).to_dict()} for t in front]

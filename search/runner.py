@@ -47,6 +47,7 @@ class RunPlan:
     grace_period: int = 180
     enqueue: tuple[dict, ...] = ()  # trial params to run first (known designs as a warm start)
     sampler_seed: int = 0  # worker i seeds its sampler with sampler_seed + i (see process_sampler_seed)
+    fill_to: int | None = None  # instead of adding n_trials: add what the study lacks of this many finished trials
 
 
 def process_sampler_seed(seed: int, study_name: str) -> int:
@@ -233,6 +234,10 @@ def run_search(plan: RunPlan) -> optuna.Study:
     for params in plan.enqueue:  # skipped when a trial with these params exists (a resumed study)
         study.enqueue_trial(params, skip_if_exists=True)
     before = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED])
+    if plan.fill_to is not None:
+        plan = dataclasses.replace(plan, n_trials=max(0, plan.fill_to - before))
+        if plan.n_trials == 0:
+            return study
     started = time.time()
     # SIGTERM (kill, a scheduler's stop) goes the KeyboardInterrupt way: the running trial is queued
     # again for the next run, and workers are stopped too.

@@ -1,0 +1,98 @@
+"""The staged search: promotion and winner rules, rank correlation, and a whole budget on a tiny subset
+(screen, promote, confirm with seeds, resume) plus the fidelity study, run in this process."""
+
+import json
+import math
+
+import optuna
+import pytest
+
+import search.stages as stages
+from mnist_challenge import UserError
+from search.cli import main as search
+from search.stages import Budget, Entry, budget_from_args, promote, spearman, winner_of
+
+from .conftest import assert_one_error_line, call
+
+TINY = ["--train-subset", "300", "--val-size", "300", "--workers", "1", "--threads", "1"]
+
+
+def test_promotion_keeps_the_best_third_and_fewer_params_break_ties():
+    entries = [Entry(n, params, score, "") for n, params, score in [(0, 4000, 98.0), (1, 3000, 99.0), (2, 4900, 99.0), (3, 100, 10.0)]]
+    assert [e.trial for e in promote(entries, 1 / 3)] == [1, 2]  # ceil(4 / 3) = 2; 99.0 twice, fewer params first
+    assert [e.trial for e in promote(entries[:1], 1 / 3)] == [0]  # never none
+
+
+def test_the_winner_is_the_best_mean_and_near_ties_go_to_fewer_params():
+    a = Entry(0, 4900, 99.30, "", (99.3, 99.3, 99.3))
+    b = Entry(1, 4100, 99.27, "", (99.2, 99.3, 99.31))
+    c = Entry(2, 3000, 99.10, "", (99.1, 99.1, 99.1))
+    assert winner_of([a, b, c]).trial == 1  # within 0.05 of the best mean, and 800 parameters smaller
+    assert winner_of([a, c]).trial == 0 and winner_of([]) is None
+
+
+def test_spearman_against_known_values():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6 * 4 / (5 * 24)
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)  # tied ranks averaged
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_budget_settings_are_checked():
+    assert budget_from_args("tiny", "3,6", 10, 2, 4).ladder == (3, 6, 15)
+    for rungs in ("6,3", "0", "15", "a,b"):
+        with pytest.raises(UserError, match="--rungs"):
+            budget_from_args("tiny", rungs, None, None, None)
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--budget", "tiny", "--epochs", "5"], "drop --epochs"),
+    (["--budget", "tiny", "--max-params", "3000"], "drop --max-params"),
+    (["--screen", "5"], "--screen only apply with --budget"),
+    (["--budget", "huge"], "argument --budget"),
+])
+def test_budget_flags_that_clash_are_refused_before_anything_is_written(tmp_path, flags, fragment):
+    assert_one_error_line(call(search, "--logs", str(tmp_path / "logs"), *flags), fragment)
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.fixture
+def short_budget(monkeypatch):
+    """The tiny budget with a 2-epoch full schedule, so a whole staged search runs in seconds."""
+    monkeypatch.setitem(stages.BUDGETS, "tiny", Budget("tiny", 5_000, 2))
+
+
+def test_a_budget_screens_promotes_confirms_and_resumes(tmp_path, mnist_dir, short_budget):
+    args = ["--budget", "tiny", "--rungs", "1", "--screen", "3", "--confirm", "1", "--seeds", "2", "--logs", str(tmp_path),
+            "--data-dir", str(mnist_dir), *TINY]
+    code, out, err = call(search, *args)
+    assert code == 0, err[-3000:]
+    study_dir = tmp_path / "budget-tiny"
+    summary = json.loads((study_dir / "summary.json").read_text())
+    record = summary["stages"]
+    assert [r["epochs"] for r in record["rungs"]] == [1, 2] and [r["designs"] for r in record["rungs"]] == [3, 1]
+    (confirmed,) = record["confirmed"]
+    assert len(confirmed["seeds"]) == 2 and confirmed["mean"] == pytest.approx(sum(confirmed["seeds"]) / 2, abs=1e-3)
+    assert record["winner"]["trial"] == confirmed["trial"] == summary["best"]["trial"]
+    assert (study_dir / "rungs" / "e2" / f"trial_{confirmed['trial']:04d}-seed0" / "verdict.json").is_file()
+    assert (study_dir / "confirm" / f"trial_{confirmed['trial']:04d}-seed1" / "verdict.json").is_file()
+    assert "±" in (study_dir / "trials.csv").read_text() and "winner: trial" in out
+    # The same command again: every stage is done, nothing is trained or added.
+    runs = sorted(p for p in study_dir.rglob("verdict.json"))
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    code, _, err = call(search, *args)
+    assert code == 0, err[-3000:]
+    assert sorted(study_dir.rglob("verdict.json")) == runs and [p.stat().st_mtime_ns for p in runs] == stamps
+    study = optuna.load_study(study_name="budget-tiny", storage=f"sqlite:///{study_dir / 'study.db'}")
+    assert len(study.trials) == 3
+
+
+def test_the_fidelity_study_scores_every_design_on_every_schedule(tmp_path, mnist_dir, short_budget):
+    code, out, err = call(search, "fidelity", "--budget", "tiny", "--rungs", "1", "--designs", "3", "--out", str(tmp_path / "f"),
+                          "--data-dir", str(mnist_dir), *TINY[:4], "--workers", "1")
+    assert code == 0, err[-3000:]
+    result = json.loads((tmp_path / "f" / "fidelity.json").read_text())
+    assert result["ladder"] == [1, 2] and len(result["entries"]) == 3 and set(result["spearman_vs_full"]) == {"1"}
+    assert all(set(e["val_acc"]) == {"1", "2"} and e["params"] for e in result["entries"])
+    assert "Spearman" in out
