@@ -39,16 +39,31 @@ class InternalError(Exception):
 _crash_log: Path | None = None
 
 
+_sigterm_received = False
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
+    global _sigterm_received
+    _sigterm_received = True
     raise KeyboardInterrupt
 
 
 def interrupt_on_sigterm() -> object:
     """SIGTERM (``kill``, a scheduler's stop) ends a command the way Ctrl-C does: exit 130, finished work
     kept. Returns the handler it replaced (None outside the main thread, where signals cannot be set)."""
+    global _sigterm_received
     if threading.current_thread() is not threading.main_thread():
         return None
+    _sigterm_received = False
     return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def check_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` if a SIGTERM came: called at safe points (every training step, between
+    trials), because an exception raised by the handler is lost when the signal lands while Python runs
+    a weakref callback or a ``__del__`` (seen in SQLAlchemy's registry), and the command would go on."""
+    if _sigterm_received:
+        raise KeyboardInterrupt
 
 
 def set_crash_log(path: str | Path | None) -> None:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .augment import AugmentConfig, random_affine
 from .data import MnistData, Split
 from .ema import WeightEMA
-from .errors import UserError
+from .errors import UserError, check_interrupted
 from .fast import bf16_pays, bf16_supported, speed_up
 from .native import unavailable_reason
 from .validate import SEED_MAX, check_choice, check_float, check_int, require
@@ -231,6 +231,7 @@ def train_model(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            check_interrupted()
             if ema is not None:
                 ema.update()
             if per_step:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from mnist_challenge import UserError
 from mnist_challenge.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InternalError
-from mnist_challenge.errors import interrupt_on_sigterm, record_internal_error, set_crash_log
+from mnist_challenge.errors import check_interrupted, interrupt_on_sigterm, record_internal_error, set_crash_log
 from mnist_challenge.experiment import load_data
 from mnist_challenge.train import TrainConfig
 from mnist_challenge.validate import SEED_MAX
@@ -153,6 +153,7 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
     deadline = None if plan.timeout is None else time.time() + plan.timeout
     try:
         for _ in range(n_trials):  # one trial per call, so that one lost trial does not end the worker
+            check_interrupted()
             if deadline is not None and time.time() >= deadline:
                 break
             try:
@@ -253,6 +254,7 @@ def run_search(plan: RunPlan) -> optuna.Study:
         bar = tqdm(total=plan.n_trials, desc=f"trials ({len(procs)} workers)", unit="trial")
         try:
             while any(p.is_alive() for p in procs):
+                check_interrupted()
                 done = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]) - before
                 bar.update(max(0, done - bar.n))
                 time.sleep(2)
