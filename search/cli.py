@@ -261,7 +261,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     from .outputs import best_trial
     from .runner import base_config_from_study
-    from .space import recipe_from_params, spec_of_trial
+    from .space import recipe_of_trial, spec_of_trial
     from .storage import load_study, make_storage
 
     args.study = args.study or DEFAULT_STUDY
@@ -280,7 +280,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     try:
         spec = spec_of_trial(trial, args.study)
         base = base_config_from_study(study)
-        recipe = recipe_from_params(trial.params, base)
+        recipe = recipe_of_trial(trial, base)
     except (KeyError, ValueError, TypeError) as exc:  # a draw that never completed, or a study this kit did not make
         raise UserError(f"trial {trial.number} of {args.study!r} ({trial.state.name}) cannot be rebuilt: {exc!r} is "
                         f"missing or malformed; pick a completed trial") from None

@@ -22,7 +22,7 @@ from mnist_challenge.experiment import run_experiment
 from mnist_challenge.inspector import inspect_module
 from mnist_challenge.train import TrainConfig
 
-from .space import SPACE_VERSION, draw_spec, suggest_recipe
+from .space import RECIPE_FIELDS, SPACE_VERSION, draw_recipe, draw_spec
 
 CHANCE_LEVEL = 20.0  # % validation accuracy; 10 classes give 10 % by guessing
 
@@ -103,7 +103,8 @@ class Objective:
             spec = draw_spec(trial, s.study_name, s.max_params, s.min_rf, s.space_version or SPACE_VERSION)
         except UserError as exc:  # the draw's feature map vanished: not a network
             return self.reject(trial, f"invalid architecture: {exc}", {})
-        recipe = suggest_recipe(trial, s.base)
+        recipe = draw_recipe(trial, s.base, s.space_version or SPACE_VERSION)
+        trial.set_user_attr("recipe", {k: getattr(recipe, k) for k in RECIPE_FIELDS})
         trial.set_user_attr("spec", spec.to_dict())
         trial.study.set_user_attr(f"spec_trial_{trial.number}", spec.to_json(indent=None))
         figures, broken = check_constraints(spec, s)

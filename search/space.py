@@ -197,6 +197,38 @@ def recipe_from_params(params: dict[str, Any], base: TrainConfig) -> TrainConfig
     return suggest_recipe(optuna.trial.FixedTrial(params), base)
 
 
+RECIPE_FIELDS = ("lr", "batch_size", "schedule", "step_size", "rotation", "translate", "weight_decay", "label_smoothing")
+
+
+def fitted_recipe(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
+    """Version 2's recipe, for tiny nets on complete schedules: OneCycle always (a staged search compares
+    complete schedules of several lengths), batch 64 or 128, label smoothing, and the ranges the first
+    searches found worth drawing (version 1's translation above 0.06 and learning rates under 0.02 all
+    finished last)."""
+    return TrainConfig(**{
+        **base.to_dict(),
+        "schedule": "onecycle",
+        "lr": trial.suggest_float("lr", 0.02, 0.2, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", [64, 128]),
+        "label_smoothing": trial.suggest_categorical("label_smoothing", [0.0, 0.05, 0.1]),
+        "rotation": trial.suggest_float("rotation", 0.0, 12.0),
+        "translate": trial.suggest_float("translate", 0.0, 0.06),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-5, 5e-4, log=True),
+    })
+
+
+def draw_recipe(trial: optuna.Trial, base: TrainConfig, version: int) -> TrainConfig:
+    return suggest_recipe(trial, base) if version == 1 else fitted_recipe(trial, base)
+
+
+def recipe_of_trial(trial: optuna.trial.FrozenTrial, base: TrainConfig) -> TrainConfig:
+    """The recipe a finished trial trained with: stored with it (every version), else replayed (version 1)."""
+    stored = trial.user_attrs.get("recipe")
+    if isinstance(stored, dict):
+        return TrainConfig.from_dict({**base.to_dict(), **stored})
+    return recipe_from_params(trial.params, base)
+
+
 def smallest_params() -> int:
     """Fewest parameters any spec in the space can have: a cap below this can never be met."""
     from mnist_challenge import build_model, count_params

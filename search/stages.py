@@ -200,20 +200,20 @@ def screened(study: optuna.Study) -> list[Entry]:
 def run_stages(study: optuna.Study, budget: Budget, base: TrainConfig, study_dir: Path, data_dir: str | None,
                workers: int) -> dict[str, Any]:
     """Promote the screened designs rung by rung, confirm the best with seeds; record it all in the study."""
-    from .space import recipe_from_params, spec_of_trial
+    from .space import recipe_of_trial, spec_of_trial
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     rungs = [{"epochs": budget.ladder[0], "entries": screened(study)}]
     for epochs in budget.ladder[1:]:
         chosen = promote(rungs[-1]["entries"], budget.keep)
-        jobs = [job_for(e.trial, spec_of_trial(trials[e.trial], study.study_name), recipe_from_params(trials[e.trial].params, base),
+        jobs = [job_for(e.trial, spec_of_trial(trials[e.trial], study.study_name), recipe_of_trial(trials[e.trial], base),
                         epochs, base.seed, study_dir / "rungs" / f"e{epochs}") for e in chosen]
         run_jobs(jobs, base, data_dir, workers, f"rung {epochs} epochs")
         rungs.append({"epochs": epochs, "entries": [Entry(e.trial, e.params, score_of(j.run_dir), j.run_dir)
                                                     for e, j in zip(chosen, jobs) if score_of(j.run_dir) is not None]})
     top = sorted(rungs[-1]["entries"], key=lambda e: (-e.score, e.params))[: budget.confirm]
     seeds = [base.seed + k for k in range(1, budget.seeds)]
-    jobs = [job_for(e.trial, spec_of_trial(trials[e.trial], study.study_name), recipe_from_params(trials[e.trial].params, base),
+    jobs = [job_for(e.trial, spec_of_trial(trials[e.trial], study.study_name), recipe_of_trial(trials[e.trial], base),
                     budget.epochs, seed, study_dir / "confirm") for e in top for seed in seeds]
     run_jobs(jobs, base, data_dir, workers, "confirmation seeds")
     confirmed = []
@@ -268,14 +268,14 @@ def run_fidelity(budget: Budget, designs: int, out: Path, base: TrainConfig, dat
     """Train ``designs`` random draws of the fitted space on every rung of the budget's ladder, then the
     rank correlation of each rung's scores with the full schedule's: how far a short complete schedule
     can be trusted to rank designs. Replayable: the draws come from ``sampler_seed``."""
-    from .space import fitted_spec, suggest_recipe
+    from .space import fitted_recipe, fitted_spec
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sampler_seed))
     drawn = []
     for i in range(designs):
         trial = study.ask()
         spec = fitted_spec(trial, f"fidelity-{budget.name}", budget.max_params, 20)
-        drawn.append((i, spec, suggest_recipe(trial, base), trial.params))
+        drawn.append((i, spec, fitted_recipe(trial, base), trial.params))
         study.tell(trial, 0.0)
     # Design by design (all schedules of one, then the next): a study stopped part-way has whole designs.
     jobs = [job_for(i, spec, recipe, epochs, base.seed, out / f"e{epochs}") for i, spec, recipe, _ in drawn for epochs in budget.ladder]

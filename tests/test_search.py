@@ -440,3 +440,25 @@ def test_a_cold_fitted_search_under_5000_rejects_under_5_percent_and_fills_the_c
         fills.append(figures["params"] / 5_001)
         study.tell(trial, 0.0)
     assert rejected < 5 and statistics.median(fills) >= 0.75
+
+
+def test_a_fitted_trial_stores_the_spec_and_recipe_it_trained(tmp_path, monkeypatch):
+    import search.objective as objective_module
+    from search.space import recipe_of_trial, spec_of_trial
+
+    trained = []
+
+    def fake_training(spec, cfg, run_dir, *, on_epoch, **_):
+        trained.append((spec, cfg))
+        row = {"val_acc": 90.0, "test_acc": 90.0}
+        on_epoch(1, row)
+        return type("Result", (), {"epochs": [row]})()
+
+    monkeypatch.setattr(objective_module, "run_experiment", fake_training)
+    base = TrainConfig(epochs=1)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
+    study.optimize(objective_module.Objective(SearchSettings("v2", tmp_path, base, max_params=5_000), data=None), n_trials=3)
+    assert len(trained) == 3
+    for trial, (spec, cfg) in zip(study.trials, trained):
+        assert spec_of_trial(trial, "v2") == spec and recipe_of_trial(trial, base) == cfg
+        assert cfg.schedule == "onecycle" and cfg.batch_size in (64, 128) and cfg.label_smoothing in (0.0, 0.05, 0.1)
