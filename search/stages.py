@@ -88,9 +88,15 @@ class Job:
     run_dir: str
 
 
+DIVERGED = "diverged.txt"  # written into a run whose loss went non-finite: finished, with a score of 0
+
+
 def score_of(run_dir: str | Path) -> float | None:
-    """Validation accuracy at the end of a finished run (its verdict is written last); None if unfinished."""
+    """Validation accuracy at the end of a finished run (its verdict is written last), 0 for a run that
+    diverged; None if unfinished."""
     path = Path(run_dir)
+    if (path / DIVERGED).is_file():
+        return 0.0
     if not (path / "verdict.json").is_file():
         return None
     try:
@@ -119,8 +125,11 @@ def _run_job(job: Job) -> tuple[int, str, float | None]:
     from mnist_challenge.experiment import run_experiment
 
     cfg = TrainConfig.from_dict(job.recipe)
-    run_experiment(ArchSpec.from_dict(job.spec), cfg, job.run_dir, data=_worker_data, progress=False, echo=False,
-                   limits=Limits(max_params=10**9, max_epochs=cfg.epochs), extra_config={"trial": job.trial})
+    try:
+        run_experiment(ArchSpec.from_dict(job.spec), cfg, job.run_dir, data=_worker_data, progress=False, echo=False,
+                       limits=Limits(max_params=10**9, max_epochs=cfg.epochs), extra_config={"trial": job.trial})
+    except FloatingPointError as exc:  # a recipe that diverges is an outcome (the worst), not a crash
+        (Path(job.run_dir) / DIVERGED).write_text(f"{exc}\n")
     return job.trial, job.run_dir, score_of(job.run_dir)
 
 

@@ -96,3 +96,23 @@ def test_the_fidelity_study_scores_every_design_on_every_schedule(tmp_path, mnis
     assert result["ladder"] == [1, 2] and len(result["entries"]) == 3 and set(result["spearman_vs_full"]) == {"1"}
     assert all(set(e["val_acc"]) == {"1", "2"} and e["params"] for e in result["entries"])
     assert "Spearman" in out
+
+
+def test_a_run_that_diverges_scores_zero_and_is_not_retried(tmp_path, monkeypatch):
+    import mnist_challenge.experiment as experiment
+    from mnist_challenge import load_spec
+    from mnist_challenge.train import TrainConfig
+
+    calls = []
+
+    def diverging(spec, cfg, run_dir, **_):
+        calls.append(run_dir)
+        (tmp_path / "runs" / "trial_0000-seed0").mkdir(parents=True, exist_ok=True)
+        raise FloatingPointError("training diverged in epoch 1")
+
+    monkeypatch.setattr(experiment, "run_experiment", diverging)
+    monkeypatch.setattr(stages, "_init_worker", lambda *a: None)
+    job = stages.job_for(0, load_spec("tiny"), TrainConfig(), 2, 0, tmp_path / "runs")
+    for _ in range(2):
+        stages.run_jobs([job], TrainConfig(), None, 1, "test")
+    assert len(calls) == 1 and stages.score_of(job.run_dir) == 0.0
