@@ -64,13 +64,16 @@ PLAUSIBLE = st.sampled_from(
         "every_conv",
         "block_end",
         "x",
+        "separable",
+        "dilated",
+        "conv3_gap",
         [4],
         [8, 8],
         [16, 16, 16],
     ]
 )
 SPEC_FIELDS = sorted(GOOD_SPEC) + ["colour"]
-BLOCK_FIELDS = ["channels", "padding", "residual", "transition", "kernel"]
+BLOCK_FIELDS = ["channels", "padding", "residual", "transition", "kind", "kernel"]
 
 
 def assert_contract(result, allowed=(0, 2)):
