@@ -113,7 +113,7 @@ def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
     params = int(inspection["params"])
     rules.append({"rule": f"parameters < {limits.max_params:,}", "passed": params < limits.max_params, "figure": f"{params:,}"})
     linear = inspection.get("linear_layers") or []
-    rules.append({"rule": "no fully connected layer", "passed": not inspection["has_linear"], "figure": f"nn.Linear found: {', '.join(linear) or 'F.linear'}" if inspection["has_linear"] else "none"})
+    rules.append({"rule": "no fully connected layer", "passed": not inspection["has_linear"], "figure": f"fully connected layer at {', '.join(linear) or 'a functional call'}" if inspection["has_linear"] else "none"})
     within = 1 <= len(rows) <= limits.max_epochs and planned <= limits.max_epochs
     figure = f"{len(rows)}" + (f" (planned {planned})" if planned != len(rows) else "")
     rules.append({"rule": f"epochs <= {limits.max_epochs}", "passed": within, "figure": figure})

@@ -44,6 +44,11 @@ _POOL_OPS = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d
 _ADAPTIVE_OPS = {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d"}
 _REDUCE_OPS = {"mean", "sum", "amax", "amin", "max", "min", "logsumexp", "std", "var"}
 _MATMUL_OPS = {"matmul", "mm", "bmm", "addmm", "baddbmm", "__matmul__"}
+# A fully connected layer is what these do when one operand holds parameters and the other activations,
+# however it is written (nn.Linear, F.linear, x @ W.T, einsum ...); a 1x1 conv is a conv, not one of them.
+_FC_OPS = _MATMUL_OPS | {"linear", "einsum", "bilinear", "tensordot", "inner", "__rmatmul__", "matmul_"}
+# Questions about a tensor, not uses of it: the hooks' own numel() must not mark a parameter as used.
+_META_OPS = {"numel", "nelement", "dim", "size", "stride", "element_size", "data_ptr", "is_contiguous", "__len__"}
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,8 @@ class _Tracer(TorchFunctionMode):
         self.leaf_macs: list[int] = []  # MACs accumulated by the leaf module that is running
         self.rows: list[LayerRow] = []
         self.head_rf: Fraction | None = None
-        self.linear_ops = 0
+        self.params_only: dict[int, torch.Tensor] = {}  # tensors computed from parameters alone (W.T, W * 2 ...)
+        self.fc_sites: list[str] = []  # where a parameter met activations in a matmul-like op
 
     # --- tensor metadata ---------------------------------------------------------------------------
     def mark(self, t: torch.Tensor, geometry: Geometry, spatial: bool) -> None:
@@ -184,11 +190,20 @@ class _Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", str(func))
-        if name == "__get__":
+        if name in _META_OPS:
             return out
-        for t in _tensors((args, kwargs)):
+        operands = list(_tensors((args, kwargs)))
+        for t in operands:
             if id(t) in self.param_ids:
                 self.used_params.add(id(t))
+        from_params = [t for t in operands if self.is_param_like(t)]
+        if from_params and len(from_params) == len(operands):
+            for t in _tensors(out):
+                self.params_only[id(t)] = t  # kept alive so that the id is not reused
+        elif from_params and name in _FC_OPS:
+            self.fc_sites.append(f"{self.stack[-1]}.{name}" if self.stack else name)
+        if name == "__get__":  # W.T, W.data ...: followed above, no row of its own
+            return out
         outputs = list(_tensors(out))
         if not outputs:
             return out
@@ -199,16 +214,17 @@ class _Tracer(TorchFunctionMode):
             for t in outputs:
                 if t.dim() == first.dim():
                     self.mark(t, geometry, spatial)
-        macs = self.macs(name, args, first)
+        macs = self.macs(name, args, kwargs, first)
         if len(self.stack) and self.leaf_macs:
             self.leaf_macs[-1] += macs
         elif name not in _QUIET_OPS:
             rf, jump = self.rf_of(first)
             where = self.stack[-1] + "." if self.stack else ""
             self.rows.append(LayerRow(f"{where}{name}", f"op:{name}", list(first.shape), rf, jump, 0, macs))
-        if name == "linear":
-            self.linear_ops += 1
         return out
+
+    def is_param_like(self, t: torch.Tensor) -> bool:
+        return id(t) in self.param_ids or self.params_only.get(id(t)) is t
 
     def propagate(self, name: str, args: tuple, kwargs: dict, inputs: list, out: torch.Tensor) -> tuple[Geometry, bool]:
         x, (geometry, spatial) = inputs[0]
@@ -287,11 +303,11 @@ class _Tracer(TorchFunctionMode):
                 cropped[i] = Axis(a.lo + start * a.jump, a.hi + start * a.jump, a.jump * step)
         return tuple(cropped)
 
-    def macs(self, name: str, args: tuple, out: torch.Tensor) -> int:
+    def macs(self, name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> int:
         if name in _CONV_OPS:
-            return out.numel() * args[1].shape[1:].numel()
+            return out.numel() * _arg(args, kwargs, 1, "weight").shape[1:].numel()
         if name == "linear":
-            return out.numel() * args[1].shape[-1]
+            return out.numel() * _arg(args, kwargs, 1, "weight").shape[-1]
         if name in _MATMUL_OPS:
             mats = [t for t in _tensors(args) if t.dim() >= 2]
             return out.numel() * mats[-1].shape[-2] if mats else 0
@@ -343,6 +359,7 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
     rf, _ = tracer.rf_of(out)
     head_rf = _as_int(tracer.head_rf) if tracer.head_rf is not None else rf
     linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Bilinear, nn.LazyLinear))]
+    linear += [site for site in dict.fromkeys(tracer.fc_sites) if site.rsplit(".", 1)[0] not in linear]  # functional FC layers
     unused_modules = [
         n for n, m in model.named_modules()
         if m not in called and any(True for _ in m.parameters(recurse=False))
@@ -357,7 +374,7 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
         macs=sum(r.macs for r in tracer.rows),
         receptive_field=rf,
         receptive_field_head=head_rf,
-        has_linear=bool(linear) or tracer.linear_ops > 0,
+        has_linear=bool(linear),
         linear_layers=linear,
         unused_modules=unused_modules,
     )

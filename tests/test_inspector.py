@@ -201,3 +201,52 @@ def test_vgg16_per_layer_table_and_receptive_field():
     assert report.receptive_field_head == 212  # the textbook VGG-16 value at pool5
     assert report.has_linear
     assert report.macs == pytest.approx(15.47e9, rel=0.01)  # the published 15.5 GMACs
+
+
+class SpareBesideUsed(nn.Module):
+    """One module whose forward uses one of its two parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 1, 3, 3))
+        self.spare = nn.Parameter(torch.randn(1000))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, weight=self.w).mean((2, 3))  # weight as a keyword, too
+
+
+class FunctionalFC(nn.Module):
+    """A fully connected layer written without nn.Linear, in the ways people write one."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.W = nn.Parameter(torch.randn(10, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.conv(x).mean((2, 3))
+        if self.how == "matmul":
+            return f @ self.W.T
+        if self.how == "einsum":
+            return torch.einsum("bc,kc->bk", f, self.W)
+        return torch.nn.functional.linear(f, weight=self.W)
+
+
+def test_parameter_use_is_tracked_per_tensor():
+    report = inspect_module(SpareBesideUsed(), (1, 28, 28))
+    assert report.params == 36 and report.params_unused == 1000 and report.macs == 26 * 26 * 4 * 9
+
+
+@pytest.mark.parametrize("how", ["matmul", "einsum", "linear"])
+def test_a_fully_connected_layer_is_flagged_however_it_is_written(how):
+    report = inspect_module(FunctionalFC(how), (1, 28, 28))
+    assert report.has_linear and report.linear_layers, report.linear_layers
+    assert report.params == 80 + 80 and report.params_unused == 0  # W is used, not "unused"
+
+
+def test_a_1x1_conv_after_gap_is_not_a_fully_connected_layer():
+    for head in ("gap_conv", "conv_gap"):
+        spec = load_spec("tiny")
+        report = inspect_module(build_model(ArchSpec.from_dict({**spec.to_dict(), "head": head})), (1, 28, 28))
+        assert not report.has_linear and report.linear_layers == []
