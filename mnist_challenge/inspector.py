@@ -47,6 +47,7 @@ _MATMUL_OPS = {"matmul", "mm", "bmm", "addmm", "baddbmm", "__matmul__"}
 # A fully connected layer is what these do when one operand holds parameters and the other activations,
 # however it is written (nn.Linear, F.linear, x @ W.T, einsum ...); a 1x1 conv is a conv, not one of them.
 _FC_OPS = _MATMUL_OPS | {"linear", "einsum", "bilinear", "tensordot", "inner", "__rmatmul__", "matmul_"}
+_INTERPOLATION_TAPS = {"nearest": 1, "nearest-exact": 1, "linear": 2, "bilinear": 2, "trilinear": 2, "bicubic": 4}
 # Questions about a tensor, not uses of it: the hooks' own numel() must not mark a parameter as used.
 _META_OPS = {"numel", "nelement", "dim", "size", "stride", "element_size", "data_ptr", "is_contiguous", "__len__"}
 
@@ -243,9 +244,10 @@ class _Tracer(TorchFunctionMode):
             padding = _per_axis(padding, k, 0)
             return tuple(a.through(kk, s, p, d) for a, kk, s, p, d in zip(geometry, kernel, stride, padding, dilation)), True
         if spatial and name in _POOL_OPS:
-            kernel = _per_axis(_arg(args, kwargs, 1, "kernel_size"), k)
-            stride = _per_axis(_arg(args, kwargs, 2, "stride"), k, kernel[0])
-            padding = _per_axis(_arg(args, kwargs, 3, "padding", 0), k, 0)
+            lp = name.startswith("lp_pool")  # lp_pool2d(input, norm_type, kernel_size, stride): no padding
+            kernel = _per_axis(_arg(args, kwargs, 2 if lp else 1, "kernel_size"), k)
+            stride = _per_axis(_arg(args, kwargs, 3 if lp else 2, "stride"), k, kernel)  # default: the kernel, per axis
+            padding = [0] * k if lp else _per_axis(_arg(args, kwargs, 3, "padding", 0), k, 0)
             dilation = _per_axis(_arg(args, kwargs, 4, "dilation", 1), k, 1) if "max" in name else [1] * k
             return tuple(a.through(kk, s, p, d) for a, kk, s, p, d in zip(geometry, kernel, stride, padding, dilation)), True
         if spatial and name in _ADAPTIVE_OPS:
@@ -266,8 +268,11 @@ class _Tracer(TorchFunctionMode):
         if name == "__getitem__" and spatial and out.dim() == x.dim():
             return self.crop(geometry, args[1], x), True
         if name in ("interpolate", "upsample", "upsample_nearest2d", "upsample_bilinear2d") and spatial:
+            # An output pixel reads 1 input pixel per axis (nearest), 2 (bilinear) or 4 (bicubic).
+            mode = _arg(args, kwargs, 3, "mode", "nearest" if name != "upsample_bilinear2d" else "bilinear")
+            taps = _INTERPOLATION_TAPS.get(mode, 1)
             scales = [Fraction(o, n) for o, n in zip(out.shape[-k:], in_sizes)]
-            return tuple(Axis(a.lo, a.hi, a.jump / s) for a, s in zip(geometry, scales)), True
+            return tuple(Axis(a.lo, a.hi + (taps - 1) * a.jump, a.jump / s) for a, s in zip(geometry, scales)), True
         # Every other op: merge the inputs (residual add, cat, multiply ...). A path broadcast from a
         # 1x1 map (squeeze-excitation's scale) already sees everything; the full-size path keeps the jump.
         out_sizes = list(out.shape[-k:])

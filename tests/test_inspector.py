@@ -250,3 +250,33 @@ def test_a_1x1_conv_after_gap_is_not_a_fully_connected_layer():
         spec = load_spec("tiny")
         report = inspect_module(build_model(ArchSpec.from_dict({**spec.to_dict(), "head": head})), (1, 28, 28))
         assert not report.has_linear and report.linear_layers == []
+
+
+class PoolThenConv(nn.Module):
+    """A functional pool (tuple kernel, no stride, or an LP pool) or an upsampling, then a 3x3 conv."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.first = nn.Conv2d(1, 2, 3)
+        self.lp = nn.LPPool2d(2, 3)
+        self.conv = nn.Conv2d(2, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(x)
+        if self.how == "tuple_kernel":
+            x = torch.nn.functional.avg_pool2d(x, (2, 4))  # stride defaults to the kernel, per axis (avg: all of the window passes gradient)
+        elif self.how == "lp_module":
+            x = self.lp(x)
+        elif self.how == "lp_functional":
+            x = torch.nn.functional.lp_pool2d(x, 2.0, 2)
+        else:
+            x = torch.nn.functional.interpolate(x, scale_factor=2, mode=self.how)
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("how", ["tuple_kernel", "lp_module", "lp_functional", "nearest", "bilinear", "bicubic"])
+def test_pools_and_upsampling_match_the_gradient_footprint(how):
+    model = PoolThenConv(how)
+    report = inspect_module(model, (1, 40, 40))
+    assert report.layers[-1].rf == measured_rf(linearised(model), 1, 40)
