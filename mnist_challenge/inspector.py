@@ -40,6 +40,7 @@ from torch.overrides import TorchFunctionMode
 # Ops that return a tensor but say nothing about architecture; they get no row of their own.
 _QUIET_OPS = {"contiguous", "to", "float", "half", "double", "type", "detach", "clone", "requires_grad_", "__get__", "type_as", "cpu", "cuda"}
 _CONV_OPS = {"conv1d", "conv2d", "conv3d"}
+_CONV_T_OPS = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 _POOL_OPS = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool2d_with_indices", "lp_pool2d"}
 _ADAPTIVE_OPS = {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d"}
 _REDUCE_OPS = {"mean", "sum", "amax", "amin", "max", "min", "logsumexp", "std", "var"}
@@ -311,6 +312,8 @@ class _Tracer(TorchFunctionMode):
     def macs(self, name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> int:
         if name in _CONV_OPS:
             return out.numel() * _arg(args, kwargs, 1, "weight").shape[1:].numel()
+        if name in _CONV_T_OPS:  # every input value is spread over (out channels / groups) x kernel outputs
+            return _arg(args, kwargs, 0, "input").numel() * _arg(args, kwargs, 1, "weight").shape[1:].numel()
         if name == "linear":
             return out.numel() * _arg(args, kwargs, 1, "weight").shape[-1]
         if name in _MATMUL_OPS:

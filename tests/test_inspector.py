@@ -280,3 +280,12 @@ def test_pools_and_upsampling_match_the_gradient_footprint(how):
     model = PoolThenConv(how)
     report = inspect_module(model, (1, 40, 40))
     assert report.layers[-1].rf == measured_rf(linearised(model), 1, 40)
+
+
+def test_transposed_conv_macs_match_the_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2), nn.ConvTranspose2d(6, 2, 2))
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 1, 28, 28))
+    assert inspect_module(model, (1, 28, 28)).macs == counter.get_total_flops() // 2
