@@ -31,7 +31,7 @@ import math
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import torch
 from torch import nn
@@ -48,6 +48,11 @@ _MATMUL_OPS = {"matmul", "mm", "bmm", "addmm", "baddbmm", "__matmul__"}
 # A fully connected layer is what these do when one operand holds parameters and the other activations,
 # however it is written (nn.Linear, F.linear, x @ W.T, einsum ...); a 1x1 conv is a conv, not one of them.
 _FC_OPS = _MATMUL_OPS | {"linear", "einsum", "bilinear", "tensordot", "inner", "__rmatmul__", "matmul_"}
+_PERMUTE_OPS = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t"}
+_RESHAPE_OPS = {"view", "reshape", "flatten", "unflatten", "unsqueeze", "squeeze", "contiguous", "expand", "repeat"}
+# Ops that merge the spatial axes into features or reduce over them: the map they read is the head's input.
+_AGGREGATE_OPS = {"flatten", "view", "reshape", "mean", "sum", "amax", "amin", "max", "min", "logsumexp", "std", "var", "norm",
+                  "linear", "matmul", "__matmul__", "einsum", "softmax", "log_softmax"}
 _INTERPOLATION_TAPS = {"nearest": 1, "nearest-exact": 1, "linear": 2, "bilinear": 2, "trilinear": 2, "bicubic": 4}
 # Questions about a tensor, not uses of it: the hooks' own numel() must not mark a parameter as used.
 _META_OPS = {"numel", "nelement", "dim", "size", "stride", "element_size", "data_ptr", "is_contiguous", "__len__"}
@@ -115,6 +120,7 @@ class Report:
     has_linear: bool
     linear_layers: list[str] = field(default_factory=list)
     unused_modules: list[str] = field(default_factory=list)
+    rf_untracked_past: str | None = None  # the op the tracer could not follow: no RF is reported past it
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -148,44 +154,76 @@ def _tensors(obj: Any) -> Iterable[torch.Tensor]:
             yield from _tensors(item)
 
 
+def _permuted(name: str, args: tuple, kwargs: dict, ndim: int, dims: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Where the axes now at positions ``dims`` are after a permute-like op; None if its arguments cannot be read."""
+    try:
+        if name == "permute":
+            perm = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+            perm = [int(p) % ndim for p in kwargs.get("dims", perm)]
+            return tuple(perm.index(d) for d in dims)
+        if name in ("transpose", "swapaxes", "swapdims", "t"):
+            a, b = (0, 1) if name == "t" else (_arg(args, kwargs, 1, "dim0") % ndim, _arg(args, kwargs, 2, "dim1") % ndim)
+            return tuple({a: b, b: a}.get(d, d) for d in dims)
+        if name in ("movedim", "moveaxis"):
+            src, dst = _arg(args, kwargs, 1, "source"), _arg(args, kwargs, 2, "destination")
+            src = [s % ndim for s in ([src] if isinstance(src, int) else src)]
+            dst = [d % ndim for d in ([dst] if isinstance(dst, int) else dst)]
+            order: list[int | None] = [None] * ndim
+            for s, d in zip(src, dst):
+                order[d] = s
+            rest = iter(a for a in range(ndim) if a not in src)
+            order = [o if o is not None else next(rest) for o in order]
+            return tuple(order.index(d) for d in dims)
+    except (TypeError, ValueError, IndexError, StopIteration):
+        return None
+    return None
+
+
+class _Meta(NamedTuple):
+    """What the tracer knows of one tensor."""
+
+    tensor: torch.Tensor  # kept alive, so that its id is not reused
+    geometry: Geometry
+    spatial: bool  # its spatial axes still exist (False once aggregated: GAP, flatten ...)
+    head: Fraction | None = None  # RF of the map its path last aggregated (the head's input), if any
+    moved: tuple[int, ...] | None = None  # where the spatial axes are, when a permute moved them off the end
+    lost: str | None = None  # the op past which its RF could not be followed
+
+
 class _Tracer(TorchFunctionMode):
     """Propagates geometry through every op and attributes MACs and rows to the running layer."""
 
     def __init__(self, model: nn.Module, spatial_dims: int) -> None:
         super().__init__()
         self.k = spatial_dims
-        self.geo: dict[int, tuple[torch.Tensor, Geometry, bool]] = {}  # id -> (tensor kept alive, geometry, still spatial)
+        self.geo: dict[int, _Meta] = {}
         self.used_params: set[int] = set()
         self.param_ids = {id(p) for p in model.parameters()}
         self.stack: list[str] = []  # names of the modules currently running, outermost first
         self.leaf_macs: list[int] = []  # MACs accumulated by the leaf module that is running
         self.rows: list[LayerRow] = []
-        self.head_rf: Fraction | None = None
         self.params_only: dict[int, torch.Tensor] = {}  # tensors computed from parameters alone (W.T, W * 2 ...)
         self.fc_sites: list[str] = []  # where a parameter met activations in a matmul-like op
 
     # --- tensor metadata ---------------------------------------------------------------------------
-    def mark(self, t: torch.Tensor, geometry: Geometry, spatial: bool) -> None:
-        self.geo[id(t)] = (t, geometry, spatial)
+    def mark(self, t: torch.Tensor, meta: _Meta) -> None:
+        self.geo[id(t)] = meta._replace(tensor=t)
 
-    def lookup(self, t: torch.Tensor) -> tuple[Geometry, bool] | None:
+    def lookup(self, t: torch.Tensor) -> _Meta | None:
         entry = self.geo.get(id(t))
-        if entry is None or entry[0] is not t:
-            return None
-        return entry[1], entry[2]
+        return entry if entry is not None and entry.tensor is t else None
 
     def rf_of(self, t: Any) -> tuple[int | float | None, int | float | None]:
         found = self.lookup(t) if isinstance(t, torch.Tensor) else None
-        if found is None:
+        if found is None or found.lost:
             return None, None
-        geometry = found[0]
-        return _as_int(max(a.rf for a in geometry)), _as_int(max(a.jump for a in geometry))
+        return _as_int(max(a.rf for a in found.geometry)), _as_int(max(a.jump for a in found.geometry))
 
-    def globalise(self, geometry: Geometry, sizes: list[int]) -> Geometry:
-        """Aggregate every position; remember the aggregated map's RF as the head's (last one wins)."""
-        if any(s > 1 for s in sizes):
-            self.head_rf = max(a.rf for a in geometry)
-        return tuple(a.whole(s) for a, s in zip(geometry, sizes))
+    @staticmethod
+    def globalise(meta: _Meta, sizes: list[int], spatial: bool) -> _Meta:
+        """Aggregate every position: the aggregated map (if larger than one unit) is the head's input."""
+        head = max(a.rf for a in meta.geometry) if any(s > 1 for s in sizes) else meta.head
+        return meta._replace(geometry=tuple(a.whole(s) for a, s in zip(meta.geometry, sizes)), spatial=spatial, head=head)
 
     # --- the op hook ----------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -210,12 +248,18 @@ class _Tracer(TorchFunctionMode):
         if not outputs:
             return out
         first = outputs[0]
-        inputs = [(t, g) for t in _tensors(args) if (g := self.lookup(t)) is not None]
+        inputs = [(t, m) for t in _tensors(args) if (m := self.lookup(t)) is not None]
         if inputs:
-            geometry, spatial = self.propagate(name, args, kwargs, inputs, first)
+            lost = next((m for _, m in inputs if m.lost), None)
+            if lost is not None:
+                meta = lost
+            elif any(m.moved for _, m in inputs):
+                meta = self.follow_moved(name, args, kwargs, inputs, first)
+            else:
+                meta = self.propagate(name, args, kwargs, inputs, first)
             for t in outputs:
                 if t.dim() == first.dim():
-                    self.mark(t, geometry, spatial)
+                    self.mark(t, meta)
         macs = self.macs(name, args, kwargs, first)
         if len(self.stack) and self.leaf_macs:
             self.leaf_macs[-1] += macs
@@ -228,10 +272,16 @@ class _Tracer(TorchFunctionMode):
     def is_param_like(self, t: torch.Tensor) -> bool:
         return id(t) in self.param_ids or self.params_only.get(id(t)) is t
 
-    def propagate(self, name: str, args: tuple, kwargs: dict, inputs: list, out: torch.Tensor) -> tuple[Geometry, bool]:
-        x, (geometry, spatial) = inputs[0]
+    def propagate(self, name: str, args: tuple, kwargs: dict, inputs: list, out: torch.Tensor) -> _Meta:
+        """The output's metadata, for inputs whose spatial axes are the last k."""
+        x, meta = inputs[0]
+        geometry, spatial = meta.geometry, meta.spatial
         k = self.k
         in_sizes = list(x.shape[-k:])
+
+        def moved_to(g: Geometry) -> _Meta:
+            return meta._replace(geometry=g)
+
         if spatial and name in _CONV_OPS and x.dim() >= k + 1:
             weight = _arg(args, kwargs, 1, "weight")
             kernel = list(weight.shape[-k:])
@@ -243,21 +293,21 @@ class _Tracer(TorchFunctionMode):
             if padding == "same":
                 padding = [d * (kk - 1) // 2 for d, kk in zip(dilation, kernel)]
             padding = _per_axis(padding, k, 0)
-            return tuple(a.through(kk, s, p, d) for a, kk, s, p, d in zip(geometry, kernel, stride, padding, dilation)), True
+            return moved_to(tuple(a.through(kk, s, p, d) for a, kk, s, p, d in zip(geometry, kernel, stride, padding, dilation)))
         if spatial and name in _POOL_OPS:
             lp = name.startswith("lp_pool")  # lp_pool2d(input, norm_type, kernel_size, stride): no padding
             kernel = _per_axis(_arg(args, kwargs, 2 if lp else 1, "kernel_size"), k)
             stride = _per_axis(_arg(args, kwargs, 3 if lp else 2, "stride"), k, kernel)  # default: the kernel, per axis
             padding = [0] * k if lp else _per_axis(_arg(args, kwargs, 3, "padding", 0), k, 0)
             dilation = _per_axis(_arg(args, kwargs, 4, "dilation", 1), k, 1) if "max" in name else [1] * k
-            return tuple(a.through(kk, s, p, d) for a, kk, s, p, d in zip(geometry, kernel, stride, padding, dilation)), True
+            return moved_to(tuple(a.through(kk, s, p, d) for a, kk, s, p, d in zip(geometry, kernel, stride, padding, dilation)))
         if spatial and name in _ADAPTIVE_OPS:
             out_sizes = list(out.shape[-k:])
             if all(o == 1 for o in out_sizes):
-                return self.globalise(geometry, in_sizes), True
+                return self.globalise(meta, in_sizes, True)
             # Adaptive windows vary in width; the widest one is ceil(n/o) (+1 when n is not a multiple of o).
             widths = [math.ceil(n / o) + (1 if n % o else 0) for n, o in zip(in_sizes, out_sizes)]
-            return tuple(a.through(w, Fraction(n, o), 0) for a, w, n, o in zip(geometry, widths, in_sizes, out_sizes)), True
+            return moved_to(tuple(a.through(w, Fraction(n, o), 0) for a, w, n, o in zip(geometry, widths, in_sizes, out_sizes)))
         if name == "pad" and spatial:
             pads = list(_arg(args, kwargs, 1, "pad"))
             shifted = list(geometry)
@@ -265,35 +315,72 @@ class _Tracer(TorchFunctionMode):
                 i = k - 1 - axis
                 a = shifted[i]
                 shifted[i] = Axis(a.lo - pads[2 * axis] * a.jump, a.hi - pads[2 * axis] * a.jump, a.jump)
-            return tuple(shifted), True
+            return moved_to(tuple(shifted))
         if name == "__getitem__" and spatial and out.dim() == x.dim():
-            return self.crop(geometry, args[1], x), True
+            return moved_to(self.crop(geometry, args[1], x))
         if name in ("interpolate", "upsample", "upsample_nearest2d", "upsample_bilinear2d") and spatial:
             # An output pixel reads 1 input pixel per axis (nearest), 2 (bilinear) or 4 (bicubic).
             mode = _arg(args, kwargs, 3, "mode", "nearest" if name != "upsample_bilinear2d" else "bilinear")
             taps = _INTERPOLATION_TAPS.get(mode, 1)
             scales = [Fraction(o, n) for o, n in zip(out.shape[-k:], in_sizes)]
-            return tuple(Axis(a.lo, a.hi + (taps - 1) * a.jump, a.jump / s) for a, s in zip(geometry, scales)), True
-        # Every other op: merge the inputs (residual add, cat, multiply ...). A path broadcast from a
-        # 1x1 map (squeeze-excitation's scale) already sees everything; the full-size path keeps the jump.
+            return moved_to(tuple(Axis(a.lo, a.hi + (taps - 1) * a.jump, a.jump / s) for a, s in zip(geometry, scales)))
+        if spatial and name in ("pixel_shuffle", "pixel_unshuffle"):
+            r = Fraction(out.shape[-1], in_sizes[-1])  # > 1: shuffle (like nearest upsampling), < 1: unshuffle (an r x r window)
+            if r > 1:
+                return moved_to(tuple(Axis(a.lo, a.hi, a.jump / r) for a in geometry))
+            return moved_to(tuple(a.through(int(1 / r), 1 / r, 0) for a in geometry))
+        if spatial and name in _PERMUTE_OPS:
+            dims = _permuted(name, args, kwargs, x.dim(), tuple(range(x.dim() - k, x.dim())))
+            if dims is None:
+                return meta._replace(lost=name)
+            return meta._replace(moved=None if dims == tuple(range(out.dim() - k, out.dim())) else dims)
+        if spatial and name in _RESHAPE_OPS and out.dim() >= k and list(out.shape[-k:]) == in_sizes:
+            return meta  # only the leading axes were split or merged (a channel shuffle, say)
+        # Every other op: merge the inputs (residual add, cat, multiply ...). The full-size path keeps the
+        # jump and its head. A path broadcast from a 1x1 map (squeeze-excitation's scale) is channel
+        # attention: it adds no window of its own (its global mean would make every later unit "see" the
+        # whole image, and the RF of an SE net meaningless), and its own GAP is not the network's head.
         out_sizes = list(out.shape[-k:])
         inputs = sorted(inputs, key=lambda item: list(item[0].shape[-k:]) != out_sizes)
-        x, (geometry, spatial) = inputs[0]
+        x, meta = inputs[0]
         in_sizes = list(x.shape[-k:])
-        merged = geometry
-        for _, (g, _) in inputs[1:]:
-            merged = tuple(a.union(b) for a, b in zip(merged, g))
-        still_spatial = all(s for _, (_, s) in inputs)
+        merged = meta.geometry
+        for t, other in inputs[1:]:
+            if t.dim() >= k and all(n == 1 for n in t.shape[-k:]) and any(o > 1 for o in out_sizes):
+                continue
+            merged = tuple(a.union(b) for a, b in zip(merged, other.geometry))
+        meta = meta._replace(geometry=merged)
+        still_spatial = all(m.spatial for _, m in inputs)
         broadcast = all(t.dim() == out.dim() and all(n in (o, 1) for n, o in zip(t.shape[-k:], out_sizes)) for t, _ in inputs)
         if still_spatial and out.dim() == x.dim() and in_sizes == out_sizes and broadcast:
-            return merged, True  # elementwise or along channels: geometry unchanged
+            return meta  # elementwise or along channels: geometry unchanged
         if still_spatial and name in _REDUCE_OPS and out.dim() == x.dim() and all(o == 1 for o in out.shape[-k:]):
-            return self.globalise(merged, in_sizes), True  # mean(..., keepdim=True) style GAP
+            return self.globalise(meta, in_sizes, True)  # mean(..., keepdim=True) style GAP
+        if still_spatial and name in _AGGREGATE_OPS:
+            # Spatial axes merged away (flatten, view, mean over them ...): each output may see every position.
+            return self.globalise(meta, in_sizes, False)
         if still_spatial:
-            # Spatial dims merged away (flatten/view/mean/linear) or an op we cannot map: every output
-            # may depend on every position, so take the whole map - an upper bound, never an undercount.
-            return self.globalise(merged, in_sizes), False
-        return merged, False
+            return meta._replace(lost=name)  # an op the tracer cannot map: no RF is reported past it
+        return meta._replace(spatial=False)
+
+    def follow_moved(self, name: str, args: tuple, kwargs: dict, inputs: list, out: torch.Tensor) -> _Meta:
+        """Ops on a tensor whose spatial axes a permute moved (channels-last blocks, as in ConvNeXt): layout
+        changes, elementwise ops, and ops that mix only the last (channel) axis keep the geometry."""
+        x, meta = inputs[0]
+        dims = meta.moved
+        same_layout = all(m.moved == dims and t.dim() == x.dim() for t, m in inputs)
+        if name in _PERMUTE_OPS:
+            moved = _permuted(name, args, kwargs, x.dim(), dims)
+            if moved is None:
+                return meta._replace(lost=name)
+            return meta._replace(moved=None if moved == tuple(range(out.dim() - self.k, out.dim())) else moved)
+        keeps_spatial = out.dim() == x.dim() and all(out.shape[d] == x.shape[d] for d in dims)
+        if same_layout and keeps_spatial and (out.shape == x.shape or x.dim() - 1 not in dims):
+            merged = meta.geometry
+            for _, other in inputs[1:]:
+                merged = tuple(a.union(b) for a, b in zip(merged, other.geometry))
+            return meta._replace(geometry=merged)  # elementwise, or along the channel axis (LayerNorm, Linear)
+        return meta._replace(lost=name)
 
     def crop(self, geometry: Geometry, index: Any, x: torch.Tensor) -> Geometry:
         index = index if isinstance(index, tuple) else (index,)
@@ -351,7 +438,7 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
     was_training = model.training
     model.eval()
     x = torch.randn(1, *input_size)
-    tracer.mark(x, tuple(Axis(Fraction(0), Fraction(0), Fraction(1)) for _ in range(k)), True)
+    tracer.mark(x, _Meta(x, tuple(Axis(Fraction(0), Fraction(0), Fraction(1)) for _ in range(k)), True))
     with ExitStack() as stack:
         for module in model.modules():
             stack.callback(module.register_forward_pre_hook(pre_hook).remove)
@@ -365,7 +452,11 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
     total = sum(p.numel() for p in unique.values())
     out = next(iter(_tensors(output)), None)
     rf, _ = tracer.rf_of(out)
-    head_rf = _as_int(tracer.head_rf) if tracer.head_rf is not None else rf
+    final = tracer.lookup(out) if isinstance(out, torch.Tensor) else None
+    untracked = final.lost if final is not None else None
+    # The head's input is the map the output's own path last aggregated (GAP, flatten); a net that ends
+    # in a map without aggregating (a valid conv down to 1x1) has its output unit's RF there.
+    head_rf = None if untracked else (_as_int(final.head) if final is not None and final.head is not None else rf)
     linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Bilinear, nn.LazyLinear))]
     linear += [site for site in dict.fromkeys(tracer.fc_sites) if site.rsplit(".", 1)[0] not in linear]  # functional FC layers
     unused_modules = [
@@ -385,6 +476,7 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
         has_linear=bool(linear),
         linear_layers=linear,
         unused_modules=unused_modules,
+        rf_untracked_past=untracked,
     )
 
 
@@ -405,6 +497,7 @@ def format_report(report: Report) -> str:
         f"MACs per image:                 {report.macs:,}",
         f"RF at the head's input:         {report.receptive_field_head}  (one unit of the last map before GAP/flatten)",
         f"RF after GAP (model output):    {report.receptive_field}  (spans the whole head input map; padding counted)",
+        *([f"RF not tracked past {report.rf_untracked_past}: the tracer cannot map that op's geometry"] if report.rf_untracked_past else []),
         "fully connected layer:          " + (f"YES - breaks the no-FC rule: {', '.join(report.linear_layers) or 'F.linear'}" if report.has_linear else "none"),
     ]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from torch import nn
 
 from mnist_challenge import ArchSpec, ConvBlock, build_model, load_spec
-from mnist_challenge.inspector import inspect_module
+from mnist_challenge.inspector import format_report, inspect_module
 from mnist_challenge.loading import torchvision_model, torchvision_published_params
 
 from .test_spec import specs
@@ -289,3 +289,74 @@ def test_transposed_conv_macs_match_the_flop_counter():
     with FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 1, 28, 28))
     assert inspect_module(model, (1, 28, 28)).macs == counter.get_total_flops() // 2
+
+
+class LayoutThenConv(nn.Module):
+    """3x3 conv, a layout change that keeps every pixel where it is (or moves it exactly), 3x3 conv."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.first = nn.Conv2d(1, 4, 3)
+        self.norm = nn.LayerNorm(4)
+        self.mix = nn.Linear(4, 4)
+        self.last = nn.Conv2d(1 if how == "pixel_shuffle" else 16 if how == "pixel_unshuffle" else 4, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(x)
+        if self.how == "nhwc":  # a ConvNeXt-style channels-last block: LayerNorm and Linear over channels
+            x = self.mix(self.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        elif self.how == "shuffle":  # ShuffleNet's channel shuffle
+            b, c, h, w = x.shape
+            x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+        else:
+            x = getattr(torch.nn.functional, self.how)(x, 2)
+        return self.last(x)
+
+
+@pytest.mark.parametrize("how", ["nhwc", "shuffle", "pixel_shuffle", "pixel_unshuffle"])
+def test_layout_changes_are_followed_through(how):
+    model = LayoutThenConv(how)
+    report = inspect_module(model, (1, 32, 32))
+    assert report.rf_untracked_past is None
+    assert report.receptive_field_head == measured_rf(linearised(model), 1, 32)  # NHWC round trip: 5, not 3
+
+
+class SqueezeExcitationThenValidConv(nn.Module):
+    """The SE block's own GAP is not the network's head: a valid conv to 1x1 at the end sees the whole image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.squeeze = nn.Conv2d(4, 4, 1)
+        self.to_one = nn.Conv2d(4, 10, 26)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        x = x * torch.sigmoid(self.squeeze(x.mean((2, 3), keepdim=True)))
+        return self.to_one(x).flatten(1)
+
+
+def test_the_head_rf_follows_the_output_path_not_the_last_gap():
+    report = inspect_module(SqueezeExcitationThenValidConv(), (1, 28, 28))
+    assert report.receptive_field_head == 28
+
+
+class Untrackable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.unfold(self.conv(x), 3).sum(-1)
+
+
+def test_an_op_the_tracer_cannot_follow_is_reported_not_guessed():
+    report = inspect_module(Untrackable(), (1, 28, 28))
+    assert report.rf_untracked_past == "unfold" and report.receptive_field_head is None and report.receptive_field is None
+    assert "RF not tracked past unfold" in format_report(report)
+
+
+@pytest.mark.parametrize("name, head_rf", [("shufflenet_v2_x1_0", 527), ("convnext_tiny", 1688)])
+def test_torchvision_models_with_layout_changes_get_their_true_head_rf(name, head_rf):
+    assert inspect_module(torchvision_model(name), (3, 224, 224)).receptive_field_head == head_rf
