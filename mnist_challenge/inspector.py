@@ -154,6 +154,18 @@ def _tensors(obj: Any) -> Iterable[torch.Tensor]:
             yield from _tensors(item)
 
 
+def _attention_macs(args: tuple, kwargs: dict) -> int:
+    """MACs of ``F.multi_head_attention_forward`` (sequence-first tensors): the q/k/v projections, q @ k^T
+    and weights @ v over all heads, and the output projection."""
+    q, k, v = (_arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
+    embed = q.shape[-1]
+    batch = q.shape[1] if q.dim() == 3 else 1
+    target, source = q.shape[0], k.shape[0]
+    projections = batch * (target * embed + source * k.shape[-1] + source * v.shape[-1]) * embed
+    attention = 2 * batch * target * source * embed
+    return projections + attention + batch * target * embed * embed
+
+
 def _permuted(name: str, args: tuple, kwargs: dict, ndim: int, dims: tuple[int, ...]) -> tuple[int, ...] | None:
     """Where the axes now at positions ``dims`` are after a permute-like op; None if its arguments cannot be read."""
     try:
@@ -403,6 +415,11 @@ class _Tracer(TorchFunctionMode):
             return _arg(args, kwargs, 0, "input").numel() * _arg(args, kwargs, 1, "weight").shape[1:].numel()
         if name == "linear":
             return out.numel() * _arg(args, kwargs, 1, "weight").shape[-1]
+        if name == "multi_head_attention_forward":  # one op to this tracer: its projections and two matmuls
+            return _attention_macs(args, kwargs)
+        if name == "scaled_dot_product_attention":  # q @ k^T and weights @ v
+            q, k_, v = (_arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
+            return q.shape[:-1].numel() * k_.shape[-2] * (q.shape[-1] + v.shape[-1])
         if name in _MATMUL_OPS:
             mats = [t for t in _tensors(args) if t.dim() >= 2]
             return out.numel() * mats[-1].shape[-2] if mats else 0
@@ -415,11 +432,9 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
     tracer = _Tracer(model, k)
     names = {m: n or type(model).__name__ for n, m in model.named_modules()}
     counted: set[int] = set()  # parameter tensors already shown in a row (shared ones count once)
-    called: set[nn.Module] = set()
 
     def pre_hook(module: nn.Module, _inputs: Any) -> None:
         tracer.stack.append(names[module])
-        called.add(module)
         if not any(True for _ in module.children()):
             tracer.leaf_macs.append(0)
 
@@ -459,9 +474,9 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
     head_rf = None if untracked else (_as_int(final.head) if final is not None and final.head is not None else rf)
     linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Bilinear, nn.LazyLinear))]
     linear += [site for site in dict.fromkeys(tracer.fc_sites) if site.rsplit(".", 1)[0] not in linear]  # functional FC layers
-    unused_modules = [
+    unused_modules = [  # modules none of whose own parameters reached an op (used directly counts too)
         n for n, m in model.named_modules()
-        if m not in called and any(True for _ in m.parameters(recurse=False))
+        if any(True for _ in m.parameters(recurse=False)) and not any(id(p) in tracer.used_params for p in m.parameters(recurse=False))
     ]
     return Report(
         input_size=tuple(input_size),

@@ -360,3 +360,30 @@ def test_an_op_the_tracer_cannot_follow_is_reported_not_guessed():
 @pytest.mark.parametrize("name, head_rf", [("shufflenet_v2_x1_0", 527), ("convnext_tiny", 1688)])
 def test_torchvision_models_with_layout_changes_get_their_true_head_rf(name, head_rf):
     assert inspect_module(torchvision_model(name), (3, 224, 224)).receptive_field_head == head_rf
+
+
+class TokensThroughAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(1, 8, 4, stride=4)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(x).flatten(2).transpose(1, 2)  # 49 tokens of 8 features
+        return self.attention(tokens, tokens, tokens, need_weights=False)[0].mean(1)
+
+
+def test_attention_counts_its_projections_and_matmuls_and_uses_out_proj():
+    report = inspect_module(TokensThroughAttention(), (1, 28, 28))
+    tokens, width = 49, 8
+    attention = 3 * tokens * width * width + 2 * tokens * tokens * width + tokens * width * width
+    assert report.macs == 49 * 8 * 16 + attention  # the patch conv, then q/k/v, q @ k^T, weights @ v, out_proj
+    assert report.unused_modules == [] and report.params_unused == 0
+
+
+@pytest.mark.parametrize("name", ["vit_b_16", "resnet18"])
+def test_torchvision_macs_match_the_published_operation_counts(name):
+    import torchvision
+
+    published = torchvision.models.get_model_weights(name).DEFAULT.meta["_ops"] * 1e9
+    assert inspect_module(torchvision_model(name), (3, 224, 224)).macs == pytest.approx(published, rel=2e-3)
