@@ -72,7 +72,8 @@ def read_inspection(run_dir: Path) -> dict[str, Any]:
     inspection = read_json_object(path)
     for key in ("params", "macs", "receptive_field_head"):  # macs and RF are optional, shown in the report's table
         value = inspection.get(key, None if key == "params" else 0)
-        require(_is_count(value), f"{path} is malformed: '{key}' must be a count, got {value!r}")
+        untracked = key == "receptive_field_head" and value is None  # the inspector could not follow the model's ops
+        require(_is_count(value) or untracked, f"{path} is malformed: '{key}' must be a count, got {value!r}")
     has_linear, linear = inspection.get("has_linear"), inspection.get("linear_layers", [])
     require(isinstance(has_linear, bool), f"{path} is malformed: 'has_linear' must be true or false, "
                                           f"got {has_linear!r}")

@@ -99,6 +99,7 @@ class LayerRow:
     jump: int | float | None
     params: int
     macs: int
+    rf_axes: list[int | float] | None = None  # RF along each spatial axis (H, W), where they may differ
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -121,6 +122,7 @@ class Report:
     linear_layers: list[str] = field(default_factory=list)
     unused_modules: list[str] = field(default_factory=list)
     rf_untracked_past: str | None = None  # the op the tracer could not follow: no RF is reported past it
+    receptive_field_head_axes: list[int | float] | None = None  # the head RF along each spatial axis (H, W)
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -197,7 +199,7 @@ class _Meta(NamedTuple):
     tensor: torch.Tensor  # kept alive, so that its id is not reused
     geometry: Geometry
     spatial: bool  # its spatial axes still exist (False once aggregated: GAP, flatten ...)
-    head: Fraction | None = None  # RF of the map its path last aggregated (the head's input), if any
+    head: tuple[Fraction, ...] | None = None  # per-axis RF of the map its path last aggregated (the head's input)
     moved: tuple[int, ...] | None = None  # where the spatial axes are, when a permute moved them off the end
     lost: str | None = None  # the op past which its RF could not be followed
 
@@ -226,15 +228,23 @@ class _Tracer(TorchFunctionMode):
         return entry if entry is not None and entry.tensor is t else None
 
     def rf_of(self, t: Any) -> tuple[int | float | None, int | float | None]:
+        """The largest RF and jump over the spatial axes (None past an op the tracer cannot follow)."""
+        axes = self.rf_axes(t)
+        if axes is None:
+            return None, None
+        found = self.lookup(t)
+        return max(axes), _as_int(max(a.jump for a in found.geometry))
+
+    def rf_axes(self, t: Any) -> list[int | float] | None:
         found = self.lookup(t) if isinstance(t, torch.Tensor) else None
         if found is None or found.lost:
-            return None, None
-        return _as_int(max(a.rf for a in found.geometry)), _as_int(max(a.jump for a in found.geometry))
+            return None
+        return [_as_int(a.rf) for a in found.geometry]
 
     @staticmethod
     def globalise(meta: _Meta, sizes: list[int], spatial: bool) -> _Meta:
         """Aggregate every position: the aggregated map (if larger than one unit) is the head's input."""
-        head = max(a.rf for a in meta.geometry) if any(s > 1 for s in sizes) else meta.head
+        head = tuple(a.rf for a in meta.geometry) if any(s > 1 for s in sizes) else meta.head
         return meta._replace(geometry=tuple(a.whole(s) for a, s in zip(meta.geometry, sizes)), spatial=spatial, head=head)
 
     # --- the op hook ----------------------------------------------------------------------------------
@@ -278,7 +288,7 @@ class _Tracer(TorchFunctionMode):
         elif name not in _QUIET_OPS:
             rf, jump = self.rf_of(first)
             where = self.stack[-1] + "." if self.stack else ""
-            self.rows.append(LayerRow(f"{where}{name}", f"op:{name}", list(first.shape), rf, jump, 0, macs))
+            self.rows.append(LayerRow(f"{where}{name}", f"op:{name}", list(first.shape), rf, jump, 0, macs, self.rf_axes(first)))
         return out
 
     def is_param_like(self, t: torch.Tensor) -> bool:
@@ -448,7 +458,8 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
         first = next(iter(_tensors(output)), None)
         shape = list(first.shape) if first is not None else []
         rf, jump = tracer.rf_of(first)
-        tracer.rows.append(LayerRow(names[module], type(module).__name__, shape, rf, jump, sum(p.numel() for p in own), macs))
+        tracer.rows.append(LayerRow(names[module], type(module).__name__, shape, rf, jump, sum(p.numel() for p in own), macs,
+                                    tracer.rf_axes(first)))
 
     was_training = model.training
     model.eval()
@@ -471,7 +482,11 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
     untracked = final.lost if final is not None else None
     # The head's input is the map the output's own path last aggregated (GAP, flatten); a net that ends
     # in a map without aggregating (a valid conv down to 1x1) has its output unit's RF there.
-    head_rf = None if untracked else (_as_int(final.head) if final is not None and final.head is not None else rf)
+    if untracked or final is None:
+        head_axes = None
+    else:
+        head_axes = [_as_int(h) for h in final.head] if final.head is not None else tracer.rf_axes(out)
+    head_rf = max(head_axes) if head_axes else None
     linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Bilinear, nn.LazyLinear))]
     linear += [site for site in dict.fromkeys(tracer.fc_sites) if site.rsplit(".", 1)[0] not in linear]  # functional FC layers
     unused_modules = [  # modules none of whose own parameters reached an op (used directly counts too)
@@ -488,6 +503,7 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
         macs=sum(r.macs for r in tracer.rows),
         receptive_field=rf,
         receptive_field_head=head_rf,
+        receptive_field_head_axes=head_axes,
         has_linear=bool(linear),
         linear_layers=linear,
         unused_modules=unused_modules,
@@ -501,7 +517,7 @@ def format_report(report: Report) -> str:
     lines = [header, "-" * len(header)]
     for r in report.layers:
         shape = "x".join(str(s) for s in r.out_shape)
-        rf = "-" if r.rf is None else f"{r.rf:g}"
+        rf = "-" if r.rf is None else _axes_text(r.rf_axes) if r.rf_axes and len(set(r.rf_axes)) > 1 else f"{r.rf:g}"
         jump = "-" if r.jump is None else f"{r.jump:g}"
         lines.append(f"{r.name[:32]:<32} {r.type[:20]:<20} {shape:<18} {rf:>6} {jump:>5} {r.params:>11,} {r.macs:>13,}")
     lines.append("-" * len(header))
@@ -510,12 +526,22 @@ def format_report(report: Report) -> str:
         f"parameters used in forward:     {report.params:,} (trainable {report.trainable_params:,})",
         f"parameters never used:          {report.params_unused:,}" + (f"  in {', '.join(report.unused_modules)}" if report.unused_modules else ""),
         f"MACs per image:                 {report.macs:,}",
-        f"RF at the head's input:         {report.receptive_field_head}  (one unit of the last map before GAP/flatten)",
+        f"RF at the head's input:         {_head_text(report)}  (one unit of the last map before GAP/flatten)",
         f"RF after GAP (model output):    {report.receptive_field}  (spans the whole head input map; padding counted)",
         *([f"RF not tracked past {report.rf_untracked_past}: the tracer cannot map that op's geometry"] if report.rf_untracked_past else []),
         "fully connected layer:          " + (f"YES - breaks the no-FC rule: {', '.join(report.linear_layers) or 'F.linear'}" if report.has_linear else "none"),
     ]
     return "\n".join(lines)
+
+
+def _head_text(report: Report) -> str:
+    axes = report.receptive_field_head_axes
+    return _axes_text(axes) if axes and len(set(axes)) > 1 else str(report.receptive_field_head)
+
+
+def _axes_text(axes: list[int | float]) -> str:
+    """RFh x RFw, for a layer whose axes see different extents (a 2x4 pool, say)."""
+    return "x".join(f"{a:g}" for a in axes)
 
 
 def torchsummary_table(model: nn.Module, input_size: tuple[int, ...]) -> str:

@@ -55,7 +55,7 @@ def results_table(roots: list[str | Path] | str | Path) -> str:
         last3 = ", ".join(f"{r['test_acc']:.2f}" for r in rows[-3:])
         name = str(run)
         lines.append(
-            f"| {budget} | `{name}` | {inspection.get('params', 0):,} | {inspection.get('receptive_field_head', 0)} | "
+            f"| {budget} | `{name}` | {inspection.get('params', 0):,} | {inspection.get('receptive_field_head') or '-'} | "
             f"{inspection.get('macs', 0):,} | {len(rows)} | {last3} | {'PASS' if verdict.passed else 'FAIL: ' + '; '.join(failed)} |"
         )
     return "\n".join(lines)

@@ -387,3 +387,12 @@ def test_torchvision_macs_match_the_published_operation_counts(name):
 
     published = torchvision.models.get_model_weights(name).DEFAULT.meta["_ops"] * 1e9
     assert inspect_module(torchvision_model(name), (3, 224, 224)).macs == pytest.approx(published, rel=2e-3)
+
+
+def test_axes_that_see_different_extents_are_reported_per_axis():
+    model = PoolThenConv("tuple_kernel")  # 3x3, a 2x4 pool, 3x3: H sees 4 + 2 * 2 = 8 rows, W 6 + 2 * 4 = 14 columns
+    report = inspect_module(model, (1, 40, 40))
+    assert report.layers[-1].rf_axes == [8, 14] and report.receptive_field_head_axes == [8, 14]
+    assert report.receptive_field_head == 14 == measured_rf(linearised(model), 1, 40)
+    text = format_report(report)
+    assert "8x14" in text and "RF at the head's input:         8x14" in text
