@@ -168,6 +168,12 @@ def _attention_macs(args: tuple, kwargs: dict) -> int:
     return projections + attention + batch * target * embed * embed
 
 
+def _transposed(a: Axis, kernel: int, padding: int, dilation: int) -> Axis:
+    """After a stride-1 transposed conv: output unit o reads input units o + padding - t*dilation for t in
+    0..kernel-1, a window as wide as a conv's, reaching (kernel-1)*dilation - padding units back."""
+    return Axis(a.lo + (padding - (kernel - 1) * dilation) * a.jump, a.hi + padding * a.jump, a.jump)
+
+
 def _permuted(name: str, args: tuple, kwargs: dict, ndim: int, dims: tuple[int, ...]) -> tuple[int, ...] | None:
     """Where the axes now at positions ``dims`` are after a permute-like op; None if its arguments cannot be read."""
     try:
@@ -316,6 +322,16 @@ class _Tracer(TorchFunctionMode):
                 padding = [d * (kk - 1) // 2 for d, kk in zip(dilation, kernel)]
             padding = _per_axis(padding, k, 0)
             return moved_to(tuple(a.through(kk, s, p, d) for a, kk, s, p, d in zip(geometry, kernel, stride, padding, dilation)))
+        if spatial and name in _CONV_T_OPS and x.dim() >= k + 1:
+            weight = _arg(args, kwargs, 1, "weight")
+            stride = _per_axis(_arg(args, kwargs, 3, "stride", 1), k, 1)
+            padding = _per_axis(_arg(args, kwargs, 4, "padding", 0), k, 0)
+            dilation = _per_axis(_arg(args, kwargs, 7, "dilation", 1), k, 1)
+            if any(s != 1 for s in stride):
+                # Which input units an output reads depends on its phase (o mod stride): one interval and
+                # one jump per axis cannot hold that exactly, so the RF is not reported past this op.
+                return meta._replace(lost=f"{name} (stride > 1)")
+            return moved_to(tuple(_transposed(a, kk, p, d) for a, kk, p, d in zip(geometry, weight.shape[-k:], padding, dilation)))
         if spatial and name in _POOL_OPS:
             lp = name.startswith("lp_pool")  # lp_pool2d(input, norm_type, kernel_size, stride): no padding
             kernel = _per_axis(_arg(args, kwargs, 2 if lp else 1, "kernel_size"), k)

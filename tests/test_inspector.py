@@ -396,3 +396,17 @@ def test_axes_that_see_different_extents_are_reported_per_axis():
     assert report.receptive_field_head == 14 == measured_rf(linearised(model), 1, 40)
     text = format_report(report)
     assert "8x14" in text and "RF at the head's input:         8x14" in text
+
+
+@pytest.mark.parametrize("kernel, padding, dilation", [(3, 1, 1), (5, 0, 1), (2, 0, 1), (3, 2, 2)])
+def test_stride_1_transposed_convs_widen_the_rf_as_the_gradient_footprint_shows(kernel, padding, dilation):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ConvTranspose2d(2, 2, kernel, padding=padding, dilation=dilation), nn.Conv2d(2, 2, 3))
+    report = inspect_module(model, (1, 24, 24))
+    assert report.rf_untracked_past is None
+    assert report.layers[-1].rf == measured_rf(linearised(model), 1, 24)
+
+
+def test_a_strided_transposed_conv_is_reported_as_not_tracked():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ConvTranspose2d(2, 2, 3, stride=2), nn.Conv2d(2, 2, 3))
+    report = inspect_module(model, (1, 24, 24))
+    assert report.rf_untracked_past == "conv_transpose2d (stride > 1)" and report.receptive_field_head is None
