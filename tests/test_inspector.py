@@ -230,6 +230,8 @@ class FunctionalFC(nn.Module):
             return f @ self.W.T
         if self.how == "einsum":
             return torch.einsum("bc,kc->bk", f, self.W)
+        if self.how == "torch.matmul":
+            return torch.matmul(f, self.W.t())
         return torch.nn.functional.linear(f, weight=self.W)
 
 
@@ -238,7 +240,7 @@ def test_parameter_use_is_tracked_per_tensor():
     assert report.params == 36 and report.params_unused == 1000 and report.macs == 26 * 26 * 4 * 9
 
 
-@pytest.mark.parametrize("how", ["matmul", "einsum", "linear"])
+@pytest.mark.parametrize("how", ["matmul", "einsum", "torch.matmul", "linear"])
 def test_a_fully_connected_layer_is_flagged_however_it_is_written(how):
     report = inspect_module(FunctionalFC(how), (1, 28, 28))
     assert report.has_linear and report.linear_layers, report.linear_layers
