@@ -336,7 +336,9 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
           f"{', '.join(map(str, budget.ladder))} epochs, {workers} worker(s) -> {out}")
     result = run_fidelity(budget, args.designs, out, base, args.data_dir, workers, args.sampler_seed)
     for epochs, rho in result["spearman_vs_full"].items():
-        print(f"{epochs:>3} epochs vs {budget.epochs}: Spearman {rho:+.3f}")
+        strict = result["spearman_vs_full_learned"][epochs]
+        print(f"{epochs:>3} epochs vs {budget.epochs}: Spearman {rho:+.3f} (all {args.designs} designs), "
+              f"{strict:+.3f} (the {result['learned_designs']} that learned)")
     return 0
 
 

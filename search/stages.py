@@ -33,6 +33,7 @@ from mnist_challenge.checker import Limits
 from mnist_challenge.runlog import read_epochs
 from mnist_challenge.train import TrainConfig
 
+LEARNED = 50.0  # validation accuracy (%) above which a design counts as having learned (chance is ~10 %)
 NEAR_TIE = 0.05  # validation points: confirmed designs closer than this count as tied; fewer parameters wins
 
 
@@ -291,10 +292,16 @@ def run_fidelity(budget: Budget, designs: int, out: Path, base: TrainConfig, dat
     run_jobs(jobs, base, data_dir, workers, f"fidelity study, {designs} designs x {len(budget.ladder)} schedules")
     scores = {epochs: [score_of(out / f"e{epochs}" / f"trial_{i:04d}-seed{base.seed}") for i, *_ in drawn] for epochs in budget.ladder}
     full = scores[budget.epochs]
+    # Designs that never left chance level rank last on every schedule and make any schedule look good:
+    # the correlation among the designs that learned is the stricter figure.
+    learned = [i for i, score in enumerate(full) if score is not None and score >= LEARNED]
     result = {
         "budget": budget.name, "max_params": budget.max_params, "ladder": list(budget.ladder), "designs": designs,
         "sampler_seed": sampler_seed,
         "spearman_vs_full": {str(e): round(spearman(scores[e], full), 4) for e in budget.rungs},
+        "learned_designs": len(learned),
+        "spearman_vs_full_learned": {str(e): round(spearman([scores[e][i] for i in learned], [full[i] for i in learned]), 4)
+                                     for e in budget.rungs},
         "entries": [{"design": i, "params": count_params(build_model(spec)), "hyperparameters": params, "spec": spec.to_dict(),
                      "val_acc": {str(e): scores[e][i] for e in budget.ladder}} for i, spec, _, params in drawn],
     }

@@ -94,6 +94,7 @@ def test_the_fidelity_study_scores_every_design_on_every_schedule(tmp_path, mnis
     assert code == 0, err[-3000:]
     result = json.loads((tmp_path / "f" / "fidelity.json").read_text())
     assert result["ladder"] == [1, 2] and len(result["entries"]) == 3 and set(result["spearman_vs_full"]) == {"1"}
+    assert set(result["spearman_vs_full_learned"]) == {"1"} and 0 <= result["learned_designs"] <= 3
     assert all(set(e["val_acc"]) == {"1", "2"} and e["params"] for e in result["entries"])
     assert "Spearman" in out
 
