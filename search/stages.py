@@ -266,6 +266,8 @@ def spearman(xs: list[float], ys: list[float]) -> float:
             i = j + 1
         return out
 
+    if len(xs) < 2:
+        return float("nan")
     rx, ry = ranks(xs), ranks(ys)
     mx, my = statistics.fmean(rx), statistics.fmean(ry)
     cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))

@@ -36,7 +36,7 @@ def test_spearman_against_known_values():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6 * 4 / (5 * 24)
     assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)  # tied ranks averaged
-    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(spearman([], [])) and math.isnan(spearman([1], [2]))
 
 
 def test_budget_settings_are_checked():
