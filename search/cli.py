@@ -337,8 +337,9 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     result = run_fidelity(budget, args.designs, out, base, args.data_dir, workers, args.sampler_seed)
     for epochs, rho in result["spearman_vs_full"].items():
         strict = result["spearman_vs_full_learned"][epochs]
-        print(f"{epochs:>3} epochs vs {budget.epochs}: Spearman {rho:+.3f} (all {args.designs} designs), "
-              f"{strict:+.3f} (the {result['learned_designs']} that learned)")
+        shown = [f"{r:+.3f}" if r is not None else "n/a" for r in (rho, strict)]
+        print(f"{epochs:>3} epochs vs {budget.epochs}: Spearman {shown[0]} (all {args.designs} designs), "
+              f"{shown[1]} (the {result['learned_designs']} that learned)")
     return 0
 
 

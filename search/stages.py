@@ -275,6 +275,11 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return cov / den if den else float("nan")
 
 
+def _rounded(value: float) -> float | None:
+    """For JSON: NaN (too few designs to rank) is written as null."""
+    return None if math.isnan(value) else round(value, 4)
+
+
 def run_fidelity(budget: Budget, designs: int, out: Path, base: TrainConfig, data_dir: str | None, workers: int,
                  sampler_seed: int) -> dict[str, Any]:
     """Train ``designs`` random draws of the fitted space on every rung of the budget's ladder, then the
@@ -300,9 +305,9 @@ def run_fidelity(budget: Budget, designs: int, out: Path, base: TrainConfig, dat
     result = {
         "budget": budget.name, "max_params": budget.max_params, "ladder": list(budget.ladder), "designs": designs,
         "sampler_seed": sampler_seed,
-        "spearman_vs_full": {str(e): round(spearman(scores[e], full), 4) for e in budget.rungs},
+        "spearman_vs_full": {str(e): _rounded(spearman(scores[e], full)) for e in budget.rungs},
         "learned_designs": len(learned),
-        "spearman_vs_full_learned": {str(e): round(spearman([scores[e][i] for i in learned], [full[i] for i in learned]), 4)
+        "spearman_vs_full_learned": {str(e): _rounded(spearman([scores[e][i] for i in learned], [full[i] for i in learned]))
                                      for e in budget.rungs},
         "entries": [{"design": i, "params": count_params(build_model(spec)), "hyperparameters": params, "spec": spec.to_dict(),
                      "val_acc": {str(e): scores[e][i] for e in budget.ladder}} for i, spec, _, params in drawn],
