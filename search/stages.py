@@ -215,18 +215,21 @@ def run_stages(study: optuna.Study, budget: Budget, base: TrainConfig, study_dir
     from .space import recipe_of_trial, spec_of_trial
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+
+    def job(entry: Entry, epochs: int, seed: int, folder: Path) -> Job:
+        trial = trials[entry.trial]
+        return job_for(entry.trial, spec_of_trial(trial, study.study_name), recipe_of_trial(trial, base), epochs, seed, folder)
+
     rungs = [{"epochs": budget.ladder[0], "entries": screened(study)}]
     for epochs in budget.ladder[1:]:
         chosen = promote(rungs[-1]["entries"], budget.keep)
-        jobs = [job_for(e.trial, spec_of_trial(trials[e.trial], study.study_name), recipe_of_trial(trials[e.trial], base),
-                        epochs, base.seed, study_dir / "rungs" / f"e{epochs}") for e in chosen]
+        jobs = [job(e, epochs, base.seed, study_dir / "rungs" / f"e{epochs}") for e in chosen]
         run_jobs(jobs, base, data_dir, workers, f"rung {epochs} epochs")
-        rungs.append({"epochs": epochs, "entries": [Entry(e.trial, e.params, score_of(j.run_dir), j.run_dir)
-                                                    for e, j in zip(chosen, jobs) if score_of(j.run_dir) is not None]})
+        scored = [(e, j, score_of(j.run_dir)) for e, j in zip(chosen, jobs)]
+        rungs.append({"epochs": epochs, "entries": [Entry(e.trial, e.params, s, j.run_dir) for e, j, s in scored if s is not None]})
     top = sorted(rungs[-1]["entries"], key=lambda e: (-e.score, e.params))[: budget.confirm]
     seeds = [base.seed + k for k in range(1, budget.seeds)]
-    jobs = [job_for(e.trial, spec_of_trial(trials[e.trial], study.study_name), recipe_of_trial(trials[e.trial], base),
-                    budget.epochs, seed, study_dir / "confirm") for e in top for seed in seeds]
+    jobs = [job(e, budget.epochs, seed, study_dir / "confirm") for e in top for seed in seeds]
     run_jobs(jobs, base, data_dir, workers, "confirmation seeds")
     confirmed = []
     for e in top:
