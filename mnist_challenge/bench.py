@@ -1,6 +1,6 @@
 """Benchmark: the kit's engine against the course pipeline, same spec, same batch size, one process.
 
-    python -m mnist_challenge.bench [--spec classic] [--steps 150] [--warmup 20] [--data-dir D] [--layouts] [--search]
+    python -m mnist_challenge.bench [--spec classic] [--steps 150] [--warmup 20] [--data-dir D] [--layouts]
 
 Both sides run the same number of optimizer steps after the same warm-up on real MNIST images; the
 kit's side is the real ``train_model`` loop (one epoch over exactly that many batches), so what is
@@ -81,24 +81,6 @@ def compare_layouts(spec_name: str, data_dir: str | None, steps: int, warmup: in
     return results
 
 
-def search_throughput(data_dir: str | None, trials: int, epochs: int, subset: int) -> dict[str, float]:
-    """Trials per hour of a small fixed search budget, without and with pruning (fresh temporary studies)."""
-    import tempfile
-
-    from search.cli import main as search_main
-
-    rates = {}
-    for pruner in ("none", "hyperband"):
-        with tempfile.TemporaryDirectory() as tmp:
-            args = ["--study", f"bench-{pruner}", "--logs", tmp, "--n-trials", str(trials), "--epochs", str(epochs), "--train-subset", str(subset),
-                    "--pruner", pruner, "--seed", "0"] + (["--data-dir", data_dir] if data_dir else [])
-            start = time.perf_counter()
-            if search_main(args) != 0:
-                raise UserError(f"the {pruner} search failed")
-            rates[pruner] = trials / (time.perf_counter() - start) * 3600
-    return rates
-
-
 # The engine's opt-out speed tricks (TrainConfig fields that are True by default), each with its flag.
 TRICKS = {"fused_tail": "--no-fused-tail", "cl_weight_grad": "--no-cl-weight-grad", "pooled_dropout": "--no-pooled-dropout", "fast_maxpool": "--no-fast-maxpool"}
 
@@ -136,10 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-reference", action="store_true", help="time only the kit's engine (no ratio)")
     p.add_argument("--ablate", action="store_true", help="also time the engine with each speed trick turned off in turn")
     p.add_argument("--layouts", action="store_true", help="also compare one 2-thread process with two 1-thread processes")
-    p.add_argument("--search", action="store_true", help="also measure search trials/hour without and with pruning (a few minutes)")
-    p.add_argument("--search-trials", type=int_flag(1, 1000), default=6)
-    p.add_argument("--search-epochs", type=int_flag(1, 19), default=4)
-    p.add_argument("--search-subset", type=int_flag(2, 50_000), default=5_000)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     add_data_flags(p)
     p.set_defaults(handler=run_bench)
@@ -209,11 +187,6 @@ def run_bench(args: argparse.Namespace) -> int:
         figures["layouts_images_per_s"] = layouts
         for label, ips in layouts.items():
             print(f"{label:<26}: {ips:8.0f} img/s in total")
-    if args.search:
-        rates = search_throughput(args.data_dir, args.search_trials, args.search_epochs, args.search_subset)
-        figures["search_trials_per_hour"] = rates
-        print(f"search, {args.search_trials} trials x {args.search_epochs} epochs on {args.search_subset} images: "
-              f"{rates['none']:.0f} trials/h without pruning, {rates['hyperband']:.0f} with Hyperband")
     if args.json:
         write_json(Path(args.json), figures)
     if "ratio" in figures:

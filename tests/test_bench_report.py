@@ -45,3 +45,27 @@ def test_report_updates_only_the_readme_block(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "| compact |" in text
     assert run_cli("mnist_challenge", "report", str(tmp_path / "nothing")).returncode == 2
+
+
+def test_search_benchmark_smoke(mnist_dir, tmp_path):
+    out = tmp_path / "search_bench.json"
+    result = run_cli("search.bench", "--draws", "3", "--train-subset", "400", "--val-size", "200",
+                     "--data-dir", str(mnist_dir), "--json", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1].startswith("RATIO full-fidelity-equivalent trials/h")
+    figures = json.loads(out.read_text())
+    staged = figures["after (--budget, fitted space)"]
+    assert staged["draws"] == 3 and staged["rejected"] == 0 and staged["epochs_trained"] > 0
+    assert staged["full_fidelity_equivalent_trials_per_hour"] > 0
+
+
+def test_library_never_imports_the_search_driver():
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "mnist_challenge").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            offenders += [f"{path.name}: {n}" for n in names if n == "search" or n.startswith("search.")]
+    assert offenders == []
