@@ -15,15 +15,15 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from .cli import Parser, add_data_flags, run_cli
-from .errors import UserError
 from .data import MnistData, Split, load_mnist
+from .errors import UserError
 from .model import build_model
 from .reference import time_reference_steps
 from .spec import load_spec
@@ -41,9 +41,14 @@ def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
 
 def engine_seconds(spec, data: MnistData, cfg: TrainConfig, steps: int, warmup: int) -> tuple[float, dict]:
     """Seconds of ``steps`` training steps through ``train_model`` (evaluation excluded), after warm-up."""
+
     def subset(n_steps: int) -> MnistData:
         n = n_steps * cfg.batch_size
-        return MnistData(Split(data.train.images[:n], data.train.labels[:n]), None, Split(data.test.images[:256], data.test.labels[:256]))
+        return MnistData(
+            Split(data.train.images[:n], data.train.labels[:n]),
+            None,
+            Split(data.test.images[:256], data.test.labels[:256]),
+        )
 
     train_model(build_model(spec), subset(warmup), replace(cfg, epochs=1), progress=False)
     result = train_model(build_model(spec), subset(steps), replace(cfg, epochs=1), progress=False)
@@ -72,7 +77,10 @@ def compare_layouts(spec_name: str, data_dir: str | None, steps: int, warmup: in
     results = {}
     for label, processes, threads in (("one process x 2 threads", 1, 2), ("two processes x 1 thread", 2, 1)):
         queue = ctx.Queue()
-        procs = [ctx.Process(target=_layout_worker, args=(spec_name, data_dir, steps, warmup, threads, queue)) for _ in range(processes)]
+        procs = [
+            ctx.Process(target=_layout_worker, args=(spec_name, data_dir, steps, warmup, threads, queue))
+            for _ in range(processes)
+        ]
         for p in procs:
             p.start()
         for p in procs:
@@ -82,10 +90,17 @@ def compare_layouts(spec_name: str, data_dir: str | None, steps: int, warmup: in
 
 
 # The engine's opt-out speed tricks (TrainConfig fields that are True by default), each with its flag.
-TRICKS = {"fused_tail": "--no-fused-tail", "cl_weight_grad": "--no-cl-weight-grad", "pooled_dropout": "--no-pooled-dropout", "fast_maxpool": "--no-fast-maxpool"}
+TRICKS = {
+    "fused_tail": "--no-fused-tail",
+    "cl_weight_grad": "--no-cl-weight-grad",
+    "pooled_dropout": "--no-pooled-dropout",
+    "fast_maxpool": "--no-fast-maxpool",
+}
 
 
-def ablate(spec, data: MnistData, cfg: TrainConfig, steps: int, warmup: int, repeats: int, engine_ips: float) -> dict[str, float]:
+def ablate(
+    spec, data: MnistData, cfg: TrainConfig, steps: int, warmup: int, repeats: int, engine_ips: float
+) -> dict[str, float]:
     """Engine images/s with each trick turned off in turn (medians of ``repeats``, the variants alternating)."""
     timed_images = steps * cfg.batch_size
     runs: dict[str, list[float]] = {trick: [] for trick in TRICKS}
@@ -96,28 +111,43 @@ def ablate(spec, data: MnistData, cfg: TrainConfig, steps: int, warmup: int, rep
     result = {}
     for trick, flag in TRICKS.items():
         result[trick] = ips = statistics.median(runs[trick])
-        print(f"engine {flag:<20}: {ips:8.0f} img/s  (median of {_runs(runs[trick])}; the default engine is {engine_ips / ips:.2f}x this)")
+        print(
+            f"engine {flag:<20}: {ips:8.0f} img/s  (median of {_runs(runs[trick])}; "
+            f"the default engine is {engine_ips / ips:.2f}x this)"
+        )
     return result
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m mnist_challenge.bench", description="kit engine vs the course pipeline: images/s and ratio")
+    p = Parser(
+        prog="python -m mnist_challenge.bench", description="kit engine vs the course pipeline: images/s and ratio"
+    )
     p.add_argument("--spec", default="classic", help="spec file or preset (default classic)")
-    p.add_argument("--steps", type=int_flag(1, 100_000), default=150,
-                   help="timed optimizer steps per side (default 150)")
+    p.add_argument(
+        "--steps", type=int_flag(1, 100_000), default=150, help="timed optimizer steps per side (default 150)"
+    )
     p.add_argument("--warmup", type=int_flag(1, 100_000), default=20, help="untimed steps first (default 20)")
-    p.add_argument("--repeats", type=int_flag(1, 100), default=3,
-                   help="alternating engine/reference measurements; medians reported (default 3)")
+    p.add_argument(
+        "--repeats",
+        type=int_flag(1, 100),
+        default=3,
+        help="alternating engine/reference measurements; medians reported (default 3)",
+    )
     p.add_argument("--batch-size", type=int_flag(2, 4096), default=128)
-    p.add_argument("--threads", type=int_flag(1, 1024), default=None,
-                   help="torch threads for both sides (default: torch's)")
+    p.add_argument(
+        "--threads", type=int_flag(1, 1024), default=None, help="torch threads for both sides (default: torch's)"
+    )
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--channels-last", action="store_true")
     for trick, flag in TRICKS.items():
         p.add_argument(flag, dest=trick, action="store_false")
     p.add_argument("--skip-reference", action="store_true", help="time only the kit's engine (no ratio)")
-    p.add_argument("--ablate", action="store_true", help="also time the engine with each speed trick turned off in turn")
-    p.add_argument("--layouts", action="store_true", help="also compare one 2-thread process with two 1-thread processes")
+    p.add_argument(
+        "--ablate", action="store_true", help="also time the engine with each speed trick turned off in turn"
+    )
+    p.add_argument(
+        "--layouts", action="store_true", help="also compare one 2-thread process with two 1-thread processes"
+    )
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     add_data_flags(p)
     p.set_defaults(handler=run_bench)
@@ -140,11 +170,29 @@ def run_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     spec = load_spec(args.spec)
     needed = (args.steps + args.warmup) * args.batch_size
-    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, bf16=args.bf16, channels_last=args.channels_last, threads=args.threads, **{trick: getattr(args, trick) for trick in TRICKS}, val_size=0, device="cpu")
+    cfg = TrainConfig(
+        epochs=1,
+        batch_size=args.batch_size,
+        bf16=args.bf16,
+        channels_last=args.channels_last,
+        threads=args.threads,
+        **{trick: getattr(args, trick) for trick in TRICKS},
+        val_size=0,
+        device="cpu",
+    )
     data = load_mnist(args.data_dir, val_size=0, train_subset=needed, allow_download=args.download)
     threads = torch.get_num_threads()
-    print(f"spec {spec.name} | batch {args.batch_size} | {args.steps} timed steps after {args.warmup} warm-up | torch {torch.__version__}, {threads} threads")
-    figures: dict = {"spec": spec.name, "batch_size": args.batch_size, "steps": args.steps, "threads": threads, "torch": torch.__version__}
+    print(
+        f"spec {spec.name} | batch {args.batch_size} | {args.steps} timed steps after {args.warmup} warm-up | "
+        f"torch {torch.__version__}, {threads} threads"
+    )
+    figures: dict = {
+        "spec": spec.name,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "threads": threads,
+        "torch": torch.__version__,
+    }
 
     timed_images = args.steps * args.batch_size
     if not args.skip_reference:
@@ -156,11 +204,16 @@ def run_bench(args: argparse.Namespace) -> int:
         seconds, settings = engine_seconds(spec, data, cfg, args.steps, args.warmup)
         engine_runs.append(timed_images / seconds)
         if not args.skip_reference:
-            ref_seconds = time_reference_steps(build_model(spec), images, data.train.labels[raw], args.steps, args.warmup, args.batch_size)
+            ref_seconds = time_reference_steps(
+                build_model(spec), images, data.train.labels[raw], args.steps, args.warmup, args.batch_size
+            )
             reference_runs.append(timed_images / ref_seconds)
     engine_ips = statistics.median(engine_runs)
     figures.update(engine_images_per_s=engine_ips, engine_runs=engine_runs, engine_settings=settings)
-    print(f"kit engine        : {engine_ips:8.0f} img/s  (median of {_runs(engine_runs)}; bf16={settings['bf16_autocast']}, swapped {settings['swapped_layers']}, channels_last={cfg.channels_last})")
+    print(
+        f"kit engine        : {engine_ips:8.0f} img/s  (median of {_runs(engine_runs)}; "
+        f"bf16={settings['bf16_autocast']}, swapped {settings['swapped_layers']}, channels_last={cfg.channels_last})"
+    )
 
     model, device = build_model(spec), resolve_device("cpu")
     prepare_model(model, cfg, device)  # evaluated as the engine evaluates: its layers, its batch size
@@ -170,16 +223,25 @@ def run_bench(args: argparse.Namespace) -> int:
     evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last)
     eval_s = time.perf_counter() - start
     figures["eval_test_10k_seconds"] = eval_s
-    print(f"evaluate 10k test : {eval_s:8.2f} s  (the engine's layers, batches of {cfg.eval_batch_size}, after one untimed pass)")
+    print(
+        f"evaluate 10k test : {eval_s:8.2f} s  "
+        f"(the engine's layers, batches of {cfg.eval_batch_size}, after one untimed pass)"
+    )
     figures["peak_rss_mib_engine"] = peak_rss_mib()
 
     if reference_runs:
         ref_ips = statistics.median(reference_runs)
         figures.update(reference_images_per_s=ref_ips, reference_runs=reference_runs, ratio=engine_ips / ref_ips)
-        print(f"course pipeline   : {ref_ips:8.0f} img/s  (median of {_runs(reference_runs)}; PIL RandomRotation + DataLoader(num_workers=2), fp32, nn.Dropout)")
+        print(
+            f"course pipeline   : {ref_ips:8.0f} img/s  (median of {_runs(reference_runs)}; "
+            "PIL RandomRotation + DataLoader(num_workers=2), fp32, nn.Dropout)"
+        )
     figures["peak_rss_mib"] = peak_rss_mib()
     figures["peak_rss_mib_workers"] = peak_rss_mib(resource.RUSAGE_CHILDREN)
-    print(f"peak RSS          : {figures['peak_rss_mib_engine']:.0f} MiB after the engine, {figures['peak_rss_mib']:.0f} MiB overall (+ {figures['peak_rss_mib_workers']:.0f} MiB largest loader worker)")
+    print(
+        f"peak RSS          : {figures['peak_rss_mib_engine']:.0f} MiB after the engine, "
+        f"{figures['peak_rss_mib']:.0f} MiB overall (+ {figures['peak_rss_mib_workers']:.0f} MiB largest loader worker)"
+    )
     if args.ablate:
         figures["ablation_images_per_s"] = ablate(spec, data, cfg, args.steps, args.warmup, args.repeats, engine_ips)
     if args.layouts:

@@ -75,10 +75,13 @@ def read_inspection(run_dir: Path) -> dict[str, Any]:
         untracked = key == "receptive_field_head" and value is None  # the inspector could not follow the model's ops
         require(_is_count(value) or untracked, f"{path} is malformed: '{key}' must be a count, got {value!r}")
     has_linear, linear = inspection.get("has_linear"), inspection.get("linear_layers", [])
-    require(isinstance(has_linear, bool), f"{path} is malformed: 'has_linear' must be true or false, "
-                                          f"got {has_linear!r}")
-    require(isinstance(linear, list) and all(isinstance(n, str) for n in linear),
-            f"{path} is malformed: 'linear_layers' must be a list of names")
+    require(
+        isinstance(has_linear, bool), f"{path} is malformed: 'has_linear' must be true or false, got {has_linear!r}"
+    )
+    require(
+        isinstance(linear, list) and all(isinstance(n, str) for n in linear),
+        f"{path} is malformed: 'linear_layers' must be a list of names",
+    )
     return inspection
 
 
@@ -89,8 +92,9 @@ def _is_count(value: Any) -> bool:
 def planned_epochs(run_dir: Path) -> int:
     path = run_dir / "config.json"
     epochs = read_json_object(path).get("epochs")
-    require(_is_count(epochs) and epochs >= 1,
-            f"{path} is malformed: 'epochs' must be a positive integer, got {epochs!r}")
+    require(
+        _is_count(epochs) and epochs >= 1, f"{path} is malformed: 'epochs' must be a positive integer, got {epochs!r}"
+    )
     return epochs
 
 
@@ -110,11 +114,27 @@ def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
         spec = ArchSpec.load(run_dir / "spec.json")
         fresh = inspect_module(build_model(spec), (spec.in_channels, spec.input_size, spec.input_size))
         consistent = fresh.params == inspection["params"] and fresh.has_linear == inspection["has_linear"]
-        rules.append({"rule": "logged model matches spec.json", "passed": consistent, "figure": f"spec rebuilds to {fresh.params:,} params, log says {inspection['params']:,}"})
+        rules.append(
+            {
+                "rule": "logged model matches spec.json",
+                "passed": consistent,
+                "figure": f"spec rebuilds to {fresh.params:,} params, log says {inspection['params']:,}",
+            }
+        )
     params = int(inspection["params"])
-    rules.append({"rule": f"parameters < {limits.max_params:,}", "passed": params < limits.max_params, "figure": f"{params:,}"})
+    rules.append(
+        {"rule": f"parameters < {limits.max_params:,}", "passed": params < limits.max_params, "figure": f"{params:,}"}
+    )
     linear = inspection.get("linear_layers") or []
-    rules.append({"rule": "no fully connected layer", "passed": not inspection["has_linear"], "figure": f"fully connected layer at {', '.join(linear) or 'a functional call'}" if inspection["has_linear"] else "none"})
+    rules.append(
+        {
+            "rule": "no fully connected layer",
+            "passed": not inspection["has_linear"],
+            "figure": f"fully connected layer at {', '.join(linear) or 'a functional call'}"
+            if inspection["has_linear"]
+            else "none",
+        }
+    )
     within = 1 <= len(rows) <= limits.max_epochs and planned <= limits.max_epochs
     figure = f"{len(rows)}" + (f" (planned {planned})" if planned != len(rows) else "")
     rules.append({"rule": f"epochs <= {limits.max_epochs}", "passed": within, "figure": figure})
@@ -129,5 +149,11 @@ def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
     figure = ", ".join(f"{a:.2f}%" for a in tail) if tail else "no epochs"
     if not enough:
         figure += f" (only {len(tail)} epoch(s), need {limits.last_k})"
-    rules.append({"rule": f"test accuracy >= {limits.min_acc}% in each of the last {limits.last_k} epochs", "passed": enough and min(tail) >= limits.min_acc, "figure": figure})
+    rules.append(
+        {
+            "rule": f"test accuracy >= {limits.min_acc}% in each of the last {limits.last_k} epochs",
+            "passed": enough and min(tail) >= limits.min_acc,
+            "figure": figure,
+        }
+    )
     return Verdict(all(r["passed"] for r in rules), rules)

@@ -10,10 +10,19 @@ import argparse
 import json
 import signal
 import sys
-from typing import Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InternalError, UserError
-from .errors import interrupt_on_sigterm, record_internal_error, set_crash_log
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    InternalError,
+    UserError,
+    interrupt_on_sigterm,
+    record_internal_error,
+    set_crash_log,
+)
 from .validate import check_name, check_writable_dir, float_flag, int_flag, name_flag, positive_int, seed_flag
 
 
@@ -107,8 +116,16 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--spec", help="spec JSON file, or a preset name (classic, compact, tiny)")
     source.add_argument("--module", help="FILE.py:Factory or package.module:Factory returning an nn.Module")
-    source.add_argument("--torchvision", metavar="NAME", help="a torchvision model name, e.g. resnet18 (random weights)")
-    p.add_argument("--input-size", nargs=3, type=int_flag(1, 1024), metavar=("C", "H", "W"), help="input shape without batch (default: the spec's, 1 28 28 for --module, 3 224 224 for --torchvision)")
+    source.add_argument(
+        "--torchvision", metavar="NAME", help="a torchvision model name, e.g. resnet18 (random weights)"
+    )
+    p.add_argument(
+        "--input-size",
+        nargs=3,
+        type=int_flag(1, 1024),
+        metavar=("C", "H", "W"),
+        help="input shape without batch (default: the spec's, 1 28 28 for --module, 3 224 224 for --torchvision)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.set_defaults(handler=cmd_inspect)
 
@@ -118,8 +135,9 @@ def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15)
     """Flags for every TrainConfig field; shared by ``train`` and the search's ``reproduce``."""
     from .train import MAX_EPOCHS, OPTIMIZERS, SCHEDULES
 
-    p.add_argument("--epochs", type=int_flag(1, MAX_EPOCHS), default=epochs_default,
-                   help=f"epochs (default {epochs_default})")
+    p.add_argument(
+        "--epochs", type=int_flag(1, MAX_EPOCHS), default=epochs_default, help=f"epochs (default {epochs_default})"
+    )
     p.add_argument("--batch-size", type=int_flag(2, 60_000), default=128)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
     p.add_argument("--lr", type=float_flag(0, 10, lo_open=True), default=0.05, help="peak learning rate (default 0.05)")
@@ -135,26 +153,52 @@ def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15)
     p.add_argument("--scale", type=float_flag(0, 1, hi_open=True), default=0.0, help="random zoom range +/-")
     p.add_argument("--shear", type=float_flag(0, 60), default=0.0, help="max random shear in degrees")
     p.add_argument("--seed", type=seed_flag, default=1)
-    p.add_argument("--val-size", type=int_flag(0, 59_998), default=10_000,
-                   help="validation images held out of the 60k (0: train on all)")
+    p.add_argument(
+        "--val-size",
+        type=int_flag(0, 59_998),
+        default=10_000,
+        help="validation images held out of the 60k (0: train on all)",
+    )
     p.add_argument("--split-seed", type=seed_flag, default=0, help="which images are held out")
     p.add_argument("--train-subset", type=int_flag(2, 60_000), default=None, help="train on only this many images")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: where the hardware has it)")
+    p.add_argument(
+        "--bf16", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: where the hardware has it)"
+    )
     p.add_argument("--channels-last", action="store_true", help="NHWC activations")
-    p.add_argument("--no-pooled-dropout", dest="pooled_dropout", action="store_false", help="plain nn.Dropout (bernoulli_ masks)")
+    p.add_argument(
+        "--no-pooled-dropout", dest="pooled_dropout", action="store_false", help="plain nn.Dropout (bernoulli_ masks)"
+    )
     p.add_argument("--no-fast-maxpool", dest="fast_maxpool", action="store_false", help="plain nn.MaxPool2d")
-    p.add_argument("--no-fused-tail", dest="fused_tail", action="store_false", help="plain ReLU/BatchNorm/dropout layers instead of the fused C kernel")
-    p.add_argument("--no-cl-weight-grad", dest="cl_weight_grad", action="store_false", help="conv weight gradients in NCHW everywhere")
-    p.add_argument("--ema-decay", type=float_flag(0, 1, hi_open=True), default=0.999,
-                   help="exponential moving average of the weights, evaluated and saved as the model (default 0.999)")
-    p.add_argument("--no-ema", dest="ema_decay", action="store_const", const=0.0, help="evaluate and save the last step's weights")
+    p.add_argument(
+        "--no-fused-tail",
+        dest="fused_tail",
+        action="store_false",
+        help="plain ReLU/BatchNorm/dropout layers instead of the fused C kernel",
+    )
+    p.add_argument(
+        "--no-cl-weight-grad",
+        dest="cl_weight_grad",
+        action="store_false",
+        help="conv weight gradients in NCHW everywhere",
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=float_flag(0, 1, hi_open=True),
+        default=0.999,
+        help="exponential moving average of the weights, evaluated and saved as the model (default 0.999)",
+    )
+    p.add_argument(
+        "--no-ema", dest="ema_decay", action="store_const", const=0.0, help="evaluate and save the last step's weights"
+    )
     p.add_argument("--threads", type=int_flag(1, 1024), default=None, help="torch intra-op threads")
     add_data_flags(p)
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="directory of MNIST IDX files (default: $MNIST_DATA_DIR, else ./data/mnist)")
+    p.add_argument(
+        "--data-dir", default=None, help="directory of MNIST IDX files (default: $MNIST_DATA_DIR, else ./data/mnist)"
+    )
     p.add_argument("--download", action="store_true", help="download MNIST with torchvision if the files are missing")
 
 
@@ -163,7 +207,9 @@ def train_config_from_args(args: argparse.Namespace):
 
     from .train import TrainConfig
 
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)})
+    return TrainConfig(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -202,8 +248,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-params", type=positive_int, default=20_000, help="parameters must be fewer than this")
     p.add_argument("--max-epochs", type=positive_int, default=19, help="at most this many epochs")
-    p.add_argument("--min-acc", type=float_flag(0, 100), default=99.4,
-                   help="test accuracy (%%) needed in each of the last k epochs")
+    p.add_argument(
+        "--min-acc",
+        type=float_flag(0, 100),
+        default=99.4,
+        help="test accuracy (%%) needed in each of the last k epochs",
+    )
     p.add_argument("--last-k", type=positive_int, default=3)
 
 
@@ -234,7 +284,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     table = results_table(args.roots)
     if args.update_readme:
-        update_readme(args.update_readme, table, f"python -m mnist_challenge report {' '.join(args.roots)} --update-readme {args.update_readme}")
+        update_readme(
+            args.update_readme,
+            table,
+            f"python -m mnist_challenge report {' '.join(args.roots)} --update-readme {args.update_readme}",
+        )
         print(f"updated the results table in {args.update_readme}")
     else:
         print(table)
@@ -244,7 +298,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="results table (markdown) of every run directory under the ROOTs")
     p.add_argument("roots", nargs="+", metavar="ROOT", help="e.g. logs/runs logs/submission")
-    p.add_argument("--update-readme", metavar="README", default=None, help="write the table between the README's results markers")
+    p.add_argument(
+        "--update-readme", metavar="README", default=None, help="write the table between the README's results markers"
+    )
     p.set_defaults(handler=cmd_report)
 
 

@@ -29,10 +29,26 @@ TRAIN_IMAGES = 60_000  # the official training set, before the validation hold-o
 
 # Published SHA-256 of each file, gzipped and raw, so a corrupt or truncated copy is caught either way.
 FILES = {
-    "train_images": ("train-images-idx3-ubyte", "0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-    "train_labels": ("train-labels-idx1-ubyte", "1787548bbe0bff1ec2ecdc0ef292b02df999e2d1a6002d27500982c652b17203", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-    "test_images": ("t10k-images-idx3-ubyte", "1a1a05eab793c14bb050b398624a11b0ffd1a2953baed553b1b9bd079e2a20be", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-    "test_labels": ("t10k-labels-idx1-ubyte", "b91679a0acfe4ba0e50a2437a903084cba1f5f92592b016a25a7dfd00455798b", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    "train_images": (
+        "train-images-idx3-ubyte",
+        "0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    "train_labels": (
+        "train-labels-idx1-ubyte",
+        "1787548bbe0bff1ec2ecdc0ef292b02df999e2d1a6002d27500982c652b17203",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    "test_images": (
+        "t10k-images-idx3-ubyte",
+        "1a1a05eab793c14bb050b398624a11b0ffd1a2953baed553b1b9bd079e2a20be",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ),
+    "test_labels": (
+        "t10k-labels-idx1-ubyte",
+        "b91679a0acfe4ba0e50a2437a903084cba1f5f92592b016a25a7dfd00455798b",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
 }
 
 
@@ -86,8 +102,10 @@ def download(directory: Path) -> None:
                 folder.rmdir()
             except OSError:
                 pass
-        raise UserError(f"could not download MNIST into {directory} ({_one_line(exc)}); copy the four IDX files there, "
-                        f"or set --data-dir / ${ENV_VAR}") from None
+        raise UserError(
+            f"could not download MNIST into {directory} ({_one_line(exc)}); copy the four IDX files there, "
+            f"or set --data-dir / ${ENV_VAR}"
+        ) from None
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
@@ -147,11 +165,14 @@ def check_split(val_size: int, train_subset: int | None, n: int = TRAIN_IMAGES, 
     if need_val and val_size < 1:
         raise UserError("--val-size must be at least 1: the search selects on the validation split")
     if not 0 <= val_size <= n - 2:
-        raise UserError(f"--val-size {val_size}: must be in 0..{n - 2} "
-                        f"(the {n:,} training images must keep two to train on)")
+        raise UserError(
+            f"--val-size {val_size}: must be in 0..{n - 2} (the {n:,} training images must keep two to train on)"
+        )
     if train_subset is not None and not 2 <= train_subset <= n - val_size:
-        raise UserError(f"--train-subset {train_subset}: must be in 2..{n - val_size} "
-                        f"(the {n - val_size:,} training images left after holding out {val_size:,} for validation)")
+        raise UserError(
+            f"--train-subset {train_subset}: must be in 2..{n - val_size} "
+            f"(the {n - val_size:,} training images left after holding out {val_size:,} for validation)"
+        )
 
 
 def load_mnist(

@@ -11,8 +11,8 @@ over the first steps (the average of a few steps is not dragged towards the rand
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

@@ -31,13 +31,22 @@ def summary_text(model: nn.Module, input_size: tuple[int, ...], report_text: str
 def require_mnist_shape(spec: ArchSpec) -> None:
     """Training reads MNIST: 1x28x28 images, 10 classes. A spec built for another shape cannot be fed."""
     if (spec.in_channels, spec.input_size, spec.num_classes) != (1, IMAGE_SIDE, NUM_CLASSES):
-        raise UserError(f"spec {spec.name!r} takes {spec.in_channels}x{spec.input_size}x{spec.input_size} inputs and "
-                        f"{spec.num_classes} classes, but MNIST is 1x{IMAGE_SIDE}x{IMAGE_SIDE} with {NUM_CLASSES}: "
-                        f"set in_channels 1, input_size {IMAGE_SIDE}, num_classes {NUM_CLASSES} to train it")
+        raise UserError(
+            f"spec {spec.name!r} takes {spec.in_channels}x{spec.input_size}x{spec.input_size} inputs and "
+            f"{spec.num_classes} classes, but MNIST is 1x{IMAGE_SIDE}x{IMAGE_SIDE} with {NUM_CLASSES}: "
+            f"set in_channels 1, input_size {IMAGE_SIDE}, num_classes {NUM_CLASSES} to train it"
+        )
 
 
 def load_data(cfg: TrainConfig, data_dir: str | Path | None, allow_download: bool = False) -> MnistData:
-    return load_mnist(data_dir, val_size=cfg.val_size, split_seed=cfg.split_seed, train_subset=cfg.train_subset, device=resolve_device(cfg.device), allow_download=allow_download)
+    return load_mnist(
+        data_dir,
+        val_size=cfg.val_size,
+        split_seed=cfg.split_seed,
+        train_subset=cfg.train_subset,
+        device=resolve_device(cfg.device),
+        allow_download=allow_download,
+    )
 
 
 def run_experiment(
@@ -65,9 +74,19 @@ def run_experiment(
     model = model if model is not None else build_model(spec)
     input_size = (spec.in_channels, spec.input_size, spec.input_size)
     report = inspect_module(model, input_size)
-    config = {**cfg.to_dict(), "data_dir": str(resolve_data_dir(data_dir)), "train_images": len(data.train), "val_images": len(data.val) if data.val else 0, "test_images": len(data.test), **(extra_config or {})}
+    config = {
+        **cfg.to_dict(),
+        "data_dir": str(resolve_data_dir(data_dir)),
+        "train_images": len(data.train),
+        "val_images": len(data.val) if data.val else 0,
+        "test_images": len(data.test),
+        **(extra_config or {}),
+    }
     run.start(spec, config, model, summary_text(model, input_size, format_report(report)), report.as_dict())
-    header = f"{spec.name}: {report.params:,} params, RF {report.receptive_field_head} at the head, {report.macs:,} MACs | {len(data.train):,} train / {config['val_images']:,} val / {len(data.test):,} test images"
+    header = (
+        f"{spec.name}: {report.params:,} params, RF {report.receptive_field_head} at the head, {report.macs:,} MACs | "
+        f"{len(data.train):,} train / {config['val_images']:,} val / {len(data.test):,} test images"
+    )
     run.log_text(header)
     if echo:
         tqdm.write(header)
@@ -81,7 +100,9 @@ def run_experiment(
 
     started = time.perf_counter()
     try:
-        result = train_model(model, data, cfg, log_and_forward, progress=progress, on_start=lambda s: run.update_config({"runtime": s}))
+        result = train_model(
+            model, data, cfg, log_and_forward, progress=progress, on_start=lambda s: run.update_config({"runtime": s})
+        )
     finally:
         run.update_config({"wall_seconds": time.perf_counter() - started, "epochs_completed": len(run.rows)})
     verdict = check_run(run.path, limits)

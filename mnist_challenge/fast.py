@@ -49,7 +49,9 @@ class PooledDropout(nn.Module):
     as shifted windows of fresh noise. Same state_dict as ``nn.Dropout`` (none).
     """
 
-    def __init__(self, p: float, pool_factor: int = 4, refresh: int = 64, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, p: float, pool_factor: int = 4, refresh: int = 64, generator: torch.Generator | None = None
+    ) -> None:
         super().__init__()
         self.p = p
         self.generator = generator
@@ -63,7 +65,13 @@ class PooledDropout(nn.Module):
             return x
         n = x.numel()
         pool = self.pool
-        if pool is None or pool.numel() < self.pool_factor * n or pool.dtype != x.dtype or pool.device != x.device or self.calls % self.refresh == 0:
+        if (
+            pool is None
+            or pool.numel() < self.pool_factor * n
+            or pool.dtype != x.dtype
+            or pool.device != x.device
+            or self.calls % self.refresh == 0
+        ):
             keep = torch.rand(self.pool_factor * n, generator=self.generator).to(x.device) >= self.p
             pool = self.pool = keep.to(x.dtype) * (1.0 / (1.0 - self.p))
         self.calls += 1
@@ -109,7 +117,9 @@ class _MaxPool2x2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         x, indices = ctx.saved_tensors
-        return torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            grad.contiguous(), x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
+        )
 
 
 class _NativeMaxPool2x2(torch.autograd.Function):
@@ -151,8 +161,13 @@ def _is_plain_2x2_pool(m: nn.Module) -> bool:
         return v if isinstance(v, tuple) else (v, v)
 
     return (
-        type(m) is nn.MaxPool2d and pair(m.kernel_size) == (2, 2) and pair(m.stride or m.kernel_size) == (2, 2)
-        and pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1) and not m.ceil_mode and not m.return_indices
+        type(m) is nn.MaxPool2d
+        and pair(m.kernel_size) == (2, 2)
+        and pair(m.stride or m.kernel_size) == (2, 2)
+        and pair(m.padding) == (0, 0)
+        and pair(m.dilation) == (1, 1)
+        and not m.ceil_mode
+        and not m.return_indices
     )
 
 
@@ -166,7 +181,9 @@ class _ConvWeightGradChannelsLast(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         ctx.geometry = (stride, padding, dilation)
@@ -182,8 +199,14 @@ class _ConvWeightGradChannelsLast(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = conv_backward(grad, x, weight, None, *args, [True, False, False])[0]
         cl = torch.channels_last
-        _, grad_w, grad_b = conv_backward(grad.contiguous(memory_format=cl), x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl),
-                                          [weight.shape[0]] if ctx.has_bias else None, *args, [False, True, ctx.has_bias])
+        _, grad_w, grad_b = conv_backward(
+            grad.contiguous(memory_format=cl),
+            x.contiguous(memory_format=cl),
+            weight.contiguous(memory_format=cl),
+            [weight.shape[0]] if ctx.has_bias else None,
+            *args,
+            [False, True, ctx.has_bias],
+        )
         return grad_x, grad_w.contiguous(), grad_b, None, None, None
 
 
@@ -193,19 +216,33 @@ class ConvWeightGradChannelsLast(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and torch.is_grad_enabled() and plain_cpu_float32(x):
-            return _ConvWeightGradChannelsLast.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+            return _ConvWeightGradChannelsLast.apply(
+                x, self.weight, self.bias, self.stride, self.padding, self.dilation
+            )
         return super().forward(x)
 
 
 def _slow_weight_grad_conv(m: nn.Module) -> bool:
     """A plain 3x3 conv whose input channels are not a multiple of 16 (but more than one)."""
     return (
-        type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.groups == 1 and m.padding_mode == "zeros" and isinstance(m.padding, tuple)
-        and m.in_channels > 1 and m.in_channels % 16 != 0
+        type(m) is nn.Conv2d
+        and m.kernel_size == (3, 3)
+        and m.groups == 1
+        and m.padding_mode == "zeros"
+        and isinstance(m.padding, tuple)
+        and m.in_channels > 1
+        and m.in_channels % 16 != 0
     )
 
 
-def speed_up(model: nn.Module, pooled_dropout: bool, fast_maxpool: bool, seed: int = 0, fused_tail: bool = False, cl_weight_grad: bool = False) -> dict[str, int]:
+def speed_up(
+    model: nn.Module,
+    pooled_dropout: bool,
+    fast_maxpool: bool,
+    seed: int = 0,
+    fused_tail: bool = False,
+    cl_weight_grad: bool = False,
+) -> dict[str, int]:
     """Swap layers for faster equivalents in place; returns how many of each were swapped.
 
     The state_dict (and ``model.pt``) is unchanged: parameter-free layers are swapped, a fused tail
@@ -216,11 +253,18 @@ def speed_up(model: nn.Module, pooled_dropout: bool, fast_maxpool: bool, seed: i
     """
     from .fused import fuse_conv_unit_tails
 
-    swapped = {"fused_tail": fuse_conv_unit_tails(model, seed) if fused_tail else 0, "pooled_dropout": 0, "fast_maxpool": 0, "cl_weight_grad": 0}
+    swapped = {
+        "fused_tail": fuse_conv_unit_tails(model, seed) if fused_tail else 0,
+        "pooled_dropout": 0,
+        "fast_maxpool": 0,
+        "cl_weight_grad": 0,
+    }
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if cl_weight_grad and _slow_weight_grad_conv(child):
-                child.__class__ = ConvWeightGradChannelsLast  # a subclass with no state of its own: same parameters, same keys
+                child.__class__ = (
+                    ConvWeightGradChannelsLast  # a subclass with no state of its own: same parameters, same keys
+                )
                 swapped["cl_weight_grad"] += 1
             elif pooled_dropout and type(child) is nn.Dropout:
                 generator = torch.Generator().manual_seed(seed * 1000 + swapped["pooled_dropout"])

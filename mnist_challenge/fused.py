@@ -36,15 +36,32 @@ def dropout_mask(numel: int, p: float, seed: int) -> torch.Tensor:
 
 class _Tail(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, bn_after: bool, p: float, seed: int):
+    def forward(
+        ctx, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, bn_after: bool, p: float, seed: int
+    ):
         lib = load_kernels()
         n, c, h, w = z.shape
         weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
         y = torch.empty_like(z)
         mean, var, invstd = torch.empty(c), torch.empty(c), torch.empty(c)
         drop_below, scale = _dropout_args(p)
-        if lib.tail_forward(z.data_ptr(), y.data_ptr(), weight.data_ptr(), bias.data_ptr(), mean.data_ptr(), var.data_ptr(), invstd.data_ptr(),
-                            n, c, h * w, eps, int(bn_after), drop_below, scale, seed):
+        if lib.tail_forward(
+            z.data_ptr(),
+            y.data_ptr(),
+            weight.data_ptr(),
+            bias.data_ptr(),
+            mean.data_ptr(),
+            var.data_ptr(),
+            invstd.data_ptr(),
+            n,
+            c,
+            h * w,
+            eps,
+            int(bn_after),
+            drop_below,
+            scale,
+            seed,
+        ):
             raise MemoryError("conv-unit tail kernel: out of memory")
         ctx.save_for_backward(z, weight, bias, mean, invstd)
         ctx.settings = (bn_after, drop_below, scale, seed)
@@ -58,8 +75,24 @@ class _Tail(torch.autograd.Function):
         n, c, h, w = z.shape
         dy = dy.contiguous()
         dz, dweight, dbias = torch.empty_like(z), torch.empty(c), torch.empty(c)
-        if load_kernels().tail_backward(dy.data_ptr(), z.data_ptr(), weight.data_ptr(), bias.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
-                                        dz.data_ptr(), dweight.data_ptr(), dbias.data_ptr(), n, c, h * w, int(bn_after), drop_below, scale, seed):
+        if load_kernels().tail_backward(
+            dy.data_ptr(),
+            z.data_ptr(),
+            weight.data_ptr(),
+            bias.data_ptr(),
+            mean.data_ptr(),
+            invstd.data_ptr(),
+            dz.data_ptr(),
+            dweight.data_ptr(),
+            dbias.data_ptr(),
+            n,
+            c,
+            h * w,
+            int(bn_after),
+            drop_below,
+            scale,
+            seed,
+        ):
             raise MemoryError("conv-unit tail kernel: out of memory")
         return dz, dweight, dbias, None, None, None, None
 
@@ -75,13 +108,21 @@ class ConvUnitTail(nn.BatchNorm2d):
     def __init__(self, bn: nn.BatchNorm2d, bn_after: bool, p: float, generator: torch.Generator | None = None) -> None:
         super().__init__(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
         self.weight, self.bias = bn.weight, bn.bias
-        self.running_mean, self.running_var, self.num_batches_tracked = bn.running_mean, bn.running_var, bn.num_batches_tracked
+        self.running_mean, self.running_var, self.num_batches_tracked = (
+            bn.running_mean,
+            bn.running_var,
+            bn.num_batches_tracked,
+        )
         self.bn_after, self.p, self.generator = bn_after, p, generator
 
     def _fusable(self, z: torch.Tensor) -> bool:
         return (
-            self.training and plain_cpu_float32(z) and z.dim() == 4 and z.shape[0] * z.shape[2] * z.shape[3] > 1
-            and self.weight.dtype == torch.float32 and load_kernels() is not None
+            self.training
+            and plain_cpu_float32(z)
+            and z.dim() == 4
+            and z.shape[0] * z.shape[2] * z.shape[3] > 1
+            and self.weight.dtype == torch.float32
+            and load_kernels() is not None
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -105,6 +146,7 @@ class ConvUnitTail(nn.BatchNorm2d):
 
 def _tail_at(layers: list[nn.Module], i: int) -> tuple[int, bool, float] | None:
     """If a fusable tail starts at ``layers[i]``: (its length, bn_after, dropout p)."""
+
     def is_bn(m: nn.Module) -> bool:
         return type(m) is nn.BatchNorm2d and m.affine and m.track_running_stats and m.momentum is not None
 

@@ -28,21 +28,52 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 # Ops that return a tensor but say nothing about architecture; they get no row of their own.
-_QUIET_OPS = {"contiguous", "to", "float", "half", "double", "type", "detach", "clone", "requires_grad_", "__get__", "type_as", "cpu", "cuda"}
+_QUIET_OPS = {
+    "contiguous",
+    "to",
+    "float",
+    "half",
+    "double",
+    "type",
+    "detach",
+    "clone",
+    "requires_grad_",
+    "__get__",
+    "type_as",
+    "cpu",
+    "cuda",
+}
 _CONV_OPS = {"conv1d", "conv2d", "conv3d"}
 _CONV_T_OPS = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
-_POOL_OPS = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool2d_with_indices", "lp_pool2d"}
-_ADAPTIVE_OPS = {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d"}
+_POOL_OPS = {
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "max_pool2d_with_indices",
+    "lp_pool2d",
+}
+_ADAPTIVE_OPS = {
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+}
 _REDUCE_OPS = {"mean", "sum", "amax", "amin", "max", "min", "logsumexp", "std", "var"}
 _MATMUL_OPS = {"matmul", "mm", "bmm", "addmm", "baddbmm", "__matmul__"}
 # A fully connected layer is what these do when one operand holds parameters and the other activations,
@@ -51,8 +82,27 @@ _FC_OPS = _MATMUL_OPS | {"linear", "einsum", "bilinear", "tensordot", "inner", "
 _PERMUTE_OPS = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t"}
 _RESHAPE_OPS = {"view", "reshape", "flatten", "unflatten", "unsqueeze", "squeeze", "contiguous", "expand", "repeat"}
 # Ops that merge the spatial axes into features or reduce over them: the map they read is the head's input.
-_AGGREGATE_OPS = {"flatten", "view", "reshape", "mean", "sum", "amax", "amin", "max", "min", "logsumexp", "std", "var", "norm",
-                  "linear", "matmul", "__matmul__", "einsum", "softmax", "log_softmax"}
+_AGGREGATE_OPS = {
+    "flatten",
+    "view",
+    "reshape",
+    "mean",
+    "sum",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "logsumexp",
+    "std",
+    "var",
+    "norm",
+    "linear",
+    "matmul",
+    "__matmul__",
+    "einsum",
+    "softmax",
+    "log_softmax",
+}
 _INTERPOLATION_TAPS = {"nearest": 1, "nearest-exact": 1, "linear": 2, "bilinear": 2, "trilinear": 2, "bicubic": 4}
 # Questions about a tensor, not uses of it: the hooks' own numel() must not mark a parameter as used.
 _META_OPS = {"numel", "nelement", "dim", "size", "stride", "element_size", "data_ptr", "is_contiguous", "__len__"}
@@ -70,15 +120,17 @@ class Axis:
     def rf(self) -> Fraction:
         return self.hi - self.lo + 1
 
-    def through(self, kernel: int, stride: Fraction, padding: Fraction, dilation: int = 1) -> "Axis":
+    def through(self, kernel: int, stride: Fraction, padding: Fraction, dilation: int = 1) -> Axis:
         """After a sliding window (conv or pool): unit u reads input units u*stride - padding + t*dilation."""
-        return Axis(self.lo - padding * self.jump, self.hi + (dilation * (kernel - 1) - padding) * self.jump, self.jump * stride)
+        return Axis(
+            self.lo - padding * self.jump, self.hi + (dilation * (kernel - 1) - padding) * self.jump, self.jump * stride
+        )
 
-    def whole(self, size: int) -> "Axis":
+    def whole(self, size: int) -> Axis:
         """After aggregating all ``size`` units (GAP, flatten): one unit sees all of them."""
         return Axis(self.lo, self.hi + (size - 1) * self.jump, self.jump * size)
 
-    def union(self, other: "Axis") -> "Axis":
+    def union(self, other: Axis) -> Axis:
         """Both paths feed this unit; the stride between units stays ours (the full-size path's)."""
         return Axis(min(self.lo, other.lo), max(self.hi, other.hi), self.jump)
 
@@ -182,7 +234,9 @@ def _permuted(name: str, args: tuple, kwargs: dict, ndim: int, dims: tuple[int, 
             perm = [int(p) % ndim for p in kwargs.get("dims", perm)]
             return tuple(perm.index(d) for d in dims)
         if name in ("transpose", "swapaxes", "swapdims", "t"):
-            a, b = (0, 1) if name == "t" else (_arg(args, kwargs, 1, "dim0") % ndim, _arg(args, kwargs, 2, "dim1") % ndim)
+            a, b = (
+                (0, 1) if name == "t" else (_arg(args, kwargs, 1, "dim0") % ndim, _arg(args, kwargs, 2, "dim1") % ndim)
+            )
             return tuple({a: b, b: a}.get(d, d) for d in dims)
         if name in ("movedim", "moveaxis"):
             src, dst = _arg(args, kwargs, 1, "source"), _arg(args, kwargs, 2, "destination")
@@ -251,7 +305,9 @@ class _Tracer(TorchFunctionMode):
     def globalise(meta: _Meta, sizes: list[int], spatial: bool) -> _Meta:
         """Aggregate every position: the aggregated map (if larger than one unit) is the head's input."""
         head = tuple(a.rf for a in meta.geometry) if any(s > 1 for s in sizes) else meta.head
-        return meta._replace(geometry=tuple(a.whole(s) for a, s in zip(meta.geometry, sizes)), spatial=spatial, head=head)
+        return meta._replace(
+            geometry=tuple(a.whole(s) for a, s in zip(meta.geometry, sizes)), spatial=spatial, head=head
+        )
 
     # --- the op hook ----------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -294,7 +350,9 @@ class _Tracer(TorchFunctionMode):
         elif name not in _QUIET_OPS:
             rf, jump = self.rf_of(first)
             where = self.stack[-1] + "." if self.stack else ""
-            self.rows.append(LayerRow(f"{where}{name}", f"op:{name}", list(first.shape), rf, jump, 0, macs, self.rf_axes(first)))
+            self.rows.append(
+                LayerRow(f"{where}{name}", f"op:{name}", list(first.shape), rf, jump, 0, macs, self.rf_axes(first))
+            )
         return out
 
     def is_param_like(self, t: torch.Tensor) -> bool:
@@ -321,7 +379,9 @@ class _Tracer(TorchFunctionMode):
             if padding == "same":
                 padding = [d * (kk - 1) // 2 for d, kk in zip(dilation, kernel)]
             padding = _per_axis(padding, k, 0)
-            return moved_to(tuple(a.through(kk, s, p, d) for a, kk, s, p, d in zip(geometry, kernel, stride, padding, dilation)))
+            return moved_to(
+                tuple(a.through(kk, s, p, d) for a, kk, s, p, d in zip(geometry, kernel, stride, padding, dilation))
+            )
         if spatial and name in _CONV_T_OPS and x.dim() >= k + 1:
             weight = _arg(args, kwargs, 1, "weight")
             stride = _per_axis(_arg(args, kwargs, 3, "stride", 1), k, 1)
@@ -331,21 +391,27 @@ class _Tracer(TorchFunctionMode):
                 # Which input units an output reads depends on its phase (o mod stride): one interval and
                 # one jump per axis cannot hold that exactly, so the RF is not reported past this op.
                 return meta._replace(lost=f"{name} (stride > 1)")
-            return moved_to(tuple(_transposed(a, kk, p, d) for a, kk, p, d in zip(geometry, weight.shape[-k:], padding, dilation)))
+            return moved_to(
+                tuple(_transposed(a, kk, p, d) for a, kk, p, d in zip(geometry, weight.shape[-k:], padding, dilation))
+            )
         if spatial and name in _POOL_OPS:
             lp = name.startswith("lp_pool")  # lp_pool2d(input, norm_type, kernel_size, stride): no padding
             kernel = _per_axis(_arg(args, kwargs, 2 if lp else 1, "kernel_size"), k)
             stride = _per_axis(_arg(args, kwargs, 3 if lp else 2, "stride"), k, kernel)  # default: the kernel, per axis
             padding = [0] * k if lp else _per_axis(_arg(args, kwargs, 3, "padding", 0), k, 0)
             dilation = _per_axis(_arg(args, kwargs, 4, "dilation", 1), k, 1) if "max" in name else [1] * k
-            return moved_to(tuple(a.through(kk, s, p, d) for a, kk, s, p, d in zip(geometry, kernel, stride, padding, dilation)))
+            return moved_to(
+                tuple(a.through(kk, s, p, d) for a, kk, s, p, d in zip(geometry, kernel, stride, padding, dilation))
+            )
         if spatial and name in _ADAPTIVE_OPS:
             out_sizes = list(out.shape[-k:])
             if all(o == 1 for o in out_sizes):
                 return self.globalise(meta, in_sizes, True)
             # Adaptive windows vary in width; the widest one is ceil(n/o) (+1 when n is not a multiple of o).
             widths = [math.ceil(n / o) + (1 if n % o else 0) for n, o in zip(in_sizes, out_sizes)]
-            return moved_to(tuple(a.through(w, Fraction(n, o), 0) for a, w, n, o in zip(geometry, widths, in_sizes, out_sizes)))
+            return moved_to(
+                tuple(a.through(w, Fraction(n, o), 0) for a, w, n, o in zip(geometry, widths, in_sizes, out_sizes))
+            )
         if name == "pad" and spatial:
             pads = list(_arg(args, kwargs, 1, "pad"))
             shifted = list(geometry)
@@ -363,7 +429,9 @@ class _Tracer(TorchFunctionMode):
             scales = [Fraction(o, n) for o, n in zip(out.shape[-k:], in_sizes)]
             return moved_to(tuple(Axis(a.lo, a.hi + (taps - 1) * a.jump, a.jump / s) for a, s in zip(geometry, scales)))
         if spatial and name in ("pixel_shuffle", "pixel_unshuffle"):
-            r = Fraction(out.shape[-1], in_sizes[-1])  # > 1: shuffle (like nearest upsampling), < 1: unshuffle (an r x r window)
+            r = Fraction(
+                out.shape[-1], in_sizes[-1]
+            )  # > 1: shuffle (like nearest upsampling), < 1: unshuffle (an r x r window)
             if r > 1:
                 return moved_to(tuple(Axis(a.lo, a.hi, a.jump / r) for a in geometry))
             return moved_to(tuple(a.through(int(1 / r), 1 / r, 0) for a in geometry))
@@ -389,7 +457,9 @@ class _Tracer(TorchFunctionMode):
             merged = tuple(a.union(b) for a, b in zip(merged, other.geometry))
         meta = meta._replace(geometry=merged)
         still_spatial = all(m.spatial for _, m in inputs)
-        broadcast = all(t.dim() == out.dim() and all(n in (o, 1) for n, o in zip(t.shape[-k:], out_sizes)) for t, _ in inputs)
+        broadcast = all(
+            t.dim() == out.dim() and all(n in (o, 1) for n, o in zip(t.shape[-k:], out_sizes)) for t, _ in inputs
+        )
         if still_spatial and out.dim() == x.dim() and in_sizes == out_sizes and broadcast:
             return meta  # elementwise or along channels: geometry unchanged
         if still_spatial and name in _REDUCE_OPS and out.dim() == x.dim() and all(o == 1 for o in out.shape[-k:]):
@@ -474,8 +544,18 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
         first = next(iter(_tensors(output)), None)
         shape = list(first.shape) if first is not None else []
         rf, jump = tracer.rf_of(first)
-        tracer.rows.append(LayerRow(names[module], type(module).__name__, shape, rf, jump, sum(p.numel() for p in own), macs,
-                                    tracer.rf_axes(first)))
+        tracer.rows.append(
+            LayerRow(
+                names[module],
+                type(module).__name__,
+                shape,
+                rf,
+                jump,
+                sum(p.numel() for p in own),
+                macs,
+                tracer.rf_axes(first),
+            )
+        )
 
     was_training = model.training
     model.eval()
@@ -504,10 +584,14 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
         head_axes = [_as_int(h) for h in final.head] if final.head is not None else tracer.rf_axes(out)
     head_rf = max(head_axes) if head_axes else None
     linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Bilinear, nn.LazyLinear))]
-    linear += [site for site in dict.fromkeys(tracer.fc_sites) if site.rsplit(".", 1)[0] not in linear]  # functional FC layers
+    linear += [
+        site for site in dict.fromkeys(tracer.fc_sites) if site.rsplit(".", 1)[0] not in linear
+    ]  # functional FC layers
     unused_modules = [  # modules none of whose own parameters reached an op (used directly counts too)
-        n for n, m in model.named_modules()
-        if any(True for _ in m.parameters(recurse=False)) and not any(id(p) in tracer.used_params for p in m.parameters(recurse=False))
+        n
+        for n, m in model.named_modules()
+        if any(True for _ in m.parameters(recurse=False))
+        and not any(id(p) in tracer.used_params for p in m.parameters(recurse=False))
     ]
     return Report(
         input_size=tuple(input_size),
@@ -540,12 +624,22 @@ def format_report(report: Report) -> str:
     lines += [
         f"input size (C, H, W):           {tuple(report.input_size)}",
         f"parameters used in forward:     {report.params:,} (trainable {report.trainable_params:,})",
-        f"parameters never used:          {report.params_unused:,}" + (f"  in {', '.join(report.unused_modules)}" if report.unused_modules else ""),
+        f"parameters never used:          {report.params_unused:,}"
+        + (f"  in {', '.join(report.unused_modules)}" if report.unused_modules else ""),
         f"MACs per image:                 {report.macs:,}",
         f"RF at the head's input:         {_head_text(report)}  (one unit of the last map before GAP/flatten)",
         f"RF after GAP (model output):    {report.receptive_field}  (spans the whole head input map; padding counted)",
-        *([f"RF not tracked past {report.rf_untracked_past}: the tracer cannot map that op's geometry"] if report.rf_untracked_past else []),
-        "fully connected layer:          " + (f"YES - breaks the no-FC rule: {', '.join(report.linear_layers) or 'F.linear'}" if report.has_linear else "none"),
+        *(
+            [f"RF not tracked past {report.rf_untracked_past}: the tracer cannot map that op's geometry"]
+            if report.rf_untracked_past
+            else []
+        ),
+        "fully connected layer:          "
+        + (
+            f"YES - breaks the no-FC rule: {', '.join(report.linear_layers) or 'F.linear'}"
+            if report.has_linear
+            else "none"
+        ),
     ]
     return "\n".join(lines)
 

@@ -13,8 +13,9 @@ from torch import nn
 from .spec import DILATION, ArchSpec, ConvBlock
 
 
-def conv_unit(spec: ArchSpec, in_ch: int, out_ch: int, kernel: int, padding: int, with_dropout: bool,
-              kind: str = "conv") -> nn.Sequential:
+def conv_unit(
+    spec: ArchSpec, in_ch: int, out_ch: int, kernel: int, padding: int, with_dropout: bool, kind: str = "conv"
+) -> nn.Sequential:
     """conv -> (BN) -> ReLU -> (BN) -> (dropout), as the spec places them. The conv is ``kind``'s: one
     ``kernel`` conv, a depthwise 3x3 followed by a 1x1 (separable), or a 3x3 of dilation 2 (dilated);
     ``padding`` 1 keeps the map's size in each case.
@@ -24,8 +25,10 @@ def conv_unit(spec: ArchSpec, in_ch: int, out_ch: int, kernel: int, padding: int
     """
     bias = spec.batchnorm == "none"
     if kind == "separable":
-        layers: list[nn.Module] = [nn.Conv2d(in_ch, in_ch, 3, padding=padding, groups=in_ch, bias=False),
-                                   nn.Conv2d(in_ch, out_ch, 1, bias=bias)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_ch, in_ch, 3, padding=padding, groups=in_ch, bias=False),
+            nn.Conv2d(in_ch, out_ch, 1, bias=bias),
+        ]
     else:
         dilation = DILATION[kind]
         layers = [nn.Conv2d(in_ch, out_ch, kernel, padding=padding * dilation, dilation=dilation, bias=bias)]

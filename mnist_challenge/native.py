@@ -41,7 +41,13 @@ def _build(compiler: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(out), "-lm"], check=True, capture_output=True, text=True, timeout=120)
+        subprocess.run(
+            [compiler, *CFLAGS, str(SOURCE), "-o", str(out), "-lm"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         out.replace(target)  # atomic: parallel search workers may build at the same time
 
 
@@ -69,7 +75,8 @@ def load_kernels() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
-        _unavailable = f"could not build {SOURCE.name} with {compiler}: {detail.strip().splitlines()[-1] if detail.strip() else exc}"
+        last_line = detail.strip().splitlines()[-1] if detail.strip() else exc
+        _unavailable = f"could not build {SOURCE.name} with {compiler}: {last_line}"
         return None
     ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     lib.tail_forward.argtypes = [ptr] * 7 + [i64, i64, i64, f32, ctypes.c_int, ctypes.c_uint32, f32, ctypes.c_uint64]
@@ -77,7 +84,9 @@ def load_kernels() -> ctypes.CDLL | None:
     lib.tail_mask.argtypes = [ptr, i64, ctypes.c_uint32, f32, ctypes.c_uint64]
     lib.maxpool2x2_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64]
     lib.maxpool2x2_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64]
-    lib.tail_forward.restype = lib.tail_backward.restype = lib.maxpool2x2_forward.restype = ctypes.c_int  # -1: out of memory
+    lib.tail_forward.restype = lib.tail_backward.restype = lib.maxpool2x2_forward.restype = (
+        ctypes.c_int
+    )  # -1: out of memory
     for fn in (lib.tail_mask, lib.maxpool2x2_backward):
         fn.restype = None
     _kernels = lib

@@ -24,11 +24,13 @@ class PilMnist(Dataset):
         from torchvision import transforms
 
         self.images, self.labels = images, labels
-        self.transform = transforms.Compose([
-            transforms.RandomRotation((-rotation, rotation), fill=(0,)),
-            transforms.ToTensor(),
-            transforms.Normalize((MEAN,), (STD,)),
-        ])
+        self.transform = transforms.Compose(
+            [
+                transforms.RandomRotation((-rotation, rotation), fill=(0,)),
+                transforms.ToTensor(),
+                transforms.Normalize((MEAN,), (STD,)),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -39,9 +41,25 @@ class PilMnist(Dataset):
         return self.transform(Image.fromarray(self.images[i].numpy())), int(self.labels[i])
 
 
-def time_reference_steps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int, warmup: int, batch_size: int = 128, rotation: float = 7.0, workers: int = 2) -> float:
+def time_reference_steps(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    warmup: int,
+    batch_size: int = 128,
+    rotation: float = 7.0,
+    workers: int = 2,
+) -> float:
     """Seconds for ``steps`` optimizer steps after ``warmup`` steps, through the course pipeline."""
-    loader = DataLoader(PilMnist(images, labels, rotation), batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=False)
+    loader = DataLoader(
+        PilMnist(images, labels, rotation),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=False,
+    )
     if len(loader) < steps + warmup:
         raise ValueError(f"need {(steps + warmup) * batch_size} images for the reference run, got {len(images)}")
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

@@ -55,8 +55,10 @@ def results_table(roots: list[str | Path] | str | Path) -> str:
         last3 = ", ".join(f"{r['test_acc']:.2f}" for r in rows[-3:])
         name = str(run)
         lines.append(
-            f"| {budget} | `{name}` | {inspection.get('params', 0):,} | {inspection.get('receptive_field_head') or '-'} | "
-            f"{inspection.get('macs', 0):,} | {len(rows)} | {last3} | {'PASS' if verdict.passed else 'FAIL: ' + '; '.join(failed)} |"
+            f"| {budget} | `{name}` | {inspection.get('params', 0):,} | "
+            f"{inspection.get('receptive_field_head') or '-'} | {inspection.get('macs', 0):,} | "
+            f"{len(rows)} | {last3} | "
+            f"{'PASS' if verdict.passed else 'FAIL: ' + '; '.join(failed)} |"
         )
     return "\n".join(lines)
 

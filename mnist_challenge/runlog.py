@@ -1,15 +1,15 @@
 """A run directory, written while training goes, so a killed run keeps every finished epoch.
 
-    logs/runs/<name>/
-      spec.json        the architecture (ArchSpec JSON) - rebuilds the model
-      config.json      every hyperparameter, seed, torch version, device, git commit, speed settings
-      summary.txt      torchsummary's table and the inspector's RF / params / MACs table
-      inspection.json  the inspector's report of the trained model (the checker reads it)
-      epochs.csv       per epoch: train / val / test loss and accuracy, lr, seconds
-      train.log        the same, one human-readable line per epoch, as the course notebook prints it
-      curves.png       loss and accuracy per epoch
-      model.pt         {"state_dict", "spec"}: loadable alone with ``load_checkpoint``
-      verdict.json     the constraint checker's verdict (written at the end)
+logs/runs/<name>/
+  spec.json        the architecture (ArchSpec JSON) - rebuilds the model
+  config.json      every hyperparameter, seed, torch version, device, git commit, speed settings
+  summary.txt      torchsummary's table and the inspector's RF / params / MACs table
+  inspection.json  the inspector's report of the trained model (the checker reads it)
+  epochs.csv       per epoch: train / val / test loss and accuracy, lr, seconds
+  train.log        the same, one human-readable line per epoch, as the course notebook prints it
+  curves.png       loss and accuracy per epoch
+  model.pt         {"state_dict", "spec"}: loadable alone with ``load_checkpoint``
+  verdict.json     the constraint checker's verdict (written at the end)
 """
 
 from __future__ import annotations
@@ -30,15 +30,35 @@ from .errors import UserError
 from .spec import ArchSpec
 from .validate import check_writable_dir, make_dir
 
-EPOCH_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds", "eval_seconds", "images_per_second"]
+EPOCH_FIELDS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "seconds",
+    "eval_seconds",
+    "images_per_second",
+]
 
 
 def git_commit() -> str:
     """The commit checked out now; ``-dirty`` when the work tree has uncommitted changes."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
@@ -53,8 +73,10 @@ def format_epoch(row: dict[str, Any], total: int) -> str:
     """One line per epoch, like the course notebook's log."""
     val = f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}%" if not math.isnan(row["val_loss"]) else "val -"
     return (
-        f"EPOCH {row['epoch']:>2}/{total} | lr {row['lr']:.5f} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
-        f"{val} | test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% | {row['seconds']:.1f}s ({row['images_per_second']:.0f} img/s)"
+        f"EPOCH {row['epoch']:>2}/{total} | lr {row['lr']:.5f} | "
+        f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | {val} | "
+        f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% | "
+        f"{row['seconds']:.1f}s ({row['images_per_second']:.0f} img/s)"
     )
 
 
@@ -80,7 +102,9 @@ class RunDir:
         self.rows: list[dict[str, Any]] = []
         self.total_epochs = 0
 
-    def start(self, spec: ArchSpec | None, config: dict[str, Any], model: nn.Module, summary: str, inspection: dict[str, Any]) -> None:
+    def start(
+        self, spec: ArchSpec | None, config: dict[str, Any], model: nn.Module, summary: str, inspection: dict[str, Any]
+    ) -> None:
         if spec is not None:
             spec.save(self.path / "spec.json")
         self.total_epochs = int(config.get("epochs", 0))

@@ -51,8 +51,10 @@ def _check_channels(value: Any, what: str) -> None:
 
 
 def _check_padding(value: Any, what: str) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool) and value in (0, 1),
-           f"{what} must be 0 or 1, got {value!r}")
+    _check(
+        isinstance(value, int) and not isinstance(value, bool) and value in (0, 1),
+        f"{what} must be 0 or 1, got {value!r}",
+    )
 
 
 @dataclass(frozen=True)
@@ -68,15 +70,20 @@ class ConvBlock:
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
         _check(len(self.channels) >= 1, "a block needs at least one conv (channels is empty)")
-        _check(len(self.channels) <= MAX_CONVS_PER_BLOCK,
-               f"a block has at most {MAX_CONVS_PER_BLOCK} convs, got {len(self.channels)}")
+        _check(
+            len(self.channels) <= MAX_CONVS_PER_BLOCK,
+            f"a block has at most {MAX_CONVS_PER_BLOCK} convs, got {len(self.channels)}",
+        )
         for c in self.channels:
             _check_channels(c, "block channels")
         _check_padding(self.padding, "block padding")
         _check(isinstance(self.residual, bool), f"residual must be true or false, got {self.residual!r}")
         if self.transition is not None:
             _check_channels(self.transition, "transition channels")
-        _check(isinstance(self.kind, str) and self.kind in BLOCK_KINDS, f"block kind must be one of {BLOCK_KINDS}, got {self.kind!r}")
+        _check(
+            isinstance(self.kind, str) and self.kind in BLOCK_KINDS,
+            f"block kind must be one of {BLOCK_KINDS}, got {self.kind!r}",
+        )
 
     @property
     def shrink(self) -> int:
@@ -103,23 +110,32 @@ class ArchSpec:
     def __post_init__(self) -> None:
         blocks = tuple(b if isinstance(b, ConvBlock) else ConvBlock(**b) for b in self.blocks)
         object.__setattr__(self, "blocks", blocks)
-        _check(1 <= len(self.blocks) <= MAX_BLOCKS,
-               f"a spec needs at least one block and at most {MAX_BLOCKS}, got {len(self.blocks)}")
+        _check(
+            1 <= len(self.blocks) <= MAX_BLOCKS,
+            f"a spec needs at least one block and at most {MAX_BLOCKS}, got {len(self.blocks)}",
+        )
         _check_channels(self.stem_channels, "stem_channels")
         check_int(self.in_channels, "in_channels", 1, MAX_IN_CHANNELS)
         check_int(self.num_classes, "num_classes", 2, MAX_CLASSES)
         _check_padding(self.stem_padding, "stem_padding")
-        _check(self.batchnorm in BATCHNORM_CHOICES, f"batchnorm must be one of {BATCHNORM_CHOICES}, got {self.batchnorm!r}")
-        _check(self.dropout_at in DROPOUT_PLACES, f"dropout_at must be one of {DROPOUT_PLACES}, got {self.dropout_at!r}")
+        _check(
+            self.batchnorm in BATCHNORM_CHOICES, f"batchnorm must be one of {BATCHNORM_CHOICES}, got {self.batchnorm!r}"
+        )
+        _check(
+            self.dropout_at in DROPOUT_PLACES, f"dropout_at must be one of {DROPOUT_PLACES}, got {self.dropout_at!r}"
+        )
         _check(self.head in HEAD_CHOICES, f"head must be one of {HEAD_CHOICES}, got {self.head!r}")
         check_float(self.dropout, "dropout", 0.0, 1.0, hi_open=True)
         check_int(self.input_size, "input_size", 3, MAX_INPUT_SIZE)
         check_name(self.name, "spec name")  # the default run folder is named after it
         self.feature_sizes()  # raises if the map shrinks below 1x1 anywhere
         weights = self.conv_weights()
-        _check(weights <= MAX_CONV_WEIGHTS, f"the spec's convs have {weights:,} weights, more than the "
-                                            f"{MAX_CONV_WEIGHTS:,} an MNIST-sized net needs (the assignment allows "
-                                            f"20,000): narrow the channels")
+        _check(
+            weights <= MAX_CONV_WEIGHTS,
+            f"the spec's convs have {weights:,} weights, more than the "
+            f"{MAX_CONV_WEIGHTS:,} an MNIST-sized net needs (the assignment allows "
+            f"20,000): narrow the channels",
+        )
 
     def conv_weights(self) -> int:
         """Weights of every conv the spec builds (BatchNorm and biases aside): a size bound, cheap to compute."""
@@ -141,7 +157,10 @@ class ArchSpec:
         _check(side >= 1, f"the stem conv shrinks the {self.input_size}px input below 1x1")
         for i, block in enumerate(self.blocks, start=1):
             side -= block.shrink
-            _check(side >= 1, f"block {i} shrinks the feature map below 1x1 (add padding, a block fewer, or a later transition)")
+            _check(
+                side >= 1,
+                f"block {i} shrinks the feature map below 1x1 (add padding, a block fewer, or a later transition)",
+            )
             sizes.append((f"block{i}", block.channels[-1], side))
             if block.transition is not None:
                 side //= 2
@@ -159,13 +178,15 @@ class ArchSpec:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ArchSpec":
+    def from_dict(cls, data: Any) -> ArchSpec:
         _check(isinstance(data, dict), f"a spec must be a JSON object, got {type(data).__name__}")
         _reject_unknown(data, cls, "spec")
         _check("blocks" in data, "spec is missing the required field 'blocks'")
         _check(isinstance(data["blocks"], list), "spec field 'blocks' must be a list of block objects")
-        _check(len(data["blocks"]) <= MAX_BLOCKS,
-               f"a spec needs at least one block and at most {MAX_BLOCKS}, got {len(data['blocks'])}")
+        _check(
+            len(data["blocks"]) <= MAX_BLOCKS,
+            f"a spec needs at least one block and at most {MAX_BLOCKS}, got {len(data['blocks'])}",
+        )
         blocks = []
         for i, block in enumerate(data["blocks"], start=1):
             _check(isinstance(block, dict), f"block {i} must be a JSON object")
@@ -182,7 +203,7 @@ class ArchSpec:
             raise UserError(f"invalid spec: {exc}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "ArchSpec":
+    def from_json(cls, text: str) -> ArchSpec:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -192,7 +213,7 @@ class ArchSpec:
         return cls.from_dict(data)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ArchSpec":
+    def load(cls, path: str | Path) -> ArchSpec:
         path = Path(path)
         _check(path.is_file(), f"spec file not found: {path}")
         try:

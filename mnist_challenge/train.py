@@ -10,8 +10,9 @@ import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +61,13 @@ class TrainConfig:
     pooled_dropout: bool = True  # dropout masks from a pre-drawn pool (fast.PooledDropout) instead of bernoulli_
     fast_maxpool: bool = True  # MaxPool2d(2) from strided views (fast.MaxPool2x2): same values, faster on CPU
     fused_tail: bool = True  # ReLU/BN/dropout after each conv as one C kernel on CPU (fused.py); ATen if no C compiler
-    cl_weight_grad: bool = True  # weight gradients of 3x3 convs whose input channels are not a multiple of 16, in channels_last (fast.py)
+    cl_weight_grad: bool = (
+        True  # weight gradients of 3x3 convs whose input channels are not a multiple of 16, in channels_last (fast.py)
+    )
     threads: int | None = None  # torch intra-op threads (None: torch's default)
-    eval_batch_size: int = 256  # evaluation batch size: 3x faster than 2,000 on the course CPU (cache-sized maps; see bench)
+    eval_batch_size: int = (
+        256  # evaluation batch size: 3x faster than 2,000 on the course CPU (cache-sized maps; see bench)
+    )
     ema_decay: float = 0.999  # EMA of the weights, evaluated and saved as the model (ema.py); 0: off
 
     def __post_init__(self) -> None:
@@ -104,7 +109,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "TrainConfig":
+    def from_dict(cls, data: Any) -> TrainConfig:
         require(isinstance(data, dict), f"a training config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         # A config recorded before a field existed ran without what the field adds: no EMA.
@@ -128,11 +133,22 @@ def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     # fused: one kernel for all parameters instead of a few small ops per tensor (same arithmetic).
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, fused=True)
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+            fused=True,
+        )
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay, fused=True)
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay, fused=True
+        )
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
+        )
         return opt, sched, True  # stepped every batch
     if cfg.schedule == "step":
         return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma), False
@@ -140,7 +156,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: Split, batch_size: int, autocast: bool, channels_last: bool) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int, autocast: bool, channels_last: bool
+) -> tuple[float, float]:
     """(mean NLL loss, accuracy in %) over a whole split."""
     was_training = model.training
     model.eval()
@@ -164,7 +182,14 @@ def wants_fused_tail(cfg: TrainConfig, device: torch.device) -> bool:
 
 def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, int]:
     """Swap in the engine's fast layers as ``cfg`` asks, move the model to ``device``; returns what was swapped."""
-    swapped = speed_up(model, cfg.pooled_dropout, cfg.fast_maxpool, cfg.seed, fused_tail=wants_fused_tail(cfg, device), cl_weight_grad=cfg.cl_weight_grad)
+    swapped = speed_up(
+        model,
+        cfg.pooled_dropout,
+        cfg.fast_maxpool,
+        cfg.seed,
+        fused_tail=wants_fused_tail(cfg, device),
+        cl_weight_grad=cfg.cl_weight_grad,
+    )
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -204,8 +229,18 @@ def train_model(
     if steps == 0:
         raise UserError(f"the training split has {n} images: fewer than one batch")
     opt, sched, per_step = make_optimizer(model, cfg, steps)
-    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None  # after prepare_model: it holds the model's tensors
-    settings = {"device": str(device), "bf16_autocast": autocast, "threads": torch.get_num_threads(), "swapped_layers": swapped, "fused_tail_unavailable": unavailable_reason() if wants_fused_tail(cfg, device) else None, "channels_last": cfg.channels_last, "steps_per_epoch": steps}
+    ema = (
+        WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    )  # after prepare_model: it holds the model's tensors
+    settings = {
+        "device": str(device),
+        "bf16_autocast": autocast,
+        "threads": torch.get_num_threads(),
+        "swapped_layers": swapped,
+        "fused_tail_unavailable": unavailable_reason() if wants_fused_tail(cfg, device) else None,
+        "channels_last": cfg.channels_last,
+        "steps_per_epoch": steps,
+    }
     if on_start is not None:
         on_start(settings)
     rows: list[dict[str, Any]] = []
@@ -216,7 +251,13 @@ def train_model(
         order = torch.randperm(n, device=device, generator=generator)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if progress else True, unit="batch")
+        bar = tqdm(
+            range(steps),
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            leave=False,
+            disable=None if progress else True,
+            unit="batch",
+        )
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x, y = random_affine(data.train.images[idx], cfg.augment, generator), data.train.labels[idx]
@@ -248,14 +289,23 @@ def train_model(
         eval_start = time.perf_counter()
         with ema.applied() if ema is not None else contextlib.nullcontext():  # the averaged weights are the model
             nan = (float("nan"), float("nan"))
-            val_loss, val_acc = evaluate(model, data.val, cfg.eval_batch_size, autocast, cfg.channels_last) if data.val is not None else nan
+            val_loss, val_acc = (
+                evaluate(model, data.val, cfg.eval_batch_size, autocast, cfg.channels_last)
+                if data.val is not None
+                else nan
+            )
             test_loss, test_acc = evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last)
             row = {
-                "epoch": epoch, "lr": lr,
-                "train_loss": train_loss, "train_acc": train_acc,
-                "val_loss": val_loss, "val_acc": val_acc,
-                "test_loss": test_loss, "test_acc": test_acc,
-                "seconds": seconds, "eval_seconds": time.perf_counter() - eval_start,
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "seconds": seconds,
+                "eval_seconds": time.perf_counter() - eval_start,
                 "images_per_second": seen / seconds,
             }
             rows.append(row)

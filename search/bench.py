@@ -17,8 +17,9 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mnist_challenge.cli import Parser, add_data_flags, run_cli
 from mnist_challenge.errors import UserError
@@ -79,15 +80,42 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:  # checked now, not after minutes of searching
         write_json(Path(args.json), {})
     budget = BUDGETS[args.budget]
-    shared = ["--train-subset", str(args.train_subset), "--val-size", str(args.val_size), "--seed", "0",
-              "--sampler-seed", str(args.sampler_seed), "--workers", str(args.workers), "--threads", "1"]
+    shared = [
+        "--train-subset",
+        str(args.train_subset),
+        "--val-size",
+        str(args.val_size),
+        "--seed",
+        "0",
+        "--sampler-seed",
+        str(args.sampler_seed),
+        "--workers",
+        str(args.workers),
+        "--threads",
+        "1",
+    ]
     shared += ["--data-dir", args.data_dir] if args.data_dir else []
-    before = ["--space", "1", "--max-params", str(budget.max_params), "--epochs", str(budget.epochs),
-              "--pruner", "hyperband", "--n-trials", str(args.draws)]
+    before = [
+        "--space",
+        "1",
+        "--max-params",
+        str(budget.max_params),
+        "--epochs",
+        str(budget.epochs),
+        "--pruner",
+        "hyperband",
+        "--n-trials",
+        str(args.draws),
+    ]
     after = ["--budget", budget.name, "--screen", str(args.draws)]
     figures = {
-        "budget": budget.name, "max_params": budget.max_params, "full_epochs": budget.epochs, "draws": args.draws,
-        "train_subset": args.train_subset, "val_size": args.val_size, "workers": args.workers,
+        "budget": budget.name,
+        "max_params": budget.max_params,
+        "full_epochs": budget.epochs,
+        "draws": args.draws,
+        "train_subset": args.train_subset,
+        "val_size": args.val_size,
+        "workers": args.workers,
         "before (space 1, Hyperband)": run_one("version 1", before + shared, "bench-v1", budget.epochs),
         "after (--budget, fitted space)": run_one("staged", after + shared, "bench-staged", budget.epochs),
     }
@@ -99,12 +127,19 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def print_table(figures: dict[str, Any]) -> None:
     searches = [k for k in figures if k.startswith(("before", "after"))]
-    print(f"\nbudget {figures['budget']} (< {figures['max_params']:,} params, {figures['full_epochs']} epochs), "
-          f"{figures['draws']} draws each, {figures['train_subset']:,} training images, {figures['workers']} workers")
-    rows = [("wall seconds", "seconds"), ("draws", "draws"), ("rejected before training", "rejected"),
-            ("epochs trained", "epochs_trained"), ("designs scored on a complete schedule", "designs_scored"),
-            ("designs scored per hour", "designs_scored_per_hour"),
-            ("full-fidelity-equivalent trials per hour", "full_fidelity_equivalent_trials_per_hour")]
+    print(
+        f"\nbudget {figures['budget']} (< {figures['max_params']:,} params, {figures['full_epochs']} epochs), "
+        f"{figures['draws']} draws each, {figures['train_subset']:,} training images, {figures['workers']} workers"
+    )
+    rows = [
+        ("wall seconds", "seconds"),
+        ("draws", "draws"),
+        ("rejected before training", "rejected"),
+        ("epochs trained", "epochs_trained"),
+        ("designs scored on a complete schedule", "designs_scored"),
+        ("designs scored per hour", "designs_scored_per_hour"),
+        ("full-fidelity-equivalent trials per hour", "full_fidelity_equivalent_trials_per_hour"),
+    ]
     print(f"{'':<42}" + "".join(f"{name:>32}" for name in searches))
     for label, key in rows:
         print(f"{label:<42}" + "".join(f"{figures[name][key]:>32}" for name in searches))
@@ -116,10 +151,13 @@ def print_table(figures: dict[str, Any]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m search.bench", description=__doc__.splitlines()[0])
     p.add_argument("--budget", choices=sorted(BUDGETS), default="tiny")
-    p.add_argument("--draws", type=int_flag(3, 10_000), default=12,
-                   help="designs drawn by each search (default 12)")
-    p.add_argument("--train-subset", type=int_flag(100, 60_000), default=5_000,
-                   help="training images per epoch (default 5000: minutes, not hours)")
+    p.add_argument("--draws", type=int_flag(3, 10_000), default=12, help="designs drawn by each search (default 12)")
+    p.add_argument(
+        "--train-subset",
+        type=int_flag(100, 60_000),
+        default=5_000,
+        help="training images per epoch (default 5000: minutes, not hours)",
+    )
     p.add_argument("--val-size", type=int_flag(100, 20_000), default=2_000)
     p.add_argument("--workers", type=int_flag(1, 256), default=2, help="worker processes, one thread each (default 2)")
     p.add_argument("--sampler-seed", type=int_flag(0), default=0, help="which designs are drawn (default 0)")

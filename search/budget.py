@@ -9,7 +9,7 @@ widths, or that see too little of the image (RF), which the space is drawn to av
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from mnist_challenge import ArchSpec, UserError, build_model, count_params
 

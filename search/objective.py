@@ -42,7 +42,12 @@ class SearchSettings:
 def check_constraints(spec, settings: SearchSettings) -> tuple[dict[str, Any], str | None]:
     """Inspect the built model; return its figures and the first broken rule, if any."""
     report = inspect_module(build_model(spec), (spec.in_channels, spec.input_size, spec.input_size))
-    figures = {"params": report.params, "rf_head": report.receptive_field_head, "macs": report.macs, "has_linear": report.has_linear}
+    figures = {
+        "params": report.params,
+        "rf_head": report.receptive_field_head,
+        "macs": report.macs,
+        "has_linear": report.has_linear,
+    }
     if report.has_linear:
         return figures, "has a fully connected layer"
     if report.params >= settings.max_params:
@@ -130,7 +135,9 @@ class Objective:
             # A net still at chance level after two epochs has collapsed (too high a learning rate, say).
             # No pruner can tell in a young study, where the first trials of each bracket always go on.
             if epoch >= 2 and row["val_acc"] < CHANCE_LEVEL:
-                trial.set_user_attr("reason", f"stuck at chance level after epoch {epoch} (val acc {row['val_acc']:.2f}%)")
+                trial.set_user_attr(
+                    "reason", f"stuck at chance level after epoch {epoch} (val acc {row['val_acc']:.2f}%)"
+                )
                 raise optuna.TrialPruned()
             if not s.multi_objective:  # Optuna cannot prune multi-objective trials
                 trial.report(row["val_acc"], epoch)
@@ -140,8 +147,17 @@ class Objective:
 
         limits = Limits(max_params=s.max_params, max_epochs=19)
         try:
-            result = run_experiment(spec, recipe, run_dir, data=self.data, on_epoch=report, limits=limits, progress=self.progress, echo=False,
-                                    extra_config={"study": s.study_name, "trial": trial.number})
+            result = run_experiment(
+                spec,
+                recipe,
+                run_dir,
+                data=self.data,
+                on_epoch=report,
+                limits=limits,
+                progress=self.progress,
+                echo=False,
+                extra_config={"study": s.study_name, "trial": trial.number},
+            )
         except FloatingPointError as exc:  # diverged: a real outcome of this recipe, not a crash
             trial.set_user_attr("reason", str(exc))
             raise optuna.TrialPruned() from None

@@ -13,9 +13,26 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .space import spec_of_trial
 
-TRIAL_FIELDS = ["number", "state", "val_acc", "params", "rf_head", "macs", "epochs_run", "planned_epochs", "seconds",
-                "test_acc_last", "reason", "run_dir", "duplicate_of", "sampler_seed", "worker", "rung_val_acc", "confirmed",
-                "hyperparameters"]
+TRIAL_FIELDS = [
+    "number",
+    "state",
+    "val_acc",
+    "params",
+    "rf_head",
+    "macs",
+    "epochs_run",
+    "planned_epochs",
+    "seconds",
+    "test_acc_last",
+    "reason",
+    "run_dir",
+    "duplicate_of",
+    "sampler_seed",
+    "worker",
+    "rung_val_acc",
+    "confirmed",
+    "hyperparameters",
+]
 
 
 def staged_figures(study: optuna.Study) -> dict[int, dict[str, str]]:
@@ -26,8 +43,12 @@ def staged_figures(study: optuna.Study) -> dict[int, dict[str, str]]:
         for e in rung["entries"]:
             figures.setdefault(e["trial"], {"rungs": {}})["rungs"][rung["epochs"]] = e["val_acc"]
     for e in stages.get("confirmed", []):
-        figures.setdefault(e["trial"], {"rungs": {}})["confirmed"] = f"{e['mean']:.2f} ± {e['std']:.2f} ({len(e['seeds'])} seeds)"
-    return {n: {"rung_val_acc": json.dumps(f["rungs"]), "confirmed": f.get("confirmed", "")} for n, f in figures.items()}
+        figures.setdefault(e["trial"], {"rungs": {}})["confirmed"] = (
+            f"{e['mean']:.2f} ± {e['std']:.2f} ({len(e['seeds'])} seeds)"
+        )
+    return {
+        n: {"rung_val_acc": json.dumps(f["rungs"]), "confirmed": f.get("confirmed", "")} for n, f in figures.items()
+    }
 
 
 def trial_row(t: FrozenTrial, staged: dict[str, str] | None = None) -> dict[str, Any]:
@@ -82,10 +103,18 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 def pruning_savings(study: optuna.Study) -> dict[str, Any]:
     """Epochs trained vs. epochs a no-pruning search would have trained for the same candidates."""
-    trained = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("run_dir") and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    trained = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("run_dir") and t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    ]
     run = sum(t.user_attrs.get("epochs_run", 0) for t in trained)
     planned = sum(t.user_attrs.get("planned_epochs", 0) for t in trained)
-    rejected = sum(1 for t in study.get_trials(deepcopy=False) if str(t.user_attrs.get("reason", "")).startswith("rejected before training"))
+    rejected = sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if str(t.user_attrs.get("reason", "")).startswith("rejected before training")
+    )
     return {
         "trained_trials": len(trained),
         "pruned_trials": sum(1 for t in trained if t.state == TrialState.PRUNED),
@@ -106,18 +135,40 @@ def export(study: optuna.Study, study_dir: Path, multi_objective: bool) -> dict[
     if best is not None:
         spec = spec_of_trial(best, study.study_name)
         spec.save(study_dir / "best_spec.json")
-        summary["best"] = {"trial": best.number, "val_acc": best.values[0], "params": best.user_attrs.get("params"),
-                           "rf_head": best.user_attrs.get("rf_head"), "hyperparameters": best.params, "run_dir": best.user_attrs.get("run_dir")}
+        summary["best"] = {
+            "trial": best.number,
+            "val_acc": best.values[0],
+            "params": best.user_attrs.get("params"),
+            "rf_head": best.user_attrs.get("rf_head"),
+            "hyperparameters": best.params,
+            "run_dir": best.user_attrs.get("run_dir"),
+        }
     stages = study.user_attrs.get("stages")
     if stages:  # a staged search: the rungs' sizes, every confirmed design's seeds, the winner by mean
-        summary["stages"] = {"budget": stages["budget"], "rungs": [{"epochs": r["epochs"], "designs": len(r["entries"])} for r in stages["rungs"]],
-                             "confirmed": stages["confirmed"], "winner": stages["winner"]}
+        summary["stages"] = {
+            "budget": stages["budget"],
+            "rungs": [{"epochs": r["epochs"], "designs": len(r["entries"])} for r in stages["rungs"]],
+            "confirmed": stages["confirmed"],
+            "winner": stages["winner"],
+        }
         if stages["winner"] and best is not None:
-            summary["best"].update(val_acc_mean=stages["winner"]["mean"], val_acc_std=stages["winner"]["std"],
-                                   full_epochs=stages["budget"]["epochs"], run_dir=stages["winner"]["run_dir"])
+            summary["best"].update(
+                val_acc_mean=stages["winner"]["mean"],
+                val_acc_std=stages["winner"]["std"],
+                full_epochs=stages["budget"]["epochs"],
+                run_dir=stages["winner"]["run_dir"],
+            )
     if multi_objective and completed(study):
         front = sorted(study.best_trials, key=lambda t: t.values[1])
-        pareto = [{"trial": t.number, "val_acc": t.values[0], "params": int(t.values[1]), "spec": spec_of_trial(t, study.study_name).to_dict()} for t in front]
+        pareto = [
+            {
+                "trial": t.number,
+                "val_acc": t.values[0],
+                "params": int(t.values[1]),
+                "spec": spec_of_trial(t, study.study_name).to_dict(),
+            }
+            for t in front
+        ]
         (study_dir / "pareto.json").write_text(json.dumps(pareto, indent=2) + "\n")
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -135,13 +186,17 @@ def plot(study: optuna.Study, study_dir: Path, multi_objective: bool) -> list[st
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Some regimes for parameter")  # PED-ANOVA on few trials
-    warnings.filterwarnings("ignore", message="Tight layout not applied")  # a crowded legend; the figure is still written
+    warnings.filterwarnings(
+        "ignore", message="Tight layout not applied"
+    )  # a crowded legend; the figure is still written
     made = []
     if len(completed(study)) < 2:
         return made
     target = (lambda t: t.values[0]) if multi_objective else None
     jobs = {
-        "optimization_history.png": lambda: ovm.plot_optimization_history(study, target=target, target_name="val acc (%)"),
+        "optimization_history.png": lambda: ovm.plot_optimization_history(
+            study, target=target, target_name="val acc (%)"
+        ),
         "param_importances.png": lambda: ovm.plot_param_importances(study, target=target, target_name="val acc (%)"),
     }
     if multi_objective:
@@ -150,7 +205,9 @@ def plot(study: optuna.Study, study_dir: Path, multi_objective: bool) -> list[st
         jobs["intermediate_values.png"] = lambda: ovm.plot_intermediate_values(study)
     try:  # the same figures as the plot, as numbers (the README's explanation quotes them)
         importances = optuna.importance.get_param_importances(study, target=target)
-        (study_dir / "param_importances.json").write_text(json.dumps({k: round(v, 4) for k, v in importances.items()}, indent=2) + "\n")
+        (study_dir / "param_importances.json").write_text(
+            json.dumps({k: round(v, 4) for k, v in importances.items()}, indent=2) + "\n"
+        )
     except (ValueError, RuntimeError, ZeroDivisionError):
         pass
     for name, make in jobs.items():
@@ -173,5 +230,8 @@ def summary_table(study: optuna.Study, top: int = 10) -> str:
     lines = [f"{'trial':>5} {'val acc':>8} {'params':>7} {'RF':>4} {'epochs':>6} {'seconds':>8}"]
     for t in rows:
         a = t.user_attrs
-        lines.append(f"{t.number:>5} {t.values[0]:>7.2f}% {a.get('params', 0):>7,} {a.get('rf_head', 0):>4} {a.get('epochs_run', 0):>6} {a.get('seconds', 0):>8.0f}")
+        lines.append(
+            f"{t.number:>5} {t.values[0]:>7.2f}% {a.get('params', 0):>7,} {a.get('rf_head', 0):>4} "
+            f"{a.get('epochs_run', 0):>6} {a.get('seconds', 0):>8.0f}"
+        )
     return "\n".join(lines)

@@ -18,8 +18,16 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from mnist_challenge import UserError
-from mnist_challenge.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, InternalError
-from mnist_challenge.errors import check_interrupted, interrupt_on_sigterm, record_internal_error, set_crash_log
+from mnist_challenge.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    InternalError,
+    check_interrupted,
+    interrupt_on_sigterm,
+    record_internal_error,
+    set_crash_log,
+)
 from mnist_challenge.experiment import load_data
 from mnist_challenge.train import TrainConfig
 from mnist_challenge.validate import SEED_MAX
@@ -59,7 +67,7 @@ def process_sampler_seed(seed: int, study_name: str) -> int:
     return int.from_bytes(hashlib.sha256(unique.encode()).digest()[:4], "big")
 
 
-def worker_sampler_seed(plan: "RunPlan", worker: int) -> int:
+def worker_sampler_seed(plan: RunPlan, worker: int) -> int:
     return (plan.sampler_seed + worker) % (SEED_MAX + 1)
 
 
@@ -79,8 +87,13 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 def study_attrs(plan: RunPlan) -> dict:
     s = plan.settings
-    return {"base_config": s.base.to_dict(), "max_params": s.max_params, "min_rf": s.min_rf, "multi_objective": s.multi_objective,
-            "space_version": s.space_version or SPACE_VERSION}
+    return {
+        "base_config": s.base.to_dict(),
+        "max_params": s.max_params,
+        "min_rf": s.min_rf,
+        "multi_objective": s.multi_objective,
+        "space_version": s.space_version or SPACE_VERSION,
+    }
 
 
 def space_version_of(study: optuna.Study) -> int:
@@ -98,7 +111,9 @@ def open_study(plan: RunPlan, worker: int = 0) -> optuna.Study:
     sampler = optuna.samplers.TPESampler(seed=worker_sampler_seed(plan, worker))
     pruner = make_pruner(plan.pruner, s.base.epochs)
     try:
-        study = optuna.create_study(study_name=s.study_name, storage=storage, directions=directions, sampler=sampler, pruner=pruner)
+        study = optuna.create_study(
+            study_name=s.study_name, storage=storage, directions=directions, sampler=sampler, pruner=pruner
+        )
     except optuna.exceptions.DuplicatedStudyError:  # it exists (resume, or another command was first)
         study = optuna.load_study(study_name=s.study_name, storage=storage, sampler=sampler, pruner=pruner)
         deadline = time.time() + SETTINGS_WAIT
@@ -108,15 +123,20 @@ def open_study(plan: RunPlan, worker: int = 0) -> optuna.Study:
         if "base_config" in stored:  # absent only if its creator died before writing them
             differing = [k for k in ("max_params", "min_rf", "multi_objective") if stored.get(k) != wanted[k]]
             base = stored["base_config"] if isinstance(stored["base_config"], dict) else {}
-            differing += [k for k in ("epochs", "train_subset", "val_size", "split_seed")
-                          if base.get(k) != wanted["base_config"][k]]
+            differing += [
+                k
+                for k in ("epochs", "train_subset", "val_size", "split_seed")
+                if base.get(k) != wanted["base_config"][k]
+            ]
             if [d.name.lower() for d in study.directions] != directions:
                 differing.append("mode")
             if s.space_version is not None and s.space_version != space_version_of(study):
                 differing.append(f"space (the study's is {space_version_of(study)})")
             if differing:
-                raise UserError(f"study {s.study_name!r} exists with different settings ({', '.join(differing)}); "
-                                f"rerun with its settings or pick another --study")
+                raise UserError(
+                    f"study {s.study_name!r} exists with different settings ({', '.join(differing)}); "
+                    f"rerun with its settings or pick another --study"
+                ) from None
             return study
     for key, value in study_attrs(plan).items():
         study.set_user_attr(key, value)
@@ -132,7 +152,9 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(plan, worker)
     data = load_data(plan.settings.base, plan.data_dir)
-    objective = Objective(dataclasses.replace(plan.settings, space_version=space_version_of(study)), data, progress=False)
+    objective = Objective(
+        dataclasses.replace(plan.settings, space_version=space_version_of(study)), data, progress=False
+    )
     bar = tqdm(total=n_trials, desc="trials", unit="trial", disable=None if progress else True)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -163,8 +185,10 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
                     raise
                 # This worker was silent past --grace (suspended, say): another one failed the trial and
                 # queued it again. Nothing is lost; go on with the next trial.
-                tqdm.write(f"trial {started[-1].number if started else '?'} was taken over by another worker (its "
-                           f"heartbeat went stale); it is queued again")
+                tqdm.write(
+                    f"trial {started[-1].number if started else '?'} was taken over by another worker (its "
+                    f"heartbeat went stale); it is queued again"
+                )
                 bar.update(1)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one: optuna has marked the trial FAIL
         if started:
@@ -246,9 +270,15 @@ def run_search(plan: RunPlan) -> optuna.Study:
     if plan.workers == 1:
         worker_main(plan, 0, plan.n_trials, progress=True)
     else:
-        shares = [plan.n_trials // plan.workers + (1 if i < plan.n_trials % plan.workers else 0) for i in range(plan.workers)]
+        shares = [
+            plan.n_trials // plan.workers + (1 if i < plan.n_trials % plan.workers else 0) for i in range(plan.workers)
+        ]
         ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked torch thread pools
-        procs = [ctx.Process(target=_worker_entry, args=(plan, i, n, os.getpid()), daemon=False) for i, n in enumerate(shares) if n > 0]
+        procs = [
+            ctx.Process(target=_worker_entry, args=(plan, i, n, os.getpid()), daemon=False)
+            for i, n in enumerate(shares)
+            if n > 0
+        ]
         for p in procs:
             p.start()
         bar = tqdm(total=plan.n_trials, desc=f"trials ({len(procs)} workers)", unit="trial")
@@ -268,10 +298,15 @@ def run_search(plan: RunPlan) -> optuna.Study:
             bar.close()
         failed = [p.exitcode for p in procs if p.exitcode]
         if EXIT_INTERNAL in failed:
-            raise InternalError(f"{failed.count(EXIT_INTERNAL)} worker(s) hit an internal error (a bug in the kit; "
-                                f"traceback in {search_log(s)}); finished trials are kept in the study")
+            raise InternalError(
+                f"{failed.count(EXIT_INTERNAL)} worker(s) hit an internal error (a bug in the kit; "
+                f"traceback in {search_log(s)}); finished trials are kept in the study"
+            )
         if failed:
-            raise UserError(f"{len(failed)} worker(s) exited with an error (exit codes {failed}); finished trials are kept in the study")
+            raise UserError(
+                f"{len(failed)} worker(s) exited with an error (exit codes {failed}); "
+                "finished trials are kept in the study"
+            )
     print(f"\n({time.time() - started:.0f} s this run)")
     finish(study, s)
     return study
@@ -283,10 +318,16 @@ def finish(study: optuna.Study, s: SearchSettings) -> None:
     plots = plot(study, s.study_dir, s.multi_objective)
     print(f"{summary['trials']} trials in study {s.study_name!r}. Top trials by validation accuracy:")
     print(summary_table(study))
-    print(f"pruning: {summary['epochs_run']} epochs trained of {summary['epochs_without_pruning']} without pruning "
-          f"({100 * summary['epochs_saved_fraction']:.0f}% saved); {summary['rejected_before_training']} candidates rejected before training")
+    print(
+        f"pruning: {summary['epochs_run']} epochs trained of {summary['epochs_without_pruning']} without pruning "
+        f"({100 * summary['epochs_saved_fraction']:.0f}% saved); "
+        f"{summary['rejected_before_training']} candidates rejected before training"
+    )
     if "best" in summary:
-        print(f"best: trial {summary['best']['trial']}, val acc {summary['best']['val_acc']:.2f}%, {summary['best']['params']:,} params -> {s.study_dir / 'best_spec.json'}")
+        print(
+            f"best: trial {summary['best']['trial']}, val acc {summary['best']['val_acc']:.2f}%, "
+            f"{summary['best']['params']:,} params -> {s.study_dir / 'best_spec.json'}"
+        )
     print(f"outputs: {s.study_dir} (trials.csv, summary.json, {', '.join(plots) or 'no plots yet'})")
 
 
@@ -301,4 +342,3 @@ def base_config_from_study(study: optuna.Study) -> TrainConfig:
     if "base_config" not in study.user_attrs:
         raise UserError(f"study {study.study_name!r} has no recorded settings: it was not made by this kit's search")
     return TrainConfig.from_dict(study.user_attrs["base_config"])
-

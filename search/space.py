@@ -127,8 +127,13 @@ def fitted_spec(trial: optuna.Trial, name: str, max_params: int, min_rf: int = 0
 
     def build(scale: float) -> ArchSpec:
         blocks = tuple(
-            ConvBlock((width(scale, rel, MAX_CHANNELS),) * convs, padding, residual,
-                      None if squeeze is None else width(scale, rel * squeeze, MAX_CHANNELS), kind)
+            ConvBlock(
+                (width(scale, rel, MAX_CHANNELS),) * convs,
+                padding,
+                residual,
+                None if squeeze is None else width(scale, rel * squeeze, MAX_CHANNELS),
+                kind,
+            )
             for convs, kind, padding, residual, rel, squeeze in shapes
         )
         return ArchSpec(blocks=blocks, stem_channels=width(scale, shapes[0][4] * stem_ratio, MAX_CHANNELS), **common)
@@ -169,22 +174,26 @@ def spec_of_trial(trial: optuna.trial.FrozenTrial, study_name: str) -> ArchSpec:
     return spec_from_params(trial.params, study_name, trial.number)
 
 
-RECIPE_KEYS = frozenset({"lr", "batch_size", "schedule", "step_size", "rotation", "translate", "weight_decay"})  # drawn by suggest_recipe
+RECIPE_KEYS = frozenset(
+    {"lr", "batch_size", "schedule", "step_size", "rotation", "translate", "weight_decay"}
+)  # drawn by suggest_recipe
 
 
 def suggest_recipe(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The training recipe: learning rate, batch size, schedule and augmentation strength."""
     schedule = trial.suggest_categorical("schedule", SCHEDULES)
-    return TrainConfig(**{
-        **base.to_dict(),
-        "lr": trial.suggest_float("lr", 0.01, 0.3, log=True),
-        "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
-        "schedule": schedule,
-        "step_size": trial.suggest_int("step_size", 3, 8) if schedule == "step" else base.step_size,
-        "rotation": trial.suggest_float("rotation", 0.0, 15.0),
-        "translate": trial.suggest_float("translate", 0.0, 0.1),
-        "weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-3, log=True),
-    })
+    return TrainConfig(
+        **{
+            **base.to_dict(),
+            "lr": trial.suggest_float("lr", 0.01, 0.3, log=True),
+            "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
+            "schedule": schedule,
+            "step_size": trial.suggest_int("step_size", 3, 8) if schedule == "step" else base.step_size,
+            "rotation": trial.suggest_float("rotation", 0.0, 15.0),
+            "translate": trial.suggest_float("translate", 0.0, 0.1),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-3, log=True),
+        }
+    )
 
 
 def spec_from_params(params: dict[str, Any], name: str = "search", number: int = 0) -> ArchSpec:
@@ -197,7 +206,16 @@ def recipe_from_params(params: dict[str, Any], base: TrainConfig) -> TrainConfig
     return suggest_recipe(optuna.trial.FixedTrial(params), base)
 
 
-RECIPE_FIELDS = ("lr", "batch_size", "schedule", "step_size", "rotation", "translate", "weight_decay", "label_smoothing")
+RECIPE_FIELDS = (
+    "lr",
+    "batch_size",
+    "schedule",
+    "step_size",
+    "rotation",
+    "translate",
+    "weight_decay",
+    "label_smoothing",
+)
 
 
 def fitted_recipe(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
@@ -205,16 +223,18 @@ def fitted_recipe(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     complete schedules of several lengths), batch 64 or 128, label smoothing, and the ranges the first
     searches found worth drawing (version 1's translation above 0.06 and learning rates under 0.02 all
     finished last)."""
-    return TrainConfig(**{
-        **base.to_dict(),
-        "schedule": "onecycle",
-        "lr": trial.suggest_float("lr", 0.02, 0.2, log=True),
-        "batch_size": trial.suggest_categorical("batch_size", [64, 128]),
-        "label_smoothing": trial.suggest_categorical("label_smoothing", [0.0, 0.05, 0.1]),
-        "rotation": trial.suggest_float("rotation", 0.0, 12.0),
-        "translate": trial.suggest_float("translate", 0.0, 0.06),
-        "weight_decay": trial.suggest_float("weight_decay", 1e-5, 5e-4, log=True),
-    })
+    return TrainConfig(
+        **{
+            **base.to_dict(),
+            "schedule": "onecycle",
+            "lr": trial.suggest_float("lr", 0.02, 0.2, log=True),
+            "batch_size": trial.suggest_categorical("batch_size", [64, 128]),
+            "label_smoothing": trial.suggest_categorical("label_smoothing", [0.0, 0.05, 0.1]),
+            "rotation": trial.suggest_float("rotation", 0.0, 12.0),
+            "translate": trial.suggest_float("translate", 0.0, 0.06),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-5, 5e-4, log=True),
+        }
+    )
 
 
 def draw_recipe(trial: optuna.Trial, base: TrainConfig, version: int) -> TrainConfig:
@@ -234,24 +254,31 @@ def smallest_params() -> int:
     from mnist_challenge import build_model, count_params
 
     # Two one-conv blocks of the narrowest width, no BatchNorm (a conv bias costs less than BN's pair).
-    tiny = ArchSpec(blocks=(ConvBlock((CHANNELS[0],), 1), ConvBlock((CHANNELS[0],), 1)), stem_channels=STEM[0], batchnorm="none")
+    tiny = ArchSpec(
+        blocks=(ConvBlock((CHANNELS[0],), 1), ConvBlock((CHANNELS[0],), 1)), stem_channels=STEM[0], batchnorm="none"
+    )
     return count_params(build_model(tiny))
 
 
-def params_from_spec(spec: ArchSpec, recipe: TrainConfig | None = None, max_params: int | None = None) -> dict[str, Any]:
+def params_from_spec(
+    spec: ArchSpec, recipe: TrainConfig | None = None, max_params: int | None = None
+) -> dict[str, Any]:
     """The trial params that make ``suggest_spec`` (and, given a recipe, ``suggest_recipe``) draw exactly
     this spec: how a known design is enqueued into a study as a warm start. A spec the space cannot
     express (a width not in ``CHANNELS``, say) is a ``UserError`` naming the first mismatch."""
-    from mnist_challenge import UserError
 
     def pick(name: str, value: Any, choices: list | tuple[int, int]) -> Any:
         allowed = range(choices[0], choices[1] + 1) if isinstance(choices, tuple) else choices  # tuple: an int range
         if value not in allowed:
-            raise UserError(f"spec {spec.name!r} is outside the search space: {name}={value!r} is not one of {list(allowed)}")
+            raise UserError(
+                f"spec {spec.name!r} is outside the search space: {name}={value!r} is not one of {list(allowed)}"
+            )
         return value
 
     if (spec.in_channels, spec.input_size, spec.num_classes) != (1, 28, 10):
-        raise UserError(f"spec {spec.name!r} is outside the search space: the space is for 1x28x28 inputs and 10 classes")
+        raise UserError(
+            f"spec {spec.name!r} is outside the search space: the space is for 1x28x28 inputs and 10 classes"
+        )
     channel_choices = widths(max_params)
     params: dict[str, Any] = {"n_blocks": pick("n_blocks", len(spec.blocks), N_BLOCKS)}
     for i, block in enumerate(spec.blocks, start=1):
@@ -275,8 +302,14 @@ def params_from_spec(spec: ArchSpec, recipe: TrainConfig | None = None, max_para
         params["dropout_at"] = pick("dropout_at", spec.dropout_at, DROPOUT_AT)
     params["head"] = pick("head", spec.head, HEADS)
     if recipe is not None:
-        params.update(schedule=pick("schedule", recipe.schedule, SCHEDULES), lr=recipe.lr, batch_size=pick("batch_size", recipe.batch_size, BATCH_SIZES),
-                      rotation=recipe.rotation, translate=recipe.translate, weight_decay=recipe.weight_decay)
+        params.update(
+            schedule=pick("schedule", recipe.schedule, SCHEDULES),
+            lr=recipe.lr,
+            batch_size=pick("batch_size", recipe.batch_size, BATCH_SIZES),
+            rotation=recipe.rotation,
+            translate=recipe.translate,
+            weight_decay=recipe.weight_decay,
+        )
         if recipe.schedule == "step":
             params["step_size"] = recipe.step_size
     return params

@@ -65,7 +65,9 @@ BUDGETS = {
 }
 
 
-def budget_from_args(name: str, rungs: str | None, screen: int | None, confirm: int | None, seeds: int | None) -> Budget:
+def budget_from_args(
+    name: str, rungs: str | None, screen: int | None, confirm: int | None, seeds: int | None
+) -> Budget:
     """The named budget with any stage setting the command overrides."""
     if name not in BUDGETS:
         raise UserError(f"--budget {name!r}: one of {sorted(BUDGETS)}")
@@ -129,8 +131,16 @@ def _run_job(job: Job) -> tuple[int, str, float | None]:
 
     cfg = TrainConfig.from_dict(job.recipe)
     try:
-        run_experiment(ArchSpec.from_dict(job.spec), cfg, job.run_dir, data=_worker_data, progress=False, echo=False,
-                       limits=Limits(max_params=10**9, max_epochs=cfg.epochs), extra_config={"trial": job.trial})
+        run_experiment(
+            ArchSpec.from_dict(job.spec),
+            cfg,
+            job.run_dir,
+            data=_worker_data,
+            progress=False,
+            echo=False,
+            limits=Limits(max_params=10**9, max_epochs=cfg.epochs),
+            extra_config={"trial": job.trial},
+        )
     except FloatingPointError as exc:  # a recipe that diverges is an outcome (the worst), not a crash
         (Path(job.run_dir) / DIVERGED).write_text(f"{exc}\n")
     return job.trial, job.run_dir, score_of(job.run_dir)
@@ -158,12 +168,18 @@ def run_jobs(jobs: list[Job], base: TrainConfig, data_dir: str | None, workers: 
 def _report(bar: tqdm, result: tuple[int, str, float | None]) -> None:
     trial, run_dir, score = result
     bar.update(1)
-    tqdm.write(f"trial {trial}: val acc {score:.2f}% ({run_dir})" if score is not None else f"trial {trial}: unfinished")
+    tqdm.write(
+        f"trial {trial}: val acc {score:.2f}% ({run_dir})" if score is not None else f"trial {trial}: unfinished"
+    )
 
 
 def job_for(trial: int, spec: ArchSpec, recipe: TrainConfig, epochs: int, seed: int, folder: Path) -> Job:
-    return Job(trial, spec.to_dict(), replace(recipe, epochs=epochs, seed=seed).to_dict(),
-               str(folder / f"trial_{trial:04d}-seed{seed}"))
+    return Job(
+        trial,
+        spec.to_dict(),
+        replace(recipe, epochs=epochs, seed=seed).to_dict(),
+        str(folder / f"trial_{trial:04d}-seed{seed}"),
+    )
 
 
 # --- promotion and confirmation ---------------------------------------------------------------------
@@ -180,7 +196,9 @@ class Entry:
     def as_dict(self) -> dict[str, Any]:
         d = {"trial": self.trial, "params": self.params, "val_acc": round(self.score, 4), "run_dir": self.run_dir}
         if self.seeds:
-            d.update(seeds=[round(s, 4) for s in self.seeds], mean=round(self.score, 4), std=round(spread(self.seeds), 4))
+            d.update(
+                seeds=[round(s, 4) for s in self.seeds], mean=round(self.score, 4), std=round(spread(self.seeds), 4)
+            )
         return d
 
 
@@ -206,11 +224,15 @@ def screened(study: optuna.Study) -> list[Entry]:
     """The first rung: the study's completed trials (each its own draw, trained on the short schedule)."""
     from .outputs import completed
 
-    return [Entry(t.number, t.user_attrs.get("params", 0), t.values[0], t.user_attrs.get("run_dir", "")) for t in completed(study)]
+    return [
+        Entry(t.number, t.user_attrs.get("params", 0), t.values[0], t.user_attrs.get("run_dir", ""))
+        for t in completed(study)
+    ]
 
 
-def run_stages(study: optuna.Study, budget: Budget, base: TrainConfig, study_dir: Path, data_dir: str | None,
-               workers: int) -> dict[str, Any]:
+def run_stages(
+    study: optuna.Study, budget: Budget, base: TrainConfig, study_dir: Path, data_dir: str | None, workers: int
+) -> dict[str, Any]:
     """Promote the screened designs rung by rung, confirm the best with seeds; record it all in the study."""
     from .space import recipe_of_trial, spec_of_trial
 
@@ -218,7 +240,9 @@ def run_stages(study: optuna.Study, budget: Budget, base: TrainConfig, study_dir
 
     def job(entry: Entry, epochs: int, seed: int, folder: Path) -> Job:
         trial = trials[entry.trial]
-        return job_for(entry.trial, spec_of_trial(trial, study.study_name), recipe_of_trial(trial, base), epochs, seed, folder)
+        return job_for(
+            entry.trial, spec_of_trial(trial, study.study_name), recipe_of_trial(trial, base), epochs, seed, folder
+        )
 
     rungs = [{"epochs": budget.ladder[0], "entries": screened(study)}]
     for epochs in budget.ladder[1:]:
@@ -226,7 +250,12 @@ def run_stages(study: optuna.Study, budget: Budget, base: TrainConfig, study_dir
         jobs = [job(e, epochs, base.seed, study_dir / "rungs" / f"e{epochs}") for e in chosen]
         run_jobs(jobs, base, data_dir, workers, f"rung {epochs} epochs")
         scored = [(e, j, score_of(j.run_dir)) for e, j in zip(chosen, jobs)]
-        rungs.append({"epochs": epochs, "entries": [Entry(e.trial, e.params, s, j.run_dir) for e, j, s in scored if s is not None]})
+        rungs.append(
+            {
+                "epochs": epochs,
+                "entries": [Entry(e.trial, e.params, s, j.run_dir) for e, j, s in scored if s is not None],
+            }
+        )
     top = sorted(rungs[-1]["entries"], key=lambda e: (-e.score, e.params))[: budget.confirm]
     seeds = [base.seed + k for k in range(1, budget.seeds)]
     jobs = [job(e, budget.epochs, seed, study_dir / "confirm") for e in top for seed in seeds]
@@ -258,6 +287,7 @@ def confirmed_table(stages: dict[str, Any]) -> str:
 # --- the fidelity study ----------------------------------------------------------------------------
 def spearman(xs: list[float], ys: list[float]) -> float:
     """Spearman's rank correlation (ties get their average rank)."""
+
     def ranks(values: list[float]) -> list[float]:
         order = sorted(range(len(values)), key=lambda i: values[i])
         out = [0.0] * len(values)
@@ -285,8 +315,9 @@ def _rounded(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 4)
 
 
-def run_fidelity(budget: Budget, designs: int, out: Path, base: TrainConfig, data_dir: str | None, workers: int,
-                 sampler_seed: int) -> dict[str, Any]:
+def run_fidelity(
+    budget: Budget, designs: int, out: Path, base: TrainConfig, data_dir: str | None, workers: int, sampler_seed: int
+) -> dict[str, Any]:
     """Train ``designs`` random draws of the fitted space on every rung of the budget's ladder, then the
     rank correlation of each rung's scores with the full schedule's: how far a short complete schedule
     can be trusted to rank designs. Replayable: the draws come from ``sampler_seed``."""
@@ -300,22 +331,42 @@ def run_fidelity(budget: Budget, designs: int, out: Path, base: TrainConfig, dat
         drawn.append((i, spec, fitted_recipe(trial, base), trial.params))
         study.tell(trial, 0.0)
     # Design by design (all schedules of one, then the next): a study stopped part-way has whole designs.
-    jobs = [job_for(i, spec, recipe, epochs, base.seed, out / f"e{epochs}") for i, spec, recipe, _ in drawn for epochs in budget.ladder]
+    jobs = [
+        job_for(i, spec, recipe, epochs, base.seed, out / f"e{epochs}")
+        for i, spec, recipe, _ in drawn
+        for epochs in budget.ladder
+    ]
     run_jobs(jobs, base, data_dir, workers, f"fidelity study, {designs} designs x {len(budget.ladder)} schedules")
-    scores = {epochs: [score_of(out / f"e{epochs}" / f"trial_{i:04d}-seed{base.seed}") for i, *_ in drawn] for epochs in budget.ladder}
+    scores = {
+        epochs: [score_of(out / f"e{epochs}" / f"trial_{i:04d}-seed{base.seed}") for i, *_ in drawn]
+        for epochs in budget.ladder
+    }
     full = scores[budget.epochs]
     # Designs that never left chance level rank last on every schedule and make any schedule look good:
     # the correlation among the designs that learned is the stricter figure.
     learned = [i for i, score in enumerate(full) if score is not None and score >= LEARNED]
     result = {
-        "budget": budget.name, "max_params": budget.max_params, "ladder": list(budget.ladder), "designs": designs,
+        "budget": budget.name,
+        "max_params": budget.max_params,
+        "ladder": list(budget.ladder),
+        "designs": designs,
         "sampler_seed": sampler_seed,
         "spearman_vs_full": {str(e): _rounded(spearman(scores[e], full)) for e in budget.rungs},
         "learned_designs": len(learned),
-        "spearman_vs_full_learned": {str(e): _rounded(spearman([scores[e][i] for i in learned], [full[i] for i in learned]))
-                                     for e in budget.rungs},
-        "entries": [{"design": i, "params": count_params(build_model(spec)), "hyperparameters": params, "spec": spec.to_dict(),
-                     "val_acc": {str(e): scores[e][i] for e in budget.ladder}} for i, spec, _, params in drawn],
+        "spearman_vs_full_learned": {
+            str(e): _rounded(spearman([scores[e][i] for i in learned], [full[i] for i in learned]))
+            for e in budget.rungs
+        },
+        "entries": [
+            {
+                "design": i,
+                "params": count_params(build_model(spec)),
+                "hyperparameters": params,
+                "spec": spec.to_dict(),
+                "val_acc": {str(e): scores[e][i] for e in budget.ladder},
+            }
+            for i, spec, _, params in drawn
+        ],
     }
     (out / "fidelity.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

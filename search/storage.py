@@ -18,8 +18,8 @@ import contextlib
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -50,8 +50,10 @@ def parse_storage_url(url: str):
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a malformed host or port
-        raise UserError(f"--storage {url!r} is not a database URL (expected e.g. sqlite:///logs/study.db or "
-                        f"postgresql://user:pw@host/db)") from None
+        raise UserError(
+            f"--storage {url!r} is not a database URL (expected e.g. sqlite:///logs/study.db or "
+            f"postgresql://user:pw@host/db)"
+        ) from None
     dialect = parsed.get_backend_name()
     if dialect not in SUPPORTED:
         raise UserError(f"--storage: unsupported database {dialect!r}; use one of {SUPPORTED}")
@@ -125,4 +127,6 @@ def load_study(storage: RDBStorage, name: str) -> optuna.Study:
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise UserError(f"no study named {name!r} in that storage; existing: {optuna.get_all_study_names(storage)}") from None
+        raise UserError(
+            f"no study named {name!r} in that storage; existing: {optuna.get_all_study_names(storage)}"
+        ) from None

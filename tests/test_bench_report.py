@@ -1,21 +1,37 @@
 """Smoke tests: the benchmark runs end to end on a tiny step count; the report builds its table."""
 
 import json
-import shutil
+
+from mnist_challenge import build_model, load_spec
 
 from .conftest import ROOT, run_cli
 from .test_checker import GOOD, make_run
 
-from mnist_challenge import build_model, load_spec
-
 
 def test_benchmark_smoke(mnist_dir, tmp_path):
     out = tmp_path / "bench.json"
-    result = run_cli("mnist_challenge.bench", "--steps", "3", "--warmup", "1", "--repeats", "2", "--ablate", "--data-dir", str(mnist_dir), "--json", str(out))
+    result = run_cli(
+        "mnist_challenge.bench",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--ablate",
+        "--data-dir",
+        str(mnist_dir),
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1].startswith("RATIO engine / course pipeline:")
     figures = json.loads(out.read_text())
-    assert figures["engine_images_per_s"] > 0 and figures["reference_images_per_s"] > 0 and figures["eval_test_10k_seconds"] > 0
+    assert (
+        figures["engine_images_per_s"] > 0
+        and figures["reference_images_per_s"] > 0
+        and figures["eval_test_10k_seconds"] > 0
+    )
     assert len(figures["engine_runs"]) == 2 and len(figures["reference_runs"]) == 2
     assert figures["engine_settings"]["swapped_layers"]["fused_tail"] == 8  # the C kernel was built and used
     assert set(figures["ablation_images_per_s"]) == {"fused_tail", "cl_weight_grad", "pooled_dropout", "fast_maxpool"}
@@ -30,7 +46,9 @@ def test_report_judges_each_budget_with_its_own_limits(tmp_path):
     result = run_cli("mnist_challenge", "report", str(tmp_path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert f"| assignment | `{tmp_path / 'assignment' / 'seed1'}` | 12,738 |" in lines[2] and lines[2].endswith("| PASS |")
+    assert f"| assignment | `{tmp_path / 'assignment' / 'seed1'}` | 12,738 |" in lines[2] and lines[2].endswith(
+        "| PASS |"
+    )
     assert "FAIL: parameters < 8,001" in lines[3]
     assert lines[4].endswith("| PASS |") and "99.41, 99.45, 99.43" in lines[4]
 
@@ -49,8 +67,19 @@ def test_report_updates_only_the_readme_block(tmp_path):
 
 def test_search_benchmark_smoke(mnist_dir, tmp_path):
     out = tmp_path / "search_bench.json"
-    result = run_cli("search.bench", "--draws", "3", "--train-subset", "400", "--val-size", "200",
-                     "--data-dir", str(mnist_dir), "--json", str(out))
+    result = run_cli(
+        "search.bench",
+        "--draws",
+        "3",
+        "--train-subset",
+        "400",
+        "--val-size",
+        "200",
+        "--data-dir",
+        str(mnist_dir),
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1].startswith("RATIO full-fidelity-equivalent trials/h")
     figures = json.loads(out.read_text())
@@ -65,7 +94,12 @@ def test_library_never_imports_the_search_driver():
     offenders = []
     for path in sorted((ROOT / "mnist_challenge").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
             offenders += [f"{path.name}: {n}" for n in names if n == "search" or n.startswith("search.")]
     assert offenders == []

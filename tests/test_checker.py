@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 from torch import nn
 
 from mnist_challenge import ArchSpec, ConvBlock, build_model, load_spec
@@ -18,10 +17,40 @@ def make_run(path, model, spec, test_accs):
     run = RunDir(path)
     run.start(spec, {"epochs": len(test_accs)}, model, "", inspect_module(model, (1, 28, 28)).as_dict())
     for i, acc in enumerate(test_accs, start=1):
-        row = {"epoch": i, "lr": 0.01, "train_loss": 0.1, "train_acc": 98.0, "val_loss": 0.02, "val_acc": acc, "test_loss": 0.02, "test_acc": acc, "seconds": 1.0, "eval_seconds": 0.1, "images_per_second": 1.0}
+        row = {
+            "epoch": i,
+            "lr": 0.01,
+            "train_loss": 0.1,
+            "train_acc": 98.0,
+            "val_loss": 0.02,
+            "val_acc": acc,
+            "test_loss": 0.02,
+            "test_acc": acc,
+            "seconds": 1.0,
+            "eval_seconds": 0.1,
+            "images_per_second": 1.0,
+        }
         run.rows.append(row)
         with open(path / "epochs.csv", "a") as f:
-            f.write(",".join(str(row[k]) for k in ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds", "eval_seconds", "images_per_second"]) + "\n")
+            f.write(
+                ",".join(
+                    str(row[k])
+                    for k in [
+                        "epoch",
+                        "lr",
+                        "train_loss",
+                        "train_acc",
+                        "val_loss",
+                        "val_acc",
+                        "test_loss",
+                        "test_acc",
+                        "seconds",
+                        "eval_seconds",
+                        "images_per_second",
+                    ]
+                )
+                + "\n"
+            )
     return path
 
 
@@ -45,7 +74,9 @@ def test_too_many_params_fails(tmp_path):
 
 
 def test_linear_layer_fails(tmp_path):
-    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10), nn.LogSoftmax(1))
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10), nn.LogSoftmax(1)
+    )
     passed, failed = failed_rules(make_run(tmp_path / "r", model, None, GOOD))
     assert not passed and failed == ["no fully connected layer"]
 

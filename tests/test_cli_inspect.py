@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from .conftest import ROOT, run_cli
+from .conftest import run_cli
 
-RESIDUAL_FACTORY = '''
+RESIDUAL_FACTORY = """
 import torch
 from torch import nn
 
@@ -23,7 +23,7 @@ class Net(nn.Module):
 
 def make():
     return Net()
-'''
+"""
 
 REQUIRED = {"params", "params_unused", "macs", "receptive_field", "receptive_field_head", "has_linear", "layers"}
 
@@ -38,7 +38,11 @@ def test_inspect_spec_prints_torchsummary_and_our_table():
 def test_inspect_json_for_spec_module_and_torchvision(tmp_path):
     factory = tmp_path / "mynet.py"
     factory.write_text(RESIDUAL_FACTORY)
-    for source in (["--spec", "compact"], ["--module", f"{factory}:make"], ["--torchvision", "resnet18", "--input-size", "3", "64", "64"]):
+    for source in (
+        ["--spec", "compact"],
+        ["--module", f"{factory}:make"],
+        ["--torchvision", "resnet18", "--input-size", "3", "64", "64"],
+    ):
         result = run_cli("mnist_challenge", "inspect", *source, "--json")
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from mnist_challenge import UserError, build_model, load_spec
-from mnist_challenge.cli import Parser, main as kit, run_cli
+from mnist_challenge.cli import Parser, run_cli
+from mnist_challenge.cli import main as kit
 from mnist_challenge.data import download
 from mnist_challenge.errors import EXIT_INTERNAL, set_crash_log
-from mnist_challenge.runlog import RunDir, load_checkpoint
 from mnist_challenge.inspector import inspect_module
+from mnist_challenge.runlog import RunDir, load_checkpoint
 from search.cli import main as search
 
 from .conftest import assert_one_error_line, call
@@ -297,7 +298,10 @@ def test_a_failed_download_says_why_in_whole_words_and_leaves_no_empty_folders(t
         (["--study", "a/b"], "argument --study"),
         (["--seed", "1e23"], "argument --seed"),
         (["--timeout", "nan"], "argument --timeout"),
-        (["--space", "1", "--enqueue", "compact:translate=nan"], "translate (fraction of the side) must be a finite number"),
+        (
+            ["--space", "1", "--enqueue", "compact:translate=nan"],
+            "translate (fraction of the side) must be a finite number",
+        ),
         (["--space", "1", "--enqueue", "compact:lr=-1"], "lr must be in (0, 10]"),
         (["--enqueue", "compact"], "--enqueue needs --space 1"),
         (["--n-trials", "0"], "argument --n-trials"),
@@ -346,10 +350,38 @@ def test_a_train_stopped_with_sigterm_exits_130_and_keeps_its_finished_epochs(tm
 
     from .conftest import ROOT
 
-    args = ["train", "--spec", "tiny", "--epochs", "19", "--train-subset", "2000", "--val-size", "500", "--threads", "1"]
+    args = [
+        "train",
+        "--spec",
+        "tiny",
+        "--epochs",
+        "19",
+        "--train-subset",
+        "2000",
+        "--val-size",
+        "500",
+        "--threads",
+        "1",
+    ]
     run = tmp_path / "r"
-    proc = subprocess.Popen([sys.executable, "-m", "mnist_challenge", *args, "--data-dir", str(mnist_dir), "--out", str(tmp_path),
-                             "--name", "r"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mnist_challenge",
+            *args,
+            "--data-dir",
+            str(mnist_dir),
+            "--out",
+            str(tmp_path),
+            "--name",
+            "r",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:

@@ -69,6 +69,17 @@ def test_cli_train_with_bad_data_is_one_line_exit_2(mnist_dir, tmp_path):
     _copy(mnist_dir, tmp_path)
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"garbage")
     for data_dir in (tmp_path, tmp_path / "nowhere"):
-        result = run_cli("mnist_challenge", "train", "--spec", "compact", "--epochs", "1", "--data-dir", str(data_dir), "--out", str(tmp_path / "runs"))
+        result = run_cli(
+            "mnist_challenge",
+            "train",
+            "--spec",
+            "compact",
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(tmp_path / "runs"),
+        )
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")

@@ -3,7 +3,6 @@
 import torch
 from torch import nn
 
-from mnist_challenge import build_model, load_spec
 from mnist_challenge.ema import WeightEMA
 from mnist_challenge.runlog import load_checkpoint
 from mnist_challenge.train import TrainConfig
@@ -24,7 +23,9 @@ def test_update_lerps_every_float_entry_and_applied_swaps_back():
     weight = model[0].weight.detach().clone()
     with ema.applied():
         assert torch.allclose(model[0].weight, start["0.weight"] * d + weight * (1 - d))
-        assert torch.allclose(model[1].running_mean, start["1.running_mean"] * d + (start["1.running_mean"] + 2) * (1 - d))
+        assert torch.allclose(
+            model[1].running_mean, start["1.running_mean"] * d + (start["1.running_mean"] + 2) * (1 - d)
+        )
         assert model[1].num_batches_tracked == start["1.num_batches_tracked"]  # integers are not averaged
     assert torch.equal(model[0].weight, weight)  # the live weights are back
 

@@ -4,10 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_challenge import fast
+from mnist_challenge import build_model, fast, load_spec
 from mnist_challenge.fast import MaxPool2x2, PooledDropout, speed_up
 from tests.test_fused import require_kernels
-from mnist_challenge import build_model, load_spec
 
 
 @pytest.fixture(params=[True, False], ids=["native-kernel", "strided-views"])
@@ -82,7 +81,12 @@ def test_channels_last_weight_grad_conv_matches_conv2d(bias, padding):
     plain = nn.Conv2d(10, 16, 3, padding=padding, bias=bias)
     swapped = nn.Conv2d(10, 16, 3, padding=padding, bias=bias)
     swapped.load_state_dict(plain.state_dict())
-    assert speed_up(nn.Sequential(swapped), pooled_dropout=False, fast_maxpool=False, cl_weight_grad=True)["cl_weight_grad"] == 1
+    assert (
+        speed_up(nn.Sequential(swapped), pooled_dropout=False, fast_maxpool=False, cl_weight_grad=True)[
+            "cl_weight_grad"
+        ]
+        == 1
+    )
     assert type(swapped) is fast.ConvWeightGradChannelsLast
     x = torch.randn(8, 10, 13, 13)
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()

@@ -105,7 +105,9 @@ def test_non_contiguous_input_runs_the_plain_layers():
     torch.testing.assert_close(tail(z), plain_bn(torch.relu(z)))
 
 
-def test_without_a_compiler_nothing_is_fused_and_training_says_why(monkeypatch, tmp_path, mnist_dir, fresh_kernel_state):
+def test_without_a_compiler_nothing_is_fused_and_training_says_why(
+    monkeypatch, tmp_path, mnist_dir, fresh_kernel_state
+):
     from mnist_challenge.data import load_mnist
     from mnist_challenge.train import TrainConfig, train_model
 
@@ -115,7 +117,9 @@ def test_without_a_compiler_nothing_is_fused_and_training_says_why(monkeypatch, 
     assert load_kernels() is None
     assert "no-such-compiler" in unavailable_reason()
     assert fuse_conv_unit_tails(build_model(load_spec("classic"))) == 0
-    result = train_model(build_model(load_spec("classic")), data, TrainConfig(epochs=1, val_size=0, device="cpu"), progress=False)
+    result = train_model(
+        build_model(load_spec("classic")), data, TrainConfig(epochs=1, val_size=0, device="cpu"), progress=False
+    )
     assert result.settings["swapped_layers"]["fused_tail"] == 0
     assert "no-such-compiler" in result.settings["fused_tail_unavailable"]
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.epochs)

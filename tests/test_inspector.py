@@ -82,7 +82,9 @@ def test_params_and_macs_of_every_block_kind_match_numel_and_flop_counter(spec):
     ],
 )
 def test_each_block_kind_has_the_published_weights_and_rf(kind, weights, rf):
-    spec = ArchSpec(blocks=(ConvBlock((12, 12), padding=1, kind=kind),), stem_channels=8, batchnorm="none", head="conv_gap")
+    spec = ArchSpec(
+        blocks=(ConvBlock((12, 12), padding=1, kind=kind),), stem_channels=8, batchnorm="none", head="conv_gap"
+    )
     model = build_model(spec)
     body = [m for m in model.block1.modules() if isinstance(m, nn.Conv2d)]
     assert sum(m.weight.numel() for m in body) == weights
@@ -96,7 +98,10 @@ def test_a_3x3_head_widens_the_rf_at_gap_and_old_spec_files_load_unchanged():
     wider = ArchSpec.from_dict({**spec.to_dict(), "head": "conv3_gap"})
     a, b = inspect_module(build_model(spec), (1, 28, 28)), inspect_module(build_model(wider), (1, 28, 28))
     assert b.receptive_field_head == a.receptive_field_head + 2 * 2  # one more 3x3 at jump 2 (tiny pools once)
-    old = {**spec.to_dict(), "blocks": [{k: v for k, v in block.items() if k != "kind"} for block in spec.to_dict()["blocks"]]}
+    old = {
+        **spec.to_dict(),
+        "blocks": [{k: v for k, v in block.items() if k != "kind"} for block in spec.to_dict()["blocks"]],
+    }
     assert ArchSpec.from_dict(old) == spec  # a spec file written before block kinds existed
 
 
@@ -165,12 +170,15 @@ def test_shared_modules_once_and_unused_modules_separately():
     assert [row.name for row in report.layers].count("shared") == 2  # a row per call ...
     assert sum(row.params for row in report.layers) == expected_used  # ... but its weights once
     # torchsummary, the usual reference, counts the shared conv twice:
-    import contextlib, io, torchsummary
+    import contextlib
+    import io
+
+    import torchsummary
 
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         torchsummary.summary(model, (1, 28, 28), device="cpu")
-    line = next(l for l in buffer.getvalue().splitlines() if l.startswith("Total params"))
+    line = next(row for row in buffer.getvalue().splitlines() if row.startswith("Total params"))
     assert int(line.split(":")[1].replace(",", "")) == expected_used + sum(p.numel() for p in model.shared.parameters())
 
 
@@ -194,8 +202,22 @@ def test_vgg16_per_layer_table_and_receptive_field():
     report = inspect_module(torchvision_model("vgg16"), (3, 224, 224))
     with_params = [row.params for row in report.layers if row.params]
     assert with_params == [
-        1_792, 36_928, 73_856, 147_584, 295_168, 590_080, 590_080, 1_180_160,
-        2_359_808, 2_359_808, 2_359_808, 2_359_808, 2_359_808, 102_764_544, 16_781_312, 4_097_000,
+        1_792,
+        36_928,
+        73_856,
+        147_584,
+        295_168,
+        590_080,
+        590_080,
+        1_180_160,
+        2_359_808,
+        2_359_808,
+        2_359_808,
+        2_359_808,
+        2_359_808,
+        102_764_544,
+        16_781_312,
+        4_097_000,
     ]
     assert report.params == 138_357_544
     assert report.receptive_field_head == 212  # the textbook VGG-16 value at pool5
@@ -267,7 +289,9 @@ class PoolThenConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.first(x)
         if self.how == "tuple_kernel":
-            x = torch.nn.functional.avg_pool2d(x, (2, 4))  # stride defaults to the kernel, per axis (avg: all of the window passes gradient)
+            x = torch.nn.functional.avg_pool2d(
+                x, (2, 4)
+            )  # stride defaults to the kernel, per axis (avg: all of the window passes gradient)
         elif self.how == "lp_module":
             x = self.lp(x)
         elif self.how == "lp_functional":
@@ -287,7 +311,9 @@ def test_pools_and_upsampling_match_the_gradient_footprint(how):
 def test_transposed_conv_macs_match_the_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2), nn.ConvTranspose2d(6, 2, 2))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, stride=2), nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2), nn.ConvTranspose2d(6, 2, 2)
+    )
     with FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 1, 28, 28))
     assert inspect_module(model, (1, 28, 28)).macs == counter.get_total_flops() // 2
@@ -355,7 +381,9 @@ class Untrackable(nn.Module):
 
 def test_an_op_the_tracer_cannot_follow_is_reported_not_guessed():
     report = inspect_module(Untrackable(), (1, 28, 28))
-    assert report.rf_untracked_past == "unfold" and report.receptive_field_head is None and report.receptive_field is None
+    assert (
+        report.rf_untracked_past == "unfold" and report.receptive_field_head is None and report.receptive_field is None
+    )
     assert "RF not tracked past unfold" in format_report(report)
 
 
@@ -402,7 +430,9 @@ def test_axes_that_see_different_extents_are_reported_per_axis():
 
 @pytest.mark.parametrize("kernel, padding, dilation", [(3, 1, 1), (5, 0, 1), (2, 0, 1), (3, 2, 2)])
 def test_stride_1_transposed_convs_widen_the_rf_as_the_gradient_footprint_shows(kernel, padding, dilation):
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ConvTranspose2d(2, 2, kernel, padding=padding, dilation=dilation), nn.Conv2d(2, 2, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.ConvTranspose2d(2, 2, kernel, padding=padding, dilation=dilation), nn.Conv2d(2, 2, 3)
+    )
     report = inspect_module(model, (1, 24, 24))
     assert report.rf_untracked_past is None
     assert report.layers[-1].rf == measured_rf(linearised(model), 1, 24)

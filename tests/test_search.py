@@ -14,10 +14,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
 
+from mnist_challenge.spec import load_spec
 from mnist_challenge.train import TrainConfig
 from search.objective import SearchSettings, check_constraints
-from mnist_challenge.spec import load_spec
-from search.space import CHANNELS, RECIPE_KEYS, params_from_spec, recipe_from_params, smallest_params, spec_from_params, suggest_recipe, suggest_spec, widths
+from search.space import (
+    CHANNELS,
+    RECIPE_KEYS,
+    params_from_spec,
+    recipe_from_params,
+    spec_from_params,
+    suggest_recipe,
+    suggest_spec,
+    widths,
+)
 from search.storage import make_storage
 
 from .conftest import ROOT, run_cli
@@ -33,7 +42,18 @@ def trials_of(db, study="s"):
 
 def test_three_trials_into_sqlite_then_resume_adds_trials(mnist_dir, tmp_path):
     def args(n):
-        return ["search", "--study", "s", "--logs", str(tmp_path), "--n-trials", str(n), "--data-dir", str(mnist_dir), *TINY]
+        return [
+            "search",
+            "--study",
+            "s",
+            "--logs",
+            str(tmp_path),
+            "--n-trials",
+            str(n),
+            "--data-dir",
+            str(mnist_dir),
+            *TINY,
+        ]
 
     first = run_cli(*args(3))
     assert first.returncode == 0, first.stderr[-2000:]
@@ -74,10 +94,31 @@ def test_params_turn_back_into_the_same_spec():
 def test_candidate_over_the_cap_is_rejected_without_training(tmp_path):
     from search.objective import Objective
 
-    big = {"n_blocks": 3, "stem_channels": 16, "stem_padding": 1, "batchnorm": "after_relu", "dropout": 0.0, "head": "gap_conv",
-           "schedule": "onecycle", "lr": 0.05, "batch_size": 128, "rotation": 5.0, "translate": 0.0, "weight_decay": 1e-4}
+    big = {
+        "n_blocks": 3,
+        "stem_channels": 16,
+        "stem_padding": 1,
+        "batchnorm": "after_relu",
+        "dropout": 0.0,
+        "head": "gap_conv",
+        "schedule": "onecycle",
+        "lr": 0.05,
+        "batch_size": 128,
+        "rotation": 5.0,
+        "translate": 0.0,
+        "weight_decay": 1e-4,
+    }
     for b in (1, 2, 3):
-        big.update({f"b{b}_convs": 3, f"b{b}_c1": 32, f"b{b}_c2": 32, f"b{b}_c3": 32, f"b{b}_padding": 1, f"b{b}_residual": False})
+        big.update(
+            {
+                f"b{b}_convs": 3,
+                f"b{b}_c1": 32,
+                f"b{b}_c2": 32,
+                f"b{b}_c3": 32,
+                f"b{b}_padding": 1,
+                f"b{b}_residual": False,
+            }
+        )
         if b < 3:
             big.update({f"b{b}_transition": True, f"b{b}_squeeze": 16})
     settings = SearchSettings("cap", tmp_path, TrainConfig(epochs=1), max_params=20_000, space_version=1)
@@ -86,23 +127,67 @@ def test_candidate_over_the_cap_is_rejected_without_training(tmp_path):
     study.optimize(Objective(settings, data=None), n_trials=1)  # data=None: any training attempt would crash
     trial = study.trials[0]
     assert trial.state == TrialState.PRUNED
-    assert trial.user_attrs["reason"].startswith("rejected before training") and "cap 20,000" in trial.user_attrs["reason"]
+    assert (
+        trial.user_attrs["reason"].startswith("rejected before training") and "cap 20,000" in trial.user_attrs["reason"]
+    )
     assert trial.user_attrs["params"] >= 20_000 and "run_dir" not in trial.user_attrs
     assert not (tmp_path / "trials").exists()
 
 
 def test_low_receptive_field_is_rejected():
-    spec = spec_from_params({"n_blocks": 2, "b1_convs": 1, "b1_c1": 8, "b1_padding": 1, "b1_residual": False, "b1_transition": False,
-                             "b2_convs": 1, "b2_c1": 8, "b2_padding": 1, "b2_residual": False, "dropout": 0.0, "stem_channels": 8,
-                             "stem_padding": 1, "batchnorm": "none", "head": "gap_conv"})
+    spec = spec_from_params(
+        {
+            "n_blocks": 2,
+            "b1_convs": 1,
+            "b1_c1": 8,
+            "b1_padding": 1,
+            "b1_residual": False,
+            "b1_transition": False,
+            "b2_convs": 1,
+            "b2_c1": 8,
+            "b2_padding": 1,
+            "b2_residual": False,
+            "dropout": 0.0,
+            "stem_channels": 8,
+            "stem_padding": 1,
+            "batchnorm": "none",
+            "head": "gap_conv",
+        }
+    )
     figures, broken = check_constraints(spec, SearchSettings("rf", None, TrainConfig(), min_rf=20))
     assert figures["rf_head"] == 7 and broken == "RF at the head 7 < 20 px"
 
 
 def _search_args(mnist_dir, tmp_path, study):
-    return [sys.executable, "-m", "search", "--study", study, "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--epochs", "2",
-            "--train-subset", "3000", "--val-size", "500", "--workers", "1", "--threads", "1", "--heartbeat", "1", "--grace", "4", "--pruner", "none",
-            "--sampler-seed", "0"]  # fixed draws: the trials these tests wait for train long enough to be seen
+    return [
+        sys.executable,
+        "-m",
+        "search",
+        "--study",
+        study,
+        "--logs",
+        str(tmp_path),
+        "--data-dir",
+        str(mnist_dir),
+        "--epochs",
+        "2",
+        "--train-subset",
+        "3000",
+        "--val-size",
+        "500",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--heartbeat",
+        "1",
+        "--grace",
+        "4",
+        "--pruner",
+        "none",
+        "--sampler-seed",
+        "0",
+    ]  # fixed draws: the trials these tests wait for train long enough to be seen
 
 
 def _wait_until_a_trial_trains(worker, db, study):
@@ -126,14 +211,24 @@ def _wait_until_a_trial_trains(worker, db, study):
 def _assert_retried(trials, stuck):
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert trials[stuck].state == TrialState.FAIL
-    retried = [t for t in trials if t.system_attrs.get("failed_trial") == trials[stuck]._trial_id or t.system_attrs.get("failed_trial") == stuck]
+    retried = [
+        t
+        for t in trials
+        if t.system_attrs.get("failed_trial") == trials[stuck]._trial_id or t.system_attrs.get("failed_trial") == stuck
+    ]
     assert retried and retried[0].params == trials[stuck].params  # the lost trial is retried, not dropped
     return retried[0]
 
 
 def test_killed_worker_leaves_no_trial_running(mnist_dir, tmp_path):
     db, args = tmp_path / "k" / "study.db", _search_args(mnist_dir, tmp_path, "k")
-    worker = subprocess.Popen(args + ["--n-trials", "5"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    worker = subprocess.Popen(
+        args + ["--n-trials", "5"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         stuck = _wait_until_a_trial_trains(worker, db, "k").number
     finally:
@@ -148,7 +243,14 @@ def test_killed_worker_leaves_no_trial_running(mnist_dir, tmp_path):
 
 def test_sigterm_queues_the_running_trial_again_at_once(mnist_dir, tmp_path):
     db, args = tmp_path / "t" / "study.db", _search_args(mnist_dir, tmp_path, "t")
-    worker = subprocess.Popen(args + ["--n-trials", "5"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    worker = subprocess.Popen(
+        args + ["--n-trials", "5"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stuck = _wait_until_a_trial_trains(worker, db, "t").number
         worker.send_signal(signal.SIGTERM)
@@ -160,10 +262,14 @@ def test_sigterm_queues_the_running_trial_again_at_once(mnist_dir, tmp_path):
     # 130, or death by SIGINT (which a shell also reports as 130): seen once in CI, when the signal
     # landed while torch was lazily importing a module; CPython then ended the process by SIGINT
     # although the KeyboardInterrupt had been caught, "interrupted" printed and the trial queued again.
-    assert worker.returncode in (130, -signal.SIGINT) and stderr.strip().splitlines()[-1] == "interrupted", stderr[-2000:]
+    assert worker.returncode in (130, -signal.SIGINT) and stderr.strip().splitlines()[-1] == "interrupted", stderr[
+        -2000:
+    ]
     retry = _assert_retried(trials_of(db, "t"), stuck)  # no waiting for a heartbeat to go stale
     assert retry.state == TrialState.WAITING
-    resume = subprocess.run(args + ["--n-trials", "1", "--grace", "600"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    resume = subprocess.run(
+        args + ["--n-trials", "1", "--grace", "600"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert resume.returncode == 0, resume.stderr[-2000:]
     assert trials_of(db, "t")[retry.number].state in (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -236,14 +342,50 @@ def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
 
 def test_reproduce_retrains_on_all_training_images(mnist_dir, tmp_path):
     # The enqueued preset is the first trial, so there is always a trained trial to reproduce.
-    args = ["search", "--study", "r", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--n-trials", "1", "--pruner", "none",
-            "--space", "1", "--enqueue", "compact", *TINY]
+    args = [
+        "search",
+        "--study",
+        "r",
+        "--logs",
+        str(tmp_path),
+        "--data-dir",
+        str(mnist_dir),
+        "--n-trials",
+        "1",
+        "--pruner",
+        "none",
+        "--space",
+        "1",
+        "--enqueue",
+        "compact",
+        *TINY,
+    ]
     assert run_cli(*args).returncode == 0
     (trial,) = trials_of(tmp_path / "r" / "study.db", "r")
     assert trial.state == TrialState.COMPLETE and spec_from_params(trial.params).blocks == load_spec("compact").blocks
     out = tmp_path / "rep"
-    result = run_cli("search", "reproduce", "--study", "r", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--epochs", "1",
-                     "--threads", "1", "--train-subset", "2000", "--out", str(out), "--min-acc", "50", "--last-k", "1")
+    result = run_cli(
+        "search",
+        "reproduce",
+        "--study",
+        "r",
+        "--logs",
+        str(tmp_path),
+        "--data-dir",
+        str(mnist_dir),
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--train-subset",
+        "2000",
+        "--out",
+        str(out),
+        "--min-acc",
+        "50",
+        "--last-k",
+        "1",
+    )
     assert result.returncode in (0, 1), result.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())
     assert config["val_size"] == 0 and config["train_images"] == 2_000 and config["val_images"] == 0
@@ -288,7 +430,11 @@ def test_recipe_keys_are_exactly_what_suggest_recipe_draws():
 
 def trained_params(trials):
     """The parameter sets that were trained (a run directory exists), as comparable JSON strings."""
-    return [json.dumps(t.params, sort_keys=True) for t in trials if t.user_attrs.get("run_dir") and "duplicate_of" not in t.user_attrs]
+    return [
+        json.dumps(t.params, sort_keys=True)
+        for t in trials
+        if t.user_attrs.get("run_dir") and "duplicate_of" not in t.user_attrs
+    ]
 
 
 def assert_no_draw_trained_twice(trials):
@@ -300,9 +446,31 @@ def assert_no_draw_trained_twice(trials):
 def test_two_concurrent_commands_and_a_resume_train_no_draw_twice(mnist_dir, tmp_path):
     # Both commands start the same fresh SQLite study at once (the table-creation race) and both enqueue
     # the same preset: it must be trained once; every other draw must differ (per-process sampler seeds).
-    args = [sys.executable, "-m", "search", "--study", "c", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--n-trials", "4",
-            "--space", "1", "--enqueue", "tiny", "--pruner", "none", "--max-params", "5001", *TINY]
-    commands = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    args = [
+        sys.executable,
+        "-m",
+        "search",
+        "--study",
+        "c",
+        "--logs",
+        str(tmp_path),
+        "--data-dir",
+        str(mnist_dir),
+        "--n-trials",
+        "4",
+        "--space",
+        "1",
+        "--enqueue",
+        "tiny",
+        "--pruner",
+        "none",
+        "--max-params",
+        "5001",
+        *TINY,
+    ]
+    commands = [
+        subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     for proc in commands:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
@@ -348,7 +516,7 @@ def _twin_trials(*run_dirs):
     """Two RUNNING trials of one study with the same draw; ``run_dirs`` marks which of them are training."""
     study = optuna.create_study(direction="maximize")
     trials = []
-    for run_dir in run_dirs:
+    for _ in run_dirs:
         study.enqueue_trial({"x": 1.0})
         trial = study.ask()
         trial.suggest_float("x", 0, 2)
@@ -368,7 +536,9 @@ def test_of_two_twins_drawn_at_once_exactly_one_trains():
     study, (older, younger) = _twin_trials(None, "y")  # the younger checked first and is training: the older yields
     assert find_twin(study, older, training=False).number == younger.number
     assert find_twin(study, younger, training=True) is None
-    study, (older, younger) = _twin_trials("o", "y")  # both checked at the same moment: the younger stops at its next epoch
+    study, (older, younger) = _twin_trials(
+        "o", "y"
+    )  # both checked at the same moment: the younger stops at its next epoch
     assert find_twin(study, younger, training=True).number == older.number
     assert find_twin(study, older, training=True) is None
 
@@ -376,11 +546,16 @@ def test_of_two_twins_drawn_at_once_exactly_one_trains():
 def test_fresh_sqlite_study_opened_by_many_processes_at_once(tmp_path):
     # The fresh-study race in every form (IntegrityError, "table ... already exists", a locked file): each
     # of four processes creates or joins the same new study; all must succeed, three times over.
-    code = ("import sys; from search.storage import make_storage; import optuna; "
-            "s = make_storage(sys.argv[1]); optuna.create_study(study_name='r', storage=s, load_if_exists=True)")
+    code = (
+        "import sys; from search.storage import make_storage; import optuna; "
+        "s = make_storage(sys.argv[1]); optuna.create_study(study_name='r', storage=s, load_if_exists=True)"
+    )
     for round_ in range(3):
         url = f"sqlite:///{tmp_path / f'round{round_}' / 'study.db'}"
-        procs = [subprocess.Popen([sys.executable, "-c", code, url], cwd=ROOT, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, url], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
         for proc in procs:
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err[-2000:]
@@ -457,7 +632,9 @@ def test_a_fitted_trial_stores_the_spec_and_recipe_it_trained(tmp_path, monkeypa
     monkeypatch.setattr(objective_module, "run_experiment", fake_training)
     base = TrainConfig(epochs=1)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
-    study.optimize(objective_module.Objective(SearchSettings("v2", tmp_path, base, max_params=5_000), data=None), n_trials=3)
+    study.optimize(
+        objective_module.Objective(SearchSettings("v2", tmp_path, base, max_params=5_000), data=None), n_trials=3
+    )
     assert len(trained) == 3
     for trial, (spec, cfg) in zip(study.trials, trained):
         assert spec_of_trial(trial, "v2") == spec and recipe_of_trial(trial, base) == cfg

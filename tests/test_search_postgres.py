@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import optuna
 import pytest
@@ -40,11 +39,33 @@ def postgres_url():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run(as_postgres + [_bin("initdb"), "-D", data, "-A", "trust", "-U", "kit"], check=True, capture_output=True)
-    subprocess.run(as_postgres + [_bin("pg_ctl"), "-D", data, "-l", os.path.join(root, "log"), "-w", "-t", "60", "start",
-                                  "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        as_postgres + [_bin("initdb"), "-D", data, "-A", "trust", "-U", "kit"], check=True, capture_output=True
+    )
+    subprocess.run(
+        as_postgres
+        + [
+            _bin("pg_ctl"),
+            "-D",
+            data,
+            "-l",
+            os.path.join(root, "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run(as_postgres + [_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "kit", "studies"], check=True, capture_output=True)
+        subprocess.run(
+            as_postgres + [_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "kit", "studies"],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql://kit@127.0.0.1:{port}/studies"
     finally:
         subprocess.run(as_postgres + [_bin("pg_ctl"), "-D", data, "-m", "immediate", "stop"], capture_output=True)
@@ -52,8 +73,28 @@ def postgres_url():
 
 
 def _search(url, logs, mnist_dir, n):
-    cmd = [sys.executable, "-m", "search", "--study", "shared", "--storage", url, "--logs", str(logs), "--data-dir", str(mnist_dir), "--n-trials", str(n),
-           "--space", "1", "--enqueue", "compact", "--pruner", "none", *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "search",
+        "--study",
+        "shared",
+        "--storage",
+        url,
+        "--logs",
+        str(logs),
+        "--data-dir",
+        str(mnist_dir),
+        "--n-trials",
+        str(n),
+        "--space",
+        "1",
+        "--enqueue",
+        "compact",
+        "--pruner",
+        "none",
+        *TINY,
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -18,7 +18,10 @@ TINY = ["--train-subset", "300", "--val-size", "300", "--workers", "1", "--threa
 
 
 def test_promotion_keeps_the_best_third_and_fewer_params_break_ties():
-    entries = [Entry(n, params, score, "") for n, params, score in [(0, 4000, 98.0), (1, 3000, 99.0), (2, 4900, 99.0), (3, 100, 10.0)]]
+    entries = [
+        Entry(n, params, score, "")
+        for n, params, score in [(0, 4000, 98.0), (1, 3000, 99.0), (2, 4900, 99.0), (3, 100, 10.0)]
+    ]
     assert [e.trial for e in promote(entries, 1 / 3)] == [1, 2]  # ceil(4 / 3) = 2; 99.0 twice, fewer params first
     assert [e.trial for e in promote(entries[:1], 1 / 3)] == [0]  # never none
 
@@ -36,7 +39,9 @@ def test_spearman_against_known_values():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6 * 4 / (5 * 24)
     assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)  # tied ranks averaged
-    assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(spearman([], [])) and math.isnan(spearman([1], [2]))
+    assert (
+        math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(spearman([], [])) and math.isnan(spearman([1], [2]))
+    )
 
 
 def test_budget_settings_are_checked():
@@ -46,12 +51,15 @@ def test_budget_settings_are_checked():
             budget_from_args("tiny", rungs, None, None, None)
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--budget", "tiny", "--epochs", "5"], "drop --epochs"),
-    (["--budget", "tiny", "--max-params", "3000"], "drop --max-params"),
-    (["--screen", "5"], "--screen only apply with --budget"),
-    (["--budget", "huge"], "argument --budget"),
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--budget", "tiny", "--epochs", "5"], "drop --epochs"),
+        (["--budget", "tiny", "--max-params", "3000"], "drop --max-params"),
+        (["--screen", "5"], "--screen only apply with --budget"),
+        (["--budget", "huge"], "argument --budget"),
+    ],
+)
 def test_budget_flags_that_clash_are_refused_before_anything_is_written(tmp_path, flags, fragment):
     assert_one_error_line(call(search, "--logs", str(tmp_path / "logs"), *flags), fragment)
     assert not (tmp_path / "logs").exists()
@@ -64,8 +72,23 @@ def short_budget(monkeypatch):
 
 
 def test_a_budget_screens_promotes_confirms_and_resumes(tmp_path, mnist_dir, short_budget):
-    args = ["--budget", "tiny", "--rungs", "1", "--screen", "3", "--confirm", "1", "--seeds", "2", "--logs", str(tmp_path),
-            "--data-dir", str(mnist_dir), *TINY]
+    args = [
+        "--budget",
+        "tiny",
+        "--rungs",
+        "1",
+        "--screen",
+        "3",
+        "--confirm",
+        "1",
+        "--seeds",
+        "2",
+        "--logs",
+        str(tmp_path),
+        "--data-dir",
+        str(mnist_dir),
+        *TINY,
+    ]
     code, out, err = call(search, *args)
     assert code == 0, err[-3000:]
     study_dir = tmp_path / "budget-tiny"
@@ -89,8 +112,23 @@ def test_a_budget_screens_promotes_confirms_and_resumes(tmp_path, mnist_dir, sho
 
 
 def test_the_fidelity_study_scores_every_design_on_every_schedule(tmp_path, mnist_dir, short_budget):
-    code, out, err = call(search, "fidelity", "--budget", "tiny", "--rungs", "1", "--designs", "3", "--out", str(tmp_path / "f"),
-                          "--data-dir", str(mnist_dir), *TINY[:4], "--workers", "1")
+    code, out, err = call(
+        search,
+        "fidelity",
+        "--budget",
+        "tiny",
+        "--rungs",
+        "1",
+        "--designs",
+        "3",
+        "--out",
+        str(tmp_path / "f"),
+        "--data-dir",
+        str(mnist_dir),
+        *TINY[:4],
+        "--workers",
+        "1",
+    )
     assert code == 0, err[-3000:]
     result = json.loads((tmp_path / "f" / "fidelity.json").read_text())
     assert result["ladder"] == [1, 2] and len(result["entries"]) == 3 and set(result["spearman_vs_full"]) == {"1"}

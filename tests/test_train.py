@@ -4,14 +4,24 @@ import csv
 
 import torch
 
-from mnist_challenge import build_model, load_spec
+from mnist_challenge import load_spec
 from mnist_challenge.experiment import run_experiment
 from mnist_challenge.runlog import load_checkpoint
 from mnist_challenge.train import TrainConfig
 
 from .conftest import run_cli
 
-RUN_FILES = {"spec.json", "config.json", "summary.txt", "inspection.json", "epochs.csv", "train.log", "curves.png", "model.pt", "verdict.json"}
+RUN_FILES = {
+    "spec.json",
+    "config.json",
+    "summary.txt",
+    "inspection.json",
+    "epochs.csv",
+    "train.log",
+    "curves.png",
+    "model.pt",
+    "verdict.json",
+}
 TIMING = {"seconds", "eval_seconds", "images_per_second"}
 
 
@@ -53,14 +63,45 @@ def test_same_seed_same_epochs_csv(mnist_dir, tmp_path):
 
 
 def test_cli_train_then_check(mnist_dir, tmp_path):
-    result = run_cli("mnist_challenge", "train", "--spec", "compact", "--epochs", "2", "--train-subset", "3000", "--val-size", "1000",
-                     "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "r", "--threads", "1")
+    result = run_cli(
+        "mnist_challenge",
+        "train",
+        "--spec",
+        "compact",
+        "--epochs",
+        "2",
+        "--train-subset",
+        "3000",
+        "--val-size",
+        "1000",
+        "--data-dir",
+        str(mnist_dir),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "r",
+        "--threads",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     assert "EPOCH  1/2" in result.stdout and "EPOCH  2/2" in result.stdout
     check = run_cli("mnist_challenge", "check", str(tmp_path / "r"), "--last-k", "1", "--min-acc", "50")
     assert check.returncode == 0, check.stdout
     assert "VERDICT: PASS" in check.stdout
-    again = run_cli("mnist_challenge", "train", "--spec", "compact", "--epochs", "1", "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "r")
+    again = run_cli(
+        "mnist_challenge",
+        "train",
+        "--spec",
+        "compact",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(mnist_dir),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "r",
+    )
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
