@@ -22,6 +22,7 @@ from mnist_challenge.experiment import run_experiment
 from mnist_challenge.inspector import inspect_module
 from mnist_challenge.train import TrainConfig
 
+from .artifacts import store_of, upload_run
 from .space import RECIPE_FIELDS, SPACE_VERSION, draw_recipe, draw_spec
 
 CHANCE_LEVEL = 20.0  # % validation accuracy; 10 classes give 10 % by guessing
@@ -163,6 +164,7 @@ class Objective:
             raise optuna.TrialPruned() from None
         finally:
             trial.set_user_attr("seconds", time.time() - started)
+            upload_run(store_of(s.study_dir), trial, run_dir)  # for optuna-dashboard, pruned runs included
         tail = result.epochs[-s.select_last :]
         val_acc = sum(r["val_acc"] for r in tail) / len(tail)
         trial.set_user_attr("val_acc", val_acc)

@@ -32,6 +32,7 @@ from mnist_challenge.experiment import load_data
 from mnist_challenge.train import TrainConfig
 from mnist_challenge.validate import SEED_MAX
 
+from .artifacts import ARTIFACT_DIR, sync_study
 from .objective import Objective, SearchSettings
 from .outputs import export, plot, summary_table
 from .space import SPACE_VERSION
@@ -316,6 +317,7 @@ def finish(study: optuna.Study, s: SearchSettings) -> None:
     """Write every output and print the closing summary."""
     summary = export(study, s.study_dir, s.multi_objective)
     plots = plot(study, s.study_dir, s.multi_objective)
+    sync_study(study, s.study_dir, summary.get("best", {}).get("trial"))
     print(f"{summary['trials']} trials in study {s.study_name!r}. Top trials by validation accuracy:")
     print(summary_table(study))
     print(
@@ -328,7 +330,7 @@ def finish(study: optuna.Study, s: SearchSettings) -> None:
             f"best: trial {summary['best']['trial']}, val acc {summary['best']['val_acc']:.2f}%, "
             f"{summary['best']['params']:,} params -> {s.study_dir / 'best_spec.json'}"
         )
-    print(f"outputs: {s.study_dir} (trials.csv, summary.json, {', '.join(plots) or 'no plots yet'})")
+    print(f"outputs: {s.study_dir} (trials.csv, summary.json, {', '.join(plots) or 'no plots yet'}, {ARTIFACT_DIR}/)")
 
 
 def export_study(plan: RunPlan) -> None:

@@ -234,6 +234,7 @@ def run_stages(
     study: optuna.Study, budget: Budget, base: TrainConfig, study_dir: Path, data_dir: str | None, workers: int
 ) -> dict[str, Any]:
     """Promote the screened designs rung by rung, confirm the best with seeds; record it all in the study."""
+    from .artifacts import sync_study
     from .space import recipe_of_trial, spec_of_trial
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -249,6 +250,7 @@ def run_stages(
         chosen = promote(rungs[-1]["entries"], budget.keep)
         jobs = [job(e, epochs, base.seed, study_dir / "rungs" / f"e{epochs}") for e in chosen]
         run_jobs(jobs, base, data_dir, workers, f"rung {epochs} epochs")
+        sync_study(study, study_dir, None)  # the rung's curves on optuna-dashboard as soon as they exist
         scored = [(e, j, score_of(j.run_dir)) for e, j in zip(chosen, jobs)]
         rungs.append(
             {
@@ -260,6 +262,7 @@ def run_stages(
     seeds = [base.seed + k for k in range(1, budget.seeds)]
     jobs = [job(e, budget.epochs, seed, study_dir / "confirm") for e in top for seed in seeds]
     run_jobs(jobs, base, data_dir, workers, "confirmation seeds")
+    sync_study(study, study_dir, None)
     confirmed = []
     for e in top:
         scores = (e.score, *[score_of(j.run_dir) for j in jobs if j.trial == e.trial])

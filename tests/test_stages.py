@@ -6,6 +6,7 @@ import math
 
 import optuna
 import pytest
+from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 
 import search.stages as stages
 from mnist_challenge import UserError
@@ -109,6 +110,21 @@ def test_a_budget_screens_promotes_confirms_and_resumes(tmp_path, mnist_dir, sho
     assert sorted(study_dir.rglob("verdict.json")) == runs and [p.stat().st_mtime_ns for p in runs] == stamps
     study = optuna.load_study(study_name="budget-tiny", storage=f"sqlite:///{study_dir / 'study.db'}")
     assert len(study.trials) == 3
+    # optuna-dashboard's view: each trained trial carries its run's files; the later runs of the winner's
+    # design and its spec are on the study; the second command uploaded nothing twice.
+    winner = confirmed["trial"]
+    for trial in study.trials:
+        names = [m.filename for m in get_all_artifact_meta(trial, storage=study._storage)]
+        if trial.user_attrs.get("run_dir"):
+            assert sorted(names) == ["curves.png", "epochs.csv", "summary.txt"]
+    names = [m.filename for m in get_all_artifact_meta(study)]
+    tag = f"trial_{winner:04d}"
+    assert f"{tag}-e2-seed0-curves.png" in names and f"{tag}-confirm-seed1-epochs.csv" in names
+    assert f"best_spec-trial_{winner}.json" in names and len(names) == len(set(names))
+    store = FileSystemArtifactStore(study_dir / "artifacts")
+    meta = next(m for m in get_all_artifact_meta(study) if m.filename.startswith("best_spec"))
+    with store.open_reader(meta.artifact_id) as f:
+        assert json.loads(f.read()) == json.loads((study_dir / "best_spec.json").read_text())
 
 
 def test_the_fidelity_study_scores_every_design_on_every_schedule(tmp_path, mnist_dir, short_budget):
