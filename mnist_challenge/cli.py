@@ -304,6 +304,56 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_report)
 
 
+# --- export-notebook -----------------------------------------------------------------------------------
+def cmd_export_notebook(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .checker import Limits
+    from .data import load_raw, resolve_data_dir
+    from .notebook import execute_notebook, export_notebook, read_run
+
+    spec, _ = read_run(args.run_dir)
+    out = Path(args.out or f"submission_{spec.name}.ipynb")
+    if out.suffix != ".ipynb":
+        raise UserError(f"-o {out}: a notebook file name ends in .ipynb")
+    check_writable_dir(out.resolve().parent, "-o folder")
+    limits = Limits(args.max_params, args.max_epochs, args.min_acc, args.last_k)
+    if args.execute:
+        load_raw(args.data_dir, allow_download=args.download)  # fail on missing data before writing anything
+    nb = export_notebook(args.run_dir, out, limits)
+    print(f"wrote {out}")
+    if args.execute:
+        print("executing it (KIT_NOTEBOOK_SMOKE=1: one epoch on 2,000 images) ...", flush=True)
+        execute_notebook(nb, out, resolve_data_dir(args.data_dir), args.threads)
+        verdict = [line for line in _outputs_text(nb).splitlines() if line.startswith("VERDICT:")]
+        print(f"executed {out}: {verdict[-1] if verdict else 'no verdict printed'}")
+    return 0
+
+
+def _outputs_text(nb) -> str:
+    return "\n".join(
+        o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+    )
+
+
+def add_export_notebook(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-notebook",
+        help="a self-contained submission notebook (plain PyTorch, no kit import) for a run's spec and recipe",
+    )
+    p.add_argument("run_dir", help="a run directory (spec.json and config.json)")
+    p.add_argument("-o", "--out", default=None, help="notebook file (default submission_<spec name>.ipynb)")
+    p.add_argument(
+        "--execute", action="store_true", help="also run it here (nbclient) and save it with its outputs and logs"
+    )
+    p.add_argument(
+        "--threads", type=int_flag(1, 1024), default=None, help="with --execute: torch threads in the kernel"
+    )
+    add_limit_flags(p)
+    add_data_flags(p)
+    p.set_defaults(handler=cmd_export_notebook)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m mnist_challenge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -311,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_check(sub)
     add_report(sub)
+    add_export_notebook(sub)
     return parser
 
 

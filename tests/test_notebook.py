@@ -1,22 +1,146 @@
-"""The Colab notebook executes here too, in smoke mode (one epoch on a subset), so it cannot rot."""
+"""Submission notebooks: the generated model equals the kit's for every block kind and head, an exported
+notebook runs (smoke mode) from an empty folder where the kit cannot be imported, and the committed
+notebooks carry their full logs and a verdict."""
+
+import json
+import os
+import subprocess
+import sys
 
 import nbformat
-from nbclient import NotebookClient
+import pytest
+import torch
 
-from .conftest import ROOT
+from mnist_challenge import ArchSpec, build_model, count_params, load_spec
+from mnist_challenge.cli import main as kit
+from mnist_challenge.notebook import model_code
+from mnist_challenge.runlog import load_checkpoint
+
+from .conftest import ROOT, assert_one_error_line, call
+
+RUN = ROOT / "logs" / "submission" / "tiny" / "seed1"
+BLOCK = {"channels": [6, 8], "padding": 0}
+VARIANTS = {
+    "plain": {},
+    "separable": {"blocks": [{**BLOCK, "kind": "separable", "transition": 6}, {"channels": [8, 10], "padding": 1}]},
+    "dilated": {"blocks": [{**BLOCK, "kind": "dilated", "transition": 6}, {"channels": [10], "kind": "dilated"}]},
+    "residual, projected and cropped": {
+        "blocks": [{**BLOCK, "residual": True, "transition": 6}, {"channels": [6, 6], "padding": 1, "residual": True}]
+    },
+    "conv_gap head, BN before ReLU": {"head": "conv_gap", "batchnorm": "before_relu"},
+    "conv3_gap head, no BN": {"head": "conv3_gap", "batchnorm": "none"},
+    "dropout at block ends": {"dropout": 0.1, "dropout_at": "block_end"},
+    "dropout after every conv": {"dropout": 0.05, "dropout_at": "every_conv"},
+}
 
 
-def test_notebook_runs_in_smoke_mode(mnist_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("KIT_NOTEBOOK_SMOKE", "1")
-    monkeypatch.setenv("MNIST_DATA_DIR", str(mnist_dir))
-    monkeypatch.setenv("KIT_NOTEBOOK_OUT", str(tmp_path))
-    nb = nbformat.read(ROOT / "notebooks" / "reproduce_best.ipynb", as_version=4)
-    NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
-    ).execute()
-    text = "\n".join(
-        o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+def _net_from_code(spec: ArchSpec) -> torch.nn.Module:
+    source = model_code(spec)
+    assert "mnist_challenge" not in source and "search" not in source
+    namespace: dict = {}
+    exec(compile(source, f"<model of {spec.name}>", "exec"), namespace)  # noqa: S102 - our own generated code
+    return namespace["Net"]()
+
+
+def _same_network(kit_model: torch.nn.Module, spec: ArchSpec) -> None:
+    net = _net_from_code(spec)
+    assert count_params(net) == count_params(kit_model)
+    net.load_state_dict(kit_model.state_dict())  # strict: the same parameter and buffer names and shapes
+    kit_model.eval()
+    net.eval()
+    x = torch.randn(8, spec.in_channels, spec.input_size, spec.input_size)
+    torch.testing.assert_close(net(x), kit_model(x))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_generated_model_is_the_kits_network(variant):
+    base = {"blocks": [{**BLOCK, "transition": 6}, {"channels": [8, 10], "padding": 0}], "name": "v"}
+    spec = ArchSpec.from_dict({**base, **VARIANTS[variant]})
+    model = build_model(spec)
+    with torch.no_grad():  # trained-looking BN statistics, so a mix-up of buffers would show
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    _same_network(model, spec)
+
+
+@pytest.mark.parametrize("preset", ["classic", "compact", "tiny"])
+def test_generated_model_of_each_preset(preset):
+    spec = load_spec(preset)
+    _same_network(build_model(spec), spec)
+
+
+def test_a_committed_runs_weights_give_the_same_outputs():
+    model, spec = load_checkpoint(RUN / "model.pt")
+    _same_network(model, spec)
+
+
+def test_bad_input_is_one_error_line(tmp_path):
+    assert_one_error_line(call(kit, "export-notebook", str(tmp_path)), "is not a run directory")
+    assert_one_error_line(call(kit, "export-notebook", str(RUN), "-o", str(tmp_path / "x.txt")), "ends in .ipynb")
+
+
+def _execute_without_the_kit(notebook, folder, mnist_dir):
+    """Run a notebook in smoke mode from ``folder`` in a fresh process where the kit is not importable."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(KIT_NOTEBOOK_SMOKE="1", MNIST_DATA_DIR=str(mnist_dir.resolve()))
+    probe = subprocess.run([sys.executable, "-c", "import mnist_challenge"], cwd=folder, env=env, capture_output=True)
+    assert probe.returncode != 0, "the kit is importable from the empty folder: the test would prove nothing"
+    script = (
+        "import sys, nbformat\n"
+        "from nbclient import NotebookClient\n"
+        "nb = nbformat.read(sys.argv[1], as_version=4)\n"
+        # Belt and braces: any import of the kit inside the kernel fails.
+        'nb.cells.insert(0, nbformat.v4.new_code_cell(\'import sys\\nsys.modules["mnist_challenge"] = None\\n'
+        'sys.modules["search"] = None\'))\n'
+        "NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': '.'}}).execute()\n"
+        "nbformat.write(nb, 'executed.ipynb')\n"
     )
-    assert "EPOCH  1/1" in text and "Total params" in text and "RF at the head's input" in text and "VERDICT:" in text
-    runs = [p for p in tmp_path.iterdir() if (p / "epochs.csv").is_file()]
-    assert len(runs) == 1 and (runs[0] / "curves.png").is_file()
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(notebook)], cwd=folder, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _outputs(nbformat.read(folder / "executed.ipynb", as_version=4))
+
+
+def _outputs(nb) -> str:
+    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_an_exported_notebook_runs_without_the_kit(tmp_path, mnist_dir):
+    out = tmp_path / "out" / "submission.ipynb"
+    out.parent.mkdir()
+    code, stdout, err = call(kit, "export-notebook", str(RUN), "-o", str(out), "--max-params", "5000")
+    assert code == 0 and out.is_file(), err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    text = _execute_without_the_kit(out, empty, mnist_dir)
+    assert "EPOCH  1/1" in text and "Total params" in text and "fewer than 5,000 parameters" in text
+    assert "VERDICT: FAIL (smoke mode)" in text  # one epoch cannot pass the last-3-epochs rule
+    assert sorted(p.name for p in empty.iterdir()) == ["executed.ipynb"]  # local data: nothing downloaded
+
+
+COMMITTED = sorted((ROOT / "notebooks").glob("submission_*.ipynb"))
+
+
+@pytest.mark.parametrize("notebook", COMMITTED, ids=[p.stem for p in COMMITTED])
+def test_committed_notebooks_show_full_logs_and_run_without_the_kit(notebook, tmp_path, mnist_dir):
+    nb = nbformat.read(notebook, as_version=4)
+    logged = _outputs(nb)
+    epochs = [line for line in logged.splitlines() if line.startswith("EPOCH ")]
+    assert len(epochs) >= 15 and logged.strip().splitlines()[-1].startswith("VERDICT: ")
+    text = _execute_without_the_kit(notebook, tmp_path, mnist_dir)
+    assert "EPOCH  1/1" in text and "VERDICT:" in text
+
+
+def test_execute_saves_the_notebook_with_its_outputs(tmp_path, mnist_dir, monkeypatch):
+    """--execute runs the notebook here and saves it with its outputs (smoke mode)."""
+    monkeypatch.setenv("KIT_NOTEBOOK_SMOKE", "1")
+    out = tmp_path / "n.ipynb"
+    code, stdout, err = call(
+        kit, "export-notebook", str(RUN), "-o", str(out), "--execute", "--data-dir", str(mnist_dir)
+    )
+    assert code == 0, err[-2000:]
+    assert "VERDICT: FAIL" in stdout and "EPOCH  1/1" in _outputs(nbformat.read(out, as_version=4))
+    assert json.loads(out.read_text())["metadata"]["kernelspec"]["name"] == "python3"
