@@ -306,11 +306,12 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 
 # --- export-notebook -----------------------------------------------------------------------------------
 def cmd_export_notebook(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from .checker import Limits
     from .data import load_raw, resolve_data_dir
-    from .notebook import execute_notebook, export_notebook, read_run
+    from .notebook import SMOKE_ENV, execute_notebook, export_notebook, read_run
 
     spec, _ = read_run(args.run_dir)
     out = Path(args.out or f"submission_{spec.name}.ipynb")
@@ -323,7 +324,9 @@ def cmd_export_notebook(args: argparse.Namespace) -> int:
     nb = export_notebook(args.run_dir, out, limits)
     print(f"wrote {out}")
     if args.execute:
-        print("executing it (KIT_NOTEBOOK_SMOKE=1: one epoch on 2,000 images) ...", flush=True)
+        smoke = os.environ.get(SMOKE_ENV) == "1"
+        what = f"{SMOKE_ENV}=1: one epoch on 2,000 images" if smoke else "every epoch on all 60,000 training images"
+        print(f"executing it ({what}) ...", flush=True)
         execute_notebook(nb, out, resolve_data_dir(args.data_dir), args.threads)
         verdict = [line for line in _outputs_text(nb).splitlines() if line.startswith("VERDICT:")]
         print(f"executed {out}: {verdict[-1] if verdict else 'no verdict printed'}")

@@ -15,6 +15,7 @@ a run's ``state_dict`` loads into it and gives the same outputs (tested for ever
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -114,17 +115,12 @@ BLOCK_CLASS = '''class Block(nn.Module):
         self.proj = proj
         self.drop = drop
 
-    def forward(self, x):
-        y = self.convs(x)
-        if self.residual:
-            skip = self.proj(x) if self.proj is not None else x
-            if self.crop:
-                skip = skip[..., self.crop : -self.crop, self.crop : -self.crop]
-            y = y + skip
-        if self.drop is not None:
-            y = self.drop(y)
-        return y
 '''
+
+
+def _block_code() -> str:
+    """``Block`` for the notebook: its own constructor (modules passed in), the kit's forward verbatim."""
+    return BLOCK_CLASS.rstrip("\n") + "\n\n" + inspect.getsource(Block.forward)
 
 
 def model_code(spec: ArchSpec) -> str:
@@ -141,15 +137,8 @@ def model_code(spec: ArchSpec) -> str:
         f"    Each layer's comment: its output (channels x height x width), its receptive field in px.\n"
         f'    """'
     )
-    lines = [
-        "import torch.nn.functional as F",
-        "from torch import nn",
-        "",
-        "",
-        BLOCK_CLASS,
-        "",
-        "class Net(nn.Module):",
-    ]
+    lines = ["import torch", "import torch.nn.functional as F", "from torch import nn", "", "", _block_code()]
+    lines += ["", "class Net(nn.Module):"]
     lines += [doc, "", "    def __init__(self):", "        super().__init__()"]
     for name, child in model.named_children():
         code = _module_code(child, name, rows, 2)
@@ -426,7 +415,7 @@ def build_notebook(spec: ArchSpec, recipe: TrainConfig, limits: Limits, source: 
         new_markdown_cell(intro),
         new_code_cell(SETUP),
         new_markdown_cell("## The model\nEach comment: output channels x height x width, receptive field (px)."),
-        new_code_cell(model_code(spec).replace("import torch.nn.functional as F\nfrom torch import nn\n\n\n", "")),
+        new_code_cell(model_code(spec).split("\n\n\n", 1)[1]),  # the imports are in the first cell
         new_markdown_cell("## Recipe and rules"),
         new_code_cell(_config_code(recipe, limits)),
         new_markdown_cell("## Parameters (torchsummary)"),
