@@ -1,7 +1,7 @@
 """``python -m mnist_challenge report ROOT``: the results table, generated from run directories.
 
 Every directory under ROOT that holds an ``epochs.csv`` is a run. A run under a folder named after a
-budget (``assignment``, ``compact``, ``tiny``) is judged against that budget's limits; any other run
+budget (``assignment``, ``compact``, ``tiny``, ``micro``) is judged against that budget's limits; any other run
 against the assignment's. Nothing in the table is typed by hand: params, RF and MACs come from the
 run's inspection, accuracies from its epochs.csv, the verdict from the checker.
 """
@@ -17,8 +17,10 @@ from .runlog import read_epochs
 
 BUDGETS = {
     "assignment": Limits(max_params=20_000, max_epochs=19),  # < 20,000 params, < 20 epochs
-    "compact": Limits(max_params=8_001, max_epochs=15),  # <= 8,000 params, <= 15 epochs
-    "tiny": Limits(max_params=5_001, max_epochs=15),  # <= 5,000 params, <= 15 epochs
+    # The search's budgets (search/stages.py): strictly fewer parameters than the cap, at most 15 epochs.
+    "compact": Limits(max_params=8_000, max_epochs=15),  # < 8,000 params
+    "tiny": Limits(max_params=5_000, max_epochs=15),  # < 5,000 params
+    "micro": Limits(max_params=4_000, max_epochs=15),  # < 4,000 params
 }
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
