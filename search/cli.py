@@ -486,10 +486,38 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- digest ------------------------------------------------------------------------------------------
+def build_digest_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="python -m search digest",
+        description="what a staged search learned: time per stage, screen-vs-full rank correlation, "
+        "importances, the winner's shape (also written to digest.json)",
+    )
+    add_study_flags(p)
+    p.set_defaults(handler=cmd_digest)
+    return p
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    from mnist_challenge import UserError
+
+    from .digest import digest, format_digest
+    from .storage import load_study, make_storage
+
+    args.study = args.study or DEFAULT_STUDY
+    if args.storage is None and not (study_dir(args) / "study.db").is_file():
+        raise UserError(f"no study storage at {study_dir(args) / 'study.db'}; run the search first or pass --storage")
+    study = load_study(make_storage(storage_url(args)), args.study)
+    print(format_digest(digest(study_dir(args), study.user_attrs.get("stages"))))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "reproduce":
         return run_cli(build_reproduce_parser, argv[1:])
     if argv and argv[0] == "fidelity":
         return run_cli(build_fidelity_parser, argv[1:])
+    if argv and argv[0] == "digest":
+        return run_cli(build_digest_parser, argv[1:])
     return run_cli(build_parser, argv)

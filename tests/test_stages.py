@@ -112,7 +112,7 @@ def test_a_budget_screens_promotes_confirms_and_resumes(tmp_path, mnist_dir, sho
     assert len(study.trials) == 3
     # optuna-dashboard's view: each trained trial carries its run's files; the later runs of the winner's
     # design and its spec are on the study; the second command uploaded nothing twice.
-    winner = confirmed["trial"]
+    winner, winner_params = confirmed["trial"], confirmed["params"]
     for trial in study.trials:
         names = [m.filename for m in get_all_artifact_meta(trial, storage=study._storage)]
         if trial.user_attrs.get("run_dir"):
@@ -125,6 +125,13 @@ def test_a_budget_screens_promotes_confirms_and_resumes(tmp_path, mnist_dir, sho
     meta = next(m for m in get_all_artifact_meta(study) if m.filename.startswith("best_spec"))
     with store.open_reader(meta.artifact_id) as f:
         assert json.loads(f.read()) == json.loads((study_dir / "best_spec.json").read_text())
+    # The digest of the study: every stage's runs and time, the winner's parameters by stage.
+    code, out, err = call(search, "digest", "--study", "budget-tiny", "--logs", str(tmp_path))
+    assert code == 0, err[-2000:]
+    digest = json.loads((study_dir / "digest.json").read_text())
+    assert [(k, v["runs"]) for k, v in digest["time"].items()] == [("screen", 3), ("rung 2 epochs", 1), ("confirm", 1)]
+    assert digest["time"]["rung 2 epochs"]["epochs"] == 2 and digest["winner"]["trial"] == winner
+    assert sum(digest["winner"]["params_by_stage"].values()) == winner_params and "winner: trial" in out
 
 
 def test_the_fidelity_study_scores_every_design_on_every_schedule(tmp_path, mnist_dir, short_budget):

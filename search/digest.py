@@ -1,0 +1,108 @@
+"""``python -m search digest --study NAME``: what a staged search learned, from its own files.
+
+Where the time went (runs, epochs and hours of training plus evaluation per stage, read from every run's
+``epochs.csv``), how well the short screening schedule ranked the designs that went on to the full one
+(Spearman), which choices mattered (``param_importances.json``, written by the search), and what the
+winner looks like (its parameters per stage of the network and receptive field at the head). Printed,
+and written to ``digest.json`` in the study folder; the README's figures come from it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mnist_challenge import ArchSpec, UserError, build_model
+from mnist_challenge.inspector import inspect_module
+from mnist_challenge.runlog import read_epochs
+
+from .stages import spearman
+
+
+def stage_time(run_dirs: list[Path]) -> dict[str, Any]:
+    """Runs, epochs trained and hours spent (training + evaluation, as logged) over some run folders."""
+    rows = [row for run in run_dirs if (run / "epochs.csv").is_file() for row in read_epochs(run)]
+    seconds = sum(r["seconds"] + r.get("eval_seconds", 0.0) for r in rows)
+    return {"runs": len(run_dirs), "epochs": len(rows), "hours": round(seconds / 3600, 2)}
+
+
+def params_by_stage(spec: ArchSpec) -> dict[str, int]:
+    """Parameters per top-level part of the network (stem, block1, transition1, ..., head)."""
+    model = build_model(spec)
+    return {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+
+
+def digest(study_dir: Path, stages: dict[str, Any] | None) -> dict[str, Any]:
+    """``stages``: the study's record of its rungs and confirmation (its ``stages`` user attr)."""
+    summary_path = study_dir / "summary.json"
+    if not summary_path.is_file():
+        raise UserError(f"no summary.json in {study_dir}: run the search (or --export-only) first")
+    summary = json.loads(summary_path.read_text())
+    if not stages:
+        raise UserError(f"{study_dir} is not a staged search (made with --budget): nothing to digest")
+    rung_dirs = sorted((study_dir / "rungs").glob("e*"), key=lambda p: int(p.name[1:]))
+    time_spent = {"screen": stage_time(sorted((study_dir / "trials").glob("trial_*")))}
+    for folder in rung_dirs:
+        time_spent[f"rung {folder.name[1:]} epochs"] = stage_time(sorted(folder.glob("trial_*")))
+    time_spent["confirm"] = stage_time(sorted((study_dir / "confirm").glob("trial_*")))
+    rungs = stages["rungs"]
+    first = {e["trial"]: e["val_acc"] for e in rungs[0]["entries"]}
+    full = {e["trial"]: e["val_acc"] for e in rungs[-1]["entries"]} if len(rungs) > 1 else {}
+    both = sorted(set(first) & set(full))
+    rho = spearman([first[t] for t in both], [full[t] for t in both]) if len(both) > 2 else float("nan")
+    result: dict[str, Any] = {
+        "study": study_dir.name,
+        "draws": summary.get("trials"),
+        "rejected_before_training": summary.get("rejected_before_training"),
+        "time": time_spent,
+        "hours_total": round(sum(s["hours"] for s in time_spent.values()), 2),
+        "screen_vs_full_spearman": None if rho != rho else round(rho, 3),  # NaN: too few designs to rank
+        "screen_vs_full_designs": len(both),
+    }
+    importances = study_dir / "param_importances.json"
+    if importances.is_file():
+        ranked = sorted(json.loads(importances.read_text()).items(), key=lambda kv: -kv[1])
+        result["importances_top"] = dict(ranked[:8])
+    winner = stages.get("winner")
+    best_spec = study_dir / "best_spec.json"
+    if winner and best_spec.is_file():
+        spec = ArchSpec.load(best_spec)
+        report = inspect_module(build_model(spec), (spec.in_channels, spec.input_size, spec.input_size))
+        result["winner"] = {
+            **winner,
+            "rf_head": report.receptive_field_head,
+            "macs": report.macs,
+            "params_by_stage": params_by_stage(spec),
+            "blocks": [
+                {"kind": b.kind, "channels": list(b.channels), "padding": b.padding, "residual": b.residual}
+                for b in spec.blocks
+            ],
+            "head": spec.head,
+            "batchnorm": spec.batchnorm,
+            "dropout": spec.dropout,
+        }
+    (study_dir / "digest.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def format_digest(d: dict[str, Any]) -> str:
+    lines = [f"study {d['study']}: {d['draws']} draws, {d['rejected_before_training']} rejected before training"]
+    for stage, t in d["time"].items():
+        lines.append(f"  {stage:<18} {t['runs']:>4} runs {t['epochs']:>5} epochs {t['hours']:>6.2f} h")
+    lines.append(f"  {'total':<18} {'':>35}{d['hours_total']:>6.2f} h (training + evaluation, summed over workers)")
+    if d["screen_vs_full_spearman"] is not None:
+        lines.append(
+            f"screen vs full schedule: Spearman {d['screen_vs_full_spearman']:+.3f} "
+            f"over the {d['screen_vs_full_designs']} designs trained on both"
+        )
+    if "importances_top" in d:
+        lines.append("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in d["importances_top"].items()))
+    if "winner" in d:
+        w = d["winner"]
+        lines.append(
+            f"winner: trial {w['trial']}, {w['params']:,} params, val acc {w['mean']:.2f} ± {w['std']:.2f}%, "
+            f"RF {w['rf_head']} at the head, {w['macs']:,} MACs"
+        )
+        lines.append("  params by stage: " + ", ".join(f"{k} {v:,}" for k, v in w["params_by_stage"].items()))
+    return "\n".join(lines)
