@@ -49,7 +49,7 @@ def test_report_judges_each_budget_with_its_own_limits(tmp_path):
     assert f"| assignment | `{tmp_path / 'assignment' / 'seed1'}` | 12,738 |" in lines[2] and lines[2].endswith(
         "| PASS |"
     )
-    assert "FAIL: parameters < 8,001" in lines[3]
+    assert "FAIL: parameters < 8,000" in lines[3]
     assert lines[4].endswith("| PASS |") and "99.41, 99.45, 99.43" in lines[4]
 
 
