@@ -144,3 +144,15 @@ def test_execute_saves_the_notebook_with_its_outputs(tmp_path, mnist_dir, monkey
     assert code == 0, err[-2000:]
     assert "VERDICT: FAIL" in stdout and "EPOCH  1/1" in _outputs(nbformat.read(out, as_version=4))
     assert json.loads(out.read_text())["metadata"]["kernelspec"]["name"] == "python3"
+
+
+def test_every_committed_run_exports(tmp_path):
+    """export-notebook works on any committed run: each one's notebook builds and its model is the run's."""
+    runs = sorted(p.parent for p in (ROOT / "logs").rglob("spec.json") if (p.parent / "config.json").is_file())
+    assert runs
+    for run in runs:
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.ipynb"
+        code, _, err = call(kit, "export-notebook", str(run), "-o", str(out))
+        assert code == 0, (run, err)
+        spec = ArchSpec.load(run / "spec.json")
+        assert f"{count_params(build_model(spec)):,} parameters" in out.read_text()
