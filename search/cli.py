@@ -384,6 +384,18 @@ def build_reproduce_parser() -> argparse.ArgumentParser:
     return p
 
 
+def open_existing_study(args: argparse.Namespace):
+    """The study ``--study`` names (default the plain search's) from its storage; one error line if none."""
+    from mnist_challenge import UserError
+
+    from .storage import load_study, make_storage
+
+    args.study = args.study or DEFAULT_STUDY
+    if args.storage is None and not (study_dir(args) / "study.db").is_file():
+        raise UserError(f"no study storage at {study_dir(args) / 'study.db'}; run the search first or pass --storage")
+    return load_study(make_storage(storage_url(args)), args.study)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from mnist_challenge import UserError
     from mnist_challenge.errors import set_crash_log
@@ -393,12 +405,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .outputs import best_trial
     from .runner import base_config_from_study
     from .space import recipe_of_trial, spec_of_trial
-    from .storage import load_study, make_storage
 
-    args.study = args.study or DEFAULT_STUDY
-    if args.storage is None and not (study_dir(args) / "study.db").is_file():
-        raise UserError(f"no study storage at {study_dir(args) / 'study.db'}; run the search first or pass --storage")
-    study = load_study(make_storage(storage_url(args)), args.study)
+    study = open_existing_study(args)
     if args.trial is not None:
         matches = [t for t in study.trials if t.number == args.trial]
         if not matches:
@@ -499,15 +507,9 @@ def build_digest_parser() -> argparse.ArgumentParser:
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
-    from mnist_challenge import UserError
-
     from .digest import digest, format_digest
-    from .storage import load_study, make_storage
 
-    args.study = args.study or DEFAULT_STUDY
-    if args.storage is None and not (study_dir(args) / "study.db").is_file():
-        raise UserError(f"no study storage at {study_dir(args) / 'study.db'}; run the search first or pass --storage")
-    study = load_study(make_storage(storage_url(args)), args.study)
+    study = open_existing_study(args)
     print(format_digest(digest(study_dir(args), study.user_attrs.get("stages"))))
     return 0
 
