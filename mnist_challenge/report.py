@@ -9,6 +9,8 @@ run's inspection, accuracies from its epochs.csv, the verdict from the checker.
 from __future__ import annotations
 
 import os
+import re
+import statistics
 from pathlib import Path
 
 from .checker import Limits, check_run, read_inspection
@@ -40,6 +42,7 @@ def budget_of(run: Path, root: Path) -> str:
 
 
 def results_table(roots: list[str | Path] | str | Path) -> str:
+    """One row per run; below it, one row per design trained with several seeds (``.../seed<N>/`` folders)."""
     roots = [Path(r) for r in roots] if isinstance(roots, list) else [Path(roots)]
     found = [(root, run) for root in roots for run in find_runs(root)]
     if not found:
@@ -48,21 +51,49 @@ def results_table(roots: list[str | Path] | str | Path) -> str:
         "| budget | run | params | RF (head) | MACs | epochs | test acc, last 3 epochs | verdict |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
+    seeded: dict[tuple[str, Path], list[tuple[int, list[float], bool]]] = {}
     for root, run in found:
         budget = budget_of(run, root)
         verdict = check_run(run, BUDGETS[budget])  # validates the run's files first
         inspection = read_inspection(run)
         rows = read_epochs(run)
         failed = [r["rule"] for r in verdict.rules if not r["passed"]]
-        last3 = ", ".join(f"{r['test_acc']:.2f}" for r in rows[-3:])
-        name = str(run)
+        last3 = [r["test_acc"] for r in rows[-3:]]
         lines.append(
-            f"| {budget} | `{name}` | {inspection.get('params', 0):,} | "
+            f"| {budget} | `{run}` | {inspection.get('params', 0):,} | "
             f"{inspection.get('receptive_field_head') or '-'} | {inspection.get('macs', 0):,} | "
-            f"{len(rows)} | {last3} | "
+            f"{len(rows)} | {', '.join(f'{a:.2f}' for a in last3)} | "
             f"{'PASS' if verdict.passed else 'FAIL: ' + '; '.join(failed)} |"
         )
+        if SEED_DIR.fullmatch(run.name):
+            seeded.setdefault((budget, run.parent), []).append((inspection.get("params", 0), last3, verdict.passed))
+    if seeded:
+        lines += ["", *seed_summary(seeded)]
     return "\n".join(lines)
+
+
+SEED_DIR = re.compile(r"seed\d+")
+
+
+def seed_summary(seeded: dict[tuple[str, Path], list[tuple[int, list[float], bool]]]) -> list[str]:
+    """Per design: mean ± sample std over seeds of each seed's mean test accuracy in its last 3 epochs,
+    the worst single epoch among them (the rule is per epoch), and how many seeds pass. Every seed counts:
+    a missed seed is in the mean, not dropped."""
+    lines = [
+        "| budget | design (seeds) | params | seeds | test acc, last 3 epochs: mean ± std over seeds | "
+        "worst epoch | seeds passing |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for (budget, design), runs in seeded.items():
+        means = [statistics.fmean(last3) for _, last3, _ in runs]
+        spread = f" ± {statistics.stdev(means):.2f}" if len(means) > 1 else ""
+        worst = min(a for _, last3, _ in runs for a in last3)
+        passing = sum(passed for *_, passed in runs)
+        lines.append(
+            f"| {budget} | `{design}` | {runs[0][0]:,} | {len(runs)} | {statistics.fmean(means):.2f}{spread} | "
+            f"{worst:.2f} | {passing} of {len(runs)} |"
+        )
+    return lines
 
 
 def update_readme(readme: str | Path, table: str, command: str) -> None:

@@ -3,6 +3,7 @@
 import json
 
 from mnist_challenge import build_model, load_spec
+from mnist_challenge.model import count_params
 
 from .conftest import ROOT, run_cli
 from .test_checker import GOOD, make_run
@@ -51,6 +52,25 @@ def test_report_judges_each_budget_with_its_own_limits(tmp_path):
     )
     assert "FAIL: parameters < 8,000" in lines[3]
     assert lines[4].endswith("| PASS |") and "99.41, 99.45, 99.43" in lines[4]
+
+
+def test_report_summarises_each_seeded_design_with_its_misses_counted(tmp_path):
+    spec = load_spec("tiny")
+    missed = [98.0] * 12 + [99.30, 99.35, 99.40]
+    for seed, accs in ((1, GOOD), (2, missed), (3, GOOD)):
+        make_run(tmp_path / "tiny" / f"seed{seed}", build_model(spec), spec, accs)
+    make_run(tmp_path / "single", build_model(spec), spec, GOOD)  # not a seed folder: no summary row
+    result = run_cli("mnist_challenge", "report", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.split("\n\n")[1].splitlines()
+    assert len(summary) == 3  # header, rule, one design
+    seed_means = [sum(GOOD[-3:]) / 3, sum(missed[-3:]) / 3, sum(GOOD[-3:]) / 3]
+    mean = sum(seed_means) / 3
+    std = (sum((m - mean) ** 2 for m in seed_means) / 2) ** 0.5  # sample std over the seeds
+    assert summary[2] == (
+        f"| tiny | `{tmp_path / 'tiny'}` | {count_params(build_model(spec)):,} | 3 | {mean:.2f} ± {std:.2f} | "
+        "99.30 | 2 of 3 |"
+    )
 
 
 def test_report_updates_only_the_readme_block(tmp_path):
