@@ -123,3 +123,14 @@ def test_library_never_imports_the_search_driver():
             )
             offenders += [f"{path.name}: {n}" for n in names if n == "search" or n.startswith("search.")]
     assert offenders == []
+
+
+def test_readme_results_table_is_the_committed_runs_report(monkeypatch):
+    """The README's table is generated; regenerate it (`report ... --update-readme README.md`) when runs change."""
+    from mnist_challenge.report import END, START, results_table
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split(START, 1)[1].split(END, 1)[0].strip().splitlines()
+    monkeypatch.chdir(ROOT)  # runs are named by their paths in the repository, as the README command does
+    fresh = results_table(["logs/runs", "logs/submission"])
+    assert "\n".join(block[1:]) == fresh  # block[0] is the generated-by marker
