@@ -12,6 +12,7 @@ import os
 import re
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 from .checker import Limits, check_run, read_inspection
 from .errors import UserError
@@ -26,6 +27,13 @@ BUDGETS = {
 }
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+SEED_DIR = re.compile(r"seed\d+")  # runs of one design with several seeds sit in .../seed<N>/ folders
+
+
+class SeedRun(NamedTuple):
+    params: int
+    last3: list[float]  # test accuracy in the last 3 epochs
+    passed: bool
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -51,7 +59,7 @@ def results_table(roots: list[str | Path] | str | Path) -> str:
         "| budget | run | params | RF (head) | MACs | epochs | test acc, last 3 epochs | verdict |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
-    seeded: dict[tuple[str, Path], list[tuple[int, list[float], bool]]] = {}
+    seeded: dict[tuple[str, Path], list[SeedRun]] = {}
     for root, run in found:
         budget = budget_of(run, root)
         verdict = check_run(run, BUDGETS[budget])  # validates the run's files first
@@ -66,16 +74,15 @@ def results_table(roots: list[str | Path] | str | Path) -> str:
             f"{'PASS' if verdict.passed else 'FAIL: ' + '; '.join(failed)} |"
         )
         if SEED_DIR.fullmatch(run.name):
-            seeded.setdefault((budget, run.parent), []).append((inspection.get("params", 0), last3, verdict.passed))
+            seeded.setdefault((budget, run.parent), []).append(
+                SeedRun(inspection.get("params", 0), last3, verdict.passed)
+            )
     if seeded:
         lines += ["", *seed_summary(seeded)]
     return "\n".join(lines)
 
 
-SEED_DIR = re.compile(r"seed\d+")
-
-
-def seed_summary(seeded: dict[tuple[str, Path], list[tuple[int, list[float], bool]]]) -> list[str]:
+def seed_summary(seeded: dict[tuple[str, Path], list[SeedRun]]) -> list[str]:
     """Per design: mean ± sample std over seeds of each seed's mean test accuracy in its last 3 epochs,
     the worst single epoch among them (the rule is per epoch), and how many seeds pass. Every seed counts:
     a missed seed is in the mean, not dropped."""
@@ -85,12 +92,12 @@ def seed_summary(seeded: dict[tuple[str, Path], list[tuple[int, list[float], boo
         "| --- | --- | ---: | ---: | --- | ---: | ---: |",
     ]
     for (budget, design), runs in seeded.items():
-        means = [statistics.fmean(last3) for _, last3, _ in runs]
+        means = [statistics.fmean(r.last3) for r in runs]
         spread = f" ± {statistics.stdev(means):.2f}" if len(means) > 1 else ""
-        worst = min(a for _, last3, _ in runs for a in last3)
-        passing = sum(passed for *_, passed in runs)
+        worst = min(a for r in runs for a in r.last3)
+        passing = sum(r.passed for r in runs)
         lines.append(
-            f"| {budget} | `{design}` | {runs[0][0]:,} | {len(runs)} | {statistics.fmean(means):.2f}{spread} | "
+            f"| {budget} | `{design}` | {runs[0].params:,} | {len(runs)} | {statistics.fmean(means):.2f}{spread} | "
             f"{worst:.2f} | {passing} of {len(runs)} |"
         )
     return lines

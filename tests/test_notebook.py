@@ -151,8 +151,9 @@ def test_every_committed_run_exports(tmp_path):
     run's parameter count."""
     runs, seen = [], set()
     for path in sorted((ROOT / "logs").rglob("spec.json")):
-        if (path.parent / "config.json").is_file() and path.read_text() not in seen:  # later rungs: same design
-            seen.add(path.read_text())
+        design = path.read_text()
+        if (path.parent / "config.json").is_file() and design not in seen:  # later rungs and seeds: same design
+            seen.add(design)
             runs.append(path.parent)
     assert runs
     for run in runs:
