@@ -8,13 +8,17 @@
 
 A run killed part-way fails the completeness rule: its last epochs are not the ones the rules mean.
 
-Where the run kept its ``spec.json``, the model is rebuilt and re-inspected, and a run whose logged
-inspection disagrees with its own spec fails: logs cannot claim a smaller network than they trained.
+The model is rebuilt from the run's ``spec.json`` and re-inspected, and a run whose logged inspection
+disagrees with its own spec fails: logs cannot claim a smaller network than they trained; nor can
+``model.pt`` hold another network than the spec. A verdict rests only on what the checker can read: a
+required file that is missing, unreadable or malformed, a half-written row, an accuracy that is not a
+finite percentage, is exit 2 naming it, never a PASS.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,8 +58,7 @@ class Verdict:
 
 def read_json_object(path: Path) -> dict[str, Any]:
     """A run directory's JSON file, which must hold one object; anything else is a ``UserError``."""
-    if not path.is_file():
-        raise UserError(f"{path.parent} is not a complete run directory: {path.name} is missing")
+    require_file(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -64,6 +67,17 @@ def read_json_object(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     require(isinstance(data, dict), f"{path} is malformed: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+REQUIRED = ("spec.json", "config.json", "inspection.json", "epochs.csv", "model.pt")  # what a verdict rests on
+
+
+def require_file(path: Path) -> None:
+    """``path`` is a readable file (a folder, a dangling link or a missing file is named as such)."""
+    if path.is_file():
+        return
+    what = "a folder" if path.is_dir() else "a dangling link" if path.is_symlink() else "missing"
+    raise UserError(f"{path.parent} is not a complete run directory: {path.name} is {what}")
 
 
 def read_inspection(run_dir: Path) -> dict[str, Any]:
@@ -98,29 +112,61 @@ def planned_epochs(run_dir: Path) -> int:
     return epochs
 
 
+def checked_rows(run_dir: Path) -> list[dict[str, float]]:
+    """epochs.csv, with each row's epoch a positive whole number and its test accuracy a finite percentage:
+    the rules never judge a value they cannot read (a NaN compares false with everything)."""
+    rows = read_epochs(run_dir)
+    path = run_dir / "epochs.csv"
+    for line, row in enumerate(rows, start=2):
+        epoch, acc = row["epoch"], row["test_acc"]
+        require(
+            math.isfinite(epoch) and epoch >= 1 and epoch == int(epoch),
+            f"{path} is malformed: line {line} has epoch {epoch!r}, not a positive whole number",
+        )
+        require(
+            math.isfinite(acc) and 0.0 <= acc <= 100.0,
+            f"{path} is malformed: line {line} has test_acc {acc!r}, not an accuracy in [0, 100] %",
+        )
+    return rows
+
+
 def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
+    """The verdict on one run directory; a file the rules need that is missing, unreadable or malformed is
+    a ``UserError`` naming it (exit 2), never a verdict."""
+    from .inspector import inspect_module
+    from .model import build_model
+    from .runlog import read_checkpoint, weights_mismatch
+    from .spec import ArchSpec
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
+    for name in REQUIRED:
+        require_file(run_dir / name)
     inspection = read_inspection(run_dir)
     planned = planned_epochs(run_dir)
-    rows = read_epochs(run_dir)
+    rows = checked_rows(run_dir)
+    spec = ArchSpec.load(run_dir / "spec.json")
+    state, saved_spec = read_checkpoint(run_dir / "model.pt")
+    model = build_model(spec)
     rules = []
-    if (run_dir / "spec.json").is_file():
-        from .inspector import inspect_module
-        from .model import build_model
-        from .spec import ArchSpec
-
-        spec = ArchSpec.load(run_dir / "spec.json")
-        fresh = inspect_module(build_model(spec), (spec.in_channels, spec.input_size, spec.input_size))
-        consistent = fresh.params == inspection["params"] and fresh.has_linear == inspection["has_linear"]
-        rules.append(
-            {
-                "rule": "logged model matches spec.json",
-                "passed": consistent,
-                "figure": f"spec rebuilds to {fresh.params:,} params, log says {inspection['params']:,}",
-            }
-        )
+    fresh = inspect_module(model, (spec.in_channels, spec.input_size, spec.input_size))
+    consistent = fresh.params == inspection["params"] and fresh.has_linear == inspection["has_linear"]
+    rules.append(
+        {
+            "rule": "logged model matches spec.json",
+            "passed": consistent,
+            "figure": f"spec rebuilds to {fresh.params:,} params, log says {inspection['params']:,}",
+        }
+    )
+    mismatch = "it was saved for another spec" if saved_spec != spec else weights_mismatch(state, model)
+    rules.append(
+        {
+            "rule": "model.pt holds the network of spec.json",
+            "passed": mismatch is None,
+            "figure": mismatch or f"{len(state)} tensors, each of the spec's shape",
+        }
+    )
     params = int(inspection["params"])
     rules.append(
         {"rule": f"parameters < {limits.max_params:,}", "passed": params < limits.max_params, "figure": f"{params:,}"}
@@ -138,7 +184,7 @@ def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
     within = 1 <= len(rows) <= limits.max_epochs and planned <= limits.max_epochs
     figure = f"{len(rows)}" + (f" (planned {planned})" if planned != len(rows) else "")
     rules.append({"rule": f"epochs <= {limits.max_epochs}", "passed": within, "figure": figure})
-    numbers = [r["epoch"] for r in rows]
+    numbers = [int(r["epoch"]) for r in rows]
     complete = numbers == list(range(1, planned + 1))
     figure = f"{len(rows)} of {planned} planned epochs logged"
     if not complete and len(rows) == planned:
@@ -152,7 +198,7 @@ def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
     rules.append(
         {
             "rule": f"test accuracy >= {limits.min_acc}% in each of the last {limits.last_k} epochs",
-            "passed": enough and min(tail) >= limits.min_acc,
+            "passed": enough and all(a >= limits.min_acc for a in tail),
             "figure": figure,
         }
     )

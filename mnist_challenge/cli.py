@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -19,8 +18,10 @@ from .errors import (
     EXIT_INTERRUPTED,
     InternalError,
     UserError,
-    interrupt_on_sigterm,
+    environment_fault,
+    install_stop_handlers,
     record_internal_error,
+    restore_stop_handlers,
     set_crash_log,
 )
 from .validate import check_name, check_writable_dir, float_flag, int_flag, name_flag, positive_int, seed_flag
@@ -36,7 +37,7 @@ class Parser(argparse.ArgumentParser):
 def run_cli(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
     """Parse, dispatch to ``args.handler`` and apply the exit-code contract (see ``errors.py``)."""
     set_crash_log(None)  # the handler names its run's log once it has one
-    previous = interrupt_on_sigterm()
+    previous = install_stop_handlers()
     try:
         args = build().parse_args(argv)
         return args.handler(args) or 0
@@ -55,12 +56,15 @@ def run_cli(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | 
     except MemoryError:
         print("error: out of memory; use a smaller model, input or batch", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as exc:  # a bug: one line here, the traceback in the log file
-        print(record_internal_error(exc), file=sys.stderr)
+    except Exception as exc:
+        fault = environment_fault(exc, getattr(exc, "filename", None) or "a file")
+        if fault is not None:  # the machine, not the kit: a full disk, a permission, a name too long
+            print(f"error: {fault}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(record_internal_error(exc), file=sys.stderr)  # a bug: one line here, the traceback in the log
         return EXIT_INTERNAL
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        restore_stop_handlers(previous)
 
 
 # --- inspect -----------------------------------------------------------------------------------------

@@ -13,13 +13,16 @@ A ``UserError`` is turned into exit 2 by ``cli.run_cli``; any other exception is
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -32,6 +35,30 @@ class UserError(Exception):
     """Bad input: a malformed spec, an impossible architecture, missing data, a bad flag."""
 
 
+class EnvironmentFault(UserError):
+    """The machine refused a write (a full disk, no permission, a read-only folder, a name too long): exit 2,
+    and a search queues the trial again, since the design itself did not fail."""
+
+
+# errno values that say "this machine, here, now" rather than "this input" or "this code".
+ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EFBIG", "EACCES", "EPERM", "EROFS", "ENAMETOOLONG", "EIO", "EMFILE")
+    if hasattr(errno, name)
+)
+
+
+def environment_fault(exc: BaseException, what: str | Path) -> EnvironmentFault | None:
+    """``exc`` as an ``EnvironmentFault`` naming ``what``, if it is the machine refusing; else None.
+
+    torch.save reports a full disk as a RuntimeError from its zip writer, not as an OSError."""
+    if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+        return EnvironmentFault(f"cannot write {what}: {exc.strerror or exc}")
+    if isinstance(exc, RuntimeError) and "write" in str(exc).lower() and "failed" in str(exc).lower():
+        return EnvironmentFault(f"cannot write {what}: the write failed (is the disk full?)")
+    return None
+
+
 class InternalError(Exception):
     """A bug already recorded elsewhere (a worker process wrote its traceback): exit 3 with this line."""
 
@@ -39,30 +66,60 @@ class InternalError(Exception):
 _crash_log: Path | None = None
 
 
-_sigterm_received = False
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_stop_signals_seen = 0
+_on_first_stop: Callable[[], None] | None = None
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    global _sigterm_received
-    _sigterm_received = True
-    raise KeyboardInterrupt
+def _on_stop_signal(signum: int, frame: object) -> None:
+    """The one handler of SIGINT and SIGTERM, in the command and in every worker process.
+
+    The first signal raises ``KeyboardInterrupt`` (the command then queues or records what it was doing and
+    exits 130). Later ones are ignored: a worker often gets two (its process group's, from ``timeout`` or a
+    terminal's Ctrl-C, and its parent's), and a second exception raised inside the first one's cleanup would
+    cut a file write short or turn exit 130 into 143. A third signal is an impatient user: exit 130 at once.
+    """
+    global _stop_signals_seen
+    _stop_signals_seen += 1
+    if _stop_signals_seen == 1:
+        if _on_first_stop is not None:
+            _on_first_stop()
+        raise KeyboardInterrupt
+    if _stop_signals_seen >= 3:
+        os._exit(EXIT_INTERRUPTED)
 
 
-def interrupt_on_sigterm() -> object:
-    """SIGTERM (``kill``, a scheduler's stop) ends a command the way Ctrl-C does: exit 130, finished work
-    kept. Returns the handler it replaced (None outside the main thread, where signals cannot be set)."""
-    global _sigterm_received
+def install_stop_handlers(on_first_stop: Callable[[], None] | None = None) -> dict[int, Any] | None:
+    """SIGINT (Ctrl-C) and SIGTERM (``kill``, ``timeout``, a scheduler's stop) both end a command the same
+    way: exit 130, finished work kept. ``on_first_stop`` runs when the first one lands (a worker marks itself
+    as stopping, so that its parent does not signal it again). Returns the handlers replaced (None outside
+    the main thread, where signals cannot be set)."""
+    global _stop_signals_seen, _on_first_stop
     if threading.current_thread() is not threading.main_thread():
         return None
-    _sigterm_received = False
-    return signal.signal(signal.SIGTERM, _raise_interrupt)
+    _stop_signals_seen, _on_first_stop = 0, on_first_stop
+    return {sig: signal.signal(sig, _on_stop_signal) for sig in STOP_SIGNALS}
+
+
+def restore_stop_handlers(previous: dict[int, Any] | None) -> None:
+    """Put back the handlers ``install_stop_handlers`` replaced, unless a stop signal came: then ours stay,
+    so that a second signal during the exit is still ignored rather than killing the process (exit 143)."""
+    if previous is None or stopping():
+        return
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def stopping() -> bool:
+    """Whether a stop signal has landed in this process."""
+    return _stop_signals_seen > 0
 
 
 def check_interrupted() -> None:
-    """Raise ``KeyboardInterrupt`` if a SIGTERM came: called at safe points (every training step, between
+    """Raise ``KeyboardInterrupt`` if a stop signal came: called at safe points (every training step, between
     trials), because an exception raised by the handler is lost when the signal lands while Python runs
     a weakref callback or a ``__del__`` (seen in SQLAlchemy's registry), and the command would go on."""
-    if _sigterm_received:
+    if stopping():
         raise KeyboardInterrupt
 
 

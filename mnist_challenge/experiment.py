@@ -70,44 +70,53 @@ def run_experiment(
     require_mnist_shape(spec)
     data = data if data is not None else load_data(cfg, data_dir)
     run = RunDir(run_dir)
-    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
-    model = model if model is not None else build_model(spec)
-    input_size = (spec.in_channels, spec.input_size, spec.input_size)
-    report = inspect_module(model, input_size)
-    config = {
-        **cfg.to_dict(),
-        "data_dir": str(resolve_data_dir(data_dir)),
-        "train_images": len(data.train),
-        "val_images": len(data.val) if data.val else 0,
-        "test_images": len(data.test),
-        **(extra_config or {}),
-    }
-    run.start(spec, config, model, summary_text(model, input_size, format_report(report)), report.as_dict())
-    header = (
-        f"{spec.name}: {report.params:,} params, RF {report.receptive_field_head} at the head, {report.macs:,} MACs | "
-        f"{len(data.train):,} train / {config['val_images']:,} val / {len(data.test):,} test images"
-    )
-    run.log_text(header)
-    if echo:
-        tqdm.write(header)
-
-    def log_and_forward(epoch: int, row: dict[str, Any]) -> None:
-        line = run.log_epoch(row, model, spec)
-        if echo:
-            tqdm.write(line)
-        if on_epoch is not None:
-            on_epoch(epoch, row)
-
-    started = time.perf_counter()
     try:
-        result = train_model(
-            model, data, cfg, log_and_forward, progress=progress, on_start=lambda s: run.update_config({"runtime": s})
+        torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
+        model = model if model is not None else build_model(spec)
+        input_size = (spec.in_channels, spec.input_size, spec.input_size)
+        report = inspect_module(model, input_size)
+        config = {
+            **cfg.to_dict(),
+            "data_dir": str(resolve_data_dir(data_dir)),
+            "train_images": len(data.train),
+            "val_images": len(data.val) if data.val else 0,
+            "test_images": len(data.test),
+            **(extra_config or {}),
+        }
+        run.start(spec, config, model, summary_text(model, input_size, format_report(report)), report.as_dict())
+        header = (
+            f"{spec.name}: {report.params:,} params, RF {report.receptive_field_head} at the head, "
+            f"{report.macs:,} MACs | "
+            f"{len(data.train):,} train / {config['val_images']:,} val / {len(data.test):,} test images"
         )
+        run.log_text(header)
+        if echo:
+            tqdm.write(header)
+
+        def log_and_forward(epoch: int, row: dict[str, Any]) -> None:
+            line = run.log_epoch(row, model, spec)
+            if echo:
+                tqdm.write(line)
+            if on_epoch is not None:
+                on_epoch(epoch, row)
+
+        started = time.perf_counter()
+        try:
+            result = train_model(
+                model,
+                data,
+                cfg,
+                log_and_forward,
+                progress=progress,
+                on_start=lambda s: run.update_config({"runtime": s}),
+            )
+        finally:
+            run.update_config({"wall_seconds": time.perf_counter() - started, "epochs_completed": len(run.rows)})
+        verdict = check_run(run.path, limits)
+        run.write_json("verdict.json", verdict.as_dict())
+        run.log_text(verdict.format())
+        if echo:
+            tqdm.write(verdict.format())
+        return result
     finally:
-        run.update_config({"wall_seconds": time.perf_counter() - started, "epochs_completed": len(run.rows)})
-    verdict = check_run(run.path, limits)
-    run.write_json("verdict.json", verdict.as_dict())
-    run.log_text(verdict.format())
-    if echo:
-        tqdm.write(verdict.format())
-    return result
+        run.close()

@@ -15,8 +15,10 @@ logs/runs/<name>/
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .files import append_text, try_lock, write_atomic, write_text_atomic
 from .spec import ArchSpec
 from .validate import check_writable_dir, make_dir
 
@@ -80,27 +83,69 @@ def format_epoch(row: dict[str, Any], total: int) -> str:
     )
 
 
+LOCK_NAME = ".run.lock"  # held (flock) by the one process writing a run directory; gone when it finishes
+
+
 def check_new_run_dir(path: str | Path) -> Path:
     """``path`` can become a new run directory: absent or empty, and creatable (nothing is created)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"run directory {path} is a file; pick another --name or --out")
+    if run_dir_in_use(path):
+        raise UserError(f"run directory {path} is being written by another command now; pick another --name or --out")
     if path.is_dir() and any(path.iterdir()):
         raise UserError(f"run directory {path} already exists and is not empty; pick another --name or --out")
     check_writable_dir(path, "run directory")
     return path
 
 
-class RunDir:
-    """Owns one run's directory; every method appends or rewrites a file completely, then returns."""
+def run_dir_in_use(path: str | Path) -> bool:
+    """Whether a live process holds ``path``'s lock (a killed one's lock is released with it)."""
+    import fcntl
 
-    def __init__(self, path: str | Path, exist_ok: bool = False) -> None:
+    try:
+        fd = os.open(Path(path) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _claim(path: Path) -> int:
+    """Make ``path`` this process's run directory, atomically: an exclusive lock on a file inside it, taken
+    only if the folder holds nothing else. Of two commands given one run directory, exactly one gets it."""
+    make_dir(path, "run directory")
+    fd = try_lock(path / LOCK_NAME)
+    if fd is None:
+        raise UserError(f"run directory {path} is being written by another command now; pick another one")
+    if any(p.name != LOCK_NAME for p in path.iterdir()):  # another command finished a run here just before us
+        os.close(fd)
+        raise UserError(f"run directory {path} already exists and is not empty; pick another --name or --out")
+    return fd
+
+
+class RunDir:
+    """Owns one run's directory (exclusively, until ``close``); every method appends to a log, or replaces a
+    file in one step (``files.write_atomic``), then returns."""
+
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not exist_ok:
-            check_new_run_dir(self.path)
-        make_dir(self.path, "run directory")
+        check_new_run_dir(self.path)
+        self._lock: int | None = _claim(self.path)
         self.rows: list[dict[str, Any]] = []
         self.total_epochs = 0
+
+    def close(self) -> None:
+        """Release the run directory (the lock file goes first, so nothing of it is left behind)."""
+        if self._lock is not None:
+            (self.path / LOCK_NAME).unlink(missing_ok=True)
+            os.close(self._lock)
+            self._lock = None
 
     def start(
         self, spec: ArchSpec | None, config: dict[str, Any], model: nn.Module, summary: str, inspection: dict[str, Any]
@@ -119,10 +164,9 @@ class RunDir:
         }
         self.write_json("config.json", meta)
         self.write_json("inspection.json", inspection)
-        (self.path / "summary.txt").write_text(summary)
-        with open(self.path / "epochs.csv", "w", newline="") as f:
-            csv.writer(f).writerow(EPOCH_FIELDS)
-        (self.path / "train.log").write_text("")
+        write_text_atomic(self.path / "summary.txt", summary)
+        write_text_atomic(self.path / "epochs.csv", ",".join(EPOCH_FIELDS) + "\r\n")
+        write_text_atomic(self.path / "train.log", "")
 
     def update_config(self, extra: dict[str, Any]) -> None:
         config = json.loads((self.path / "config.json").read_text())
@@ -130,27 +174,25 @@ class RunDir:
 
     def log_epoch(self, row: dict[str, Any], model: nn.Module, spec: ArchSpec | None) -> str:
         self.rows.append(row)
-        with open(self.path / "epochs.csv", "a", newline="") as f:
-            csv.DictWriter(f, EPOCH_FIELDS, extrasaction="ignore").writerow(row)
-        line = format_epoch(row, self.total_epochs)
-        with open(self.path / "train.log", "a") as f:
-            f.write(line + "\n")
+        line = io.StringIO()
+        csv.DictWriter(line, EPOCH_FIELDS, extrasaction="ignore").writerow(row)
+        append_text(self.path / "epochs.csv", line.getvalue())  # one write: a row is on disk whole or not at all
+        text = format_epoch(row, self.total_epochs)
+        self.log_text(text)
         self.save_model(model, spec)
         plot_curves(self.rows, self.path / "curves.png")
-        return line
+        return text
 
     def log_text(self, text: str) -> None:
-        with open(self.path / "train.log", "a") as f:
-            f.write(text.rstrip("\n") + "\n")
+        append_text(self.path / "train.log", text.rstrip("\n") + "\n")
 
     def save_model(self, model: nn.Module, spec: ArchSpec | None) -> None:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        tmp = self.path / "model.pt.tmp"
-        torch.save({"state_dict": state, "spec": spec.to_dict() if spec else None}, tmp)
-        tmp.replace(self.path / "model.pt")  # never leave a half-written checkpoint behind
+        blob = {"state_dict": state, "spec": spec.to_dict() if spec else None}
+        write_atomic(self.path / "model.pt", lambda tmp: torch.save(blob, tmp))  # never a half-written checkpoint
 
     def write_json(self, name: str, data: Any) -> None:
-        (self.path / name).write_text(json.dumps(data, indent=2, default=str) + "\n")
+        write_text_atomic(self.path / name, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_epochs(run_dir: str | Path) -> list[dict[str, float]]:
@@ -168,16 +210,20 @@ def read_epochs(run_dir: str | Path) -> list[dict[str, float]]:
             for row in reader:
                 if None in row:
                     raise UserError(f"{path} is malformed: line {reader.line_num} has more cells than the header")
-                rows.append({k: float(v) if v not in ("", None) else math.nan for k, v in row.items()})
+                if None in row.values():  # csv fills the cells a row lacks with None
+                    raise UserError(
+                        f"{path} is malformed: line {reader.line_num} has fewer cells than the header "
+                        f"(a row cut short by a killed run or a full disk?)"
+                    )
+                rows.append({k: float(v) if v != "" else math.nan for k, v in row.items()})
             return rows
     except (ValueError, csv.Error, OSError) as exc:  # UnicodeDecodeError is a ValueError
         raise UserError(f"{path} is malformed: {' '.join(str(exc).split())[:200]}") from None
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, ArchSpec]:
-    """Rebuild a trained model from ``model.pt`` alone (the spec travels inside it)."""
-    from .model import build_model
-
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ArchSpec]:
+    """The tensors and the spec saved in a ``model.pt``, unchecked against each other; a file that is not
+    such a checkpoint is a ``UserError`` naming it."""
     if not Path(path).is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
@@ -185,17 +231,39 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ArchSpec]:
     except Exception as exc:  # torch.load fails in many ways on a file that is not a checkpoint
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise UserError(f"cannot read checkpoint {path}: {reason}") from None
-    if not isinstance(blob, dict) or not blob.get("spec") or not isinstance(blob.get("state_dict"), dict):
+    state = blob.get("state_dict") if isinstance(blob, dict) else None
+    if not isinstance(blob, dict) or not blob.get("spec") or not isinstance(state, dict):
         raise UserError(f"{path} has no spec and state_dict inside; it was not written by this kit")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UserError(f"{path}: its state_dict is not a mapping of names to tensors")
     try:
         spec = ArchSpec.from_dict(blob["spec"])
     except UserError as exc:
         raise UserError(f"{path}: its spec is invalid: {exc}") from None
+    return state, spec
+
+
+def weights_mismatch(state: dict[str, torch.Tensor], model: nn.Module) -> str | None:
+    """How ``state``'s tensors differ from ``model``'s (names, then shapes); None if they fit exactly."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing, extra = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+    if missing or extra:
+        return f"tensors missing {missing[:3]}, unexpected {extra[:3]}"
+    wrong = [f"{k} {got[k]} vs {expected[k]}" for k in expected if got[k] != expected[k]]
+    return f"tensor shapes differ: {', '.join(wrong[:3])}" if wrong else None
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, ArchSpec]:
+    """Rebuild a trained model from ``model.pt`` alone (the spec travels inside it)."""
+    from .model import build_model
+
+    state, spec = read_checkpoint(path)
     model = build_model(spec)
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise UserError(f"{path}: its weights do not fit its spec ({' '.join(str(exc).split())[:200]})") from None
+    mismatch = weights_mismatch(state, model)
+    if mismatch:
+        raise UserError(f"{path}: its weights do not fit its spec ({mismatch})")
+    model.load_state_dict(state)
     return model.eval(), spec
 
 
@@ -224,5 +292,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

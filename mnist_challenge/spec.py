@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .files import write_text_atomic
 from .validate import check_float, check_int, check_name, require
 
 BATCHNORM_CHOICES = ("none", "before_relu", "after_relu")
@@ -228,7 +229,7 @@ class ArchSpec:
             raise UserError(f"{path}: {exc}") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        write_text_atomic(path, self.to_json() + "\n")
 
 
 def _reject_unknown(data: dict, cls: type, what: str) -> None:

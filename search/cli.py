@@ -19,7 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mnist_challenge.cli import Parser, add_data_flags, add_limit_flags, limits_from_args, run_cli
-from mnist_challenge.validate import float_flag, int_flag, make_dir, name_flag, positive_int, seed_flag
+from mnist_challenge.validate import (
+    check_writable_dir,
+    float_flag,
+    int_flag,
+    make_dir,
+    name_flag,
+    positive_int,
+    seed_flag,
+)
 
 from .stages import BUDGETS
 
@@ -207,8 +215,8 @@ def validate_search_args(args: argparse.Namespace, base) -> None:
     from mnist_challenge import UserError
     from mnist_challenge.data import check_split
     from mnist_challenge.train import resolve_device
-    from mnist_challenge.validate import check_writable_dir
 
+    from .runner import refuse_earlier_runs
     from .space import smallest_params
     from .storage import parse_storage_url
 
@@ -236,6 +244,8 @@ def validate_search_args(args: argparse.Namespace, base) -> None:
     parsed = parse_storage_url(storage_url(args))
     if parsed.get_backend_name() == "sqlite":
         check_writable_dir(Path(parsed.database).parent, "--storage folder")
+        if not Path(parsed.database).exists():  # a new database: refuse before creating it (runner checks others)
+            refuse_earlier_runs(study_dir(args))
 
 
 def resolve_budget(args: argparse.Namespace):
@@ -274,11 +284,11 @@ def resolve_budget(args: argparse.Namespace):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from mnist_challenge import UserError
     from mnist_challenge.train import TrainConfig
 
     from .objective import SearchSettings
     from .runner import RunPlan, process_sampler_seed, run_search
+    from .storage import shown_url
 
     budget = resolve_budget(args)
     if args.grace is None:
@@ -317,12 +327,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.grace,
         sampler_seed=sampler_seed,
         fill_to=budget.screen if budget else None,
+        budget=budget.record() if budget else None,
     )
     if args.export_only:
         from .runner import export_study
 
-        if args.storage is None and not (study_dir(args) / "study.db").is_file():
-            raise UserError(f"no study storage at {study_dir(args) / 'study.db'}")
         export_study(plan)
         return 0
     validate_search_args(args, base)
@@ -332,7 +341,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     plan = dataclasses.replace(
         plan, enqueue=tuple(enqueued_params(item, base, args.max_params) for item in args.enqueue)
     )
-    make_dir(study_dir(args), "--logs")
     what = (
         f"budget {budget.name}: < {budget.max_params:,} params; "
         f"{budget.screen} designs screened on {budget.ladder[0]} epochs, "
@@ -340,7 +348,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if budget
         else f"{args.n_trials} trials, {args.epochs} epochs each"
     )
-    print(f"study {args.study!r}: {what}; {workers} worker(s) x {threads} thread(s), storage {plan.storage_url}")
+    shown = shown_url(plan.storage_url)  # never a password on the terminal
+    print(f"study {args.study!r}: {what}; {workers} worker(s) x {threads} thread(s), storage {shown}")
     print(
         f"sampler seed {sampler_seed} (worker i: {sampler_seed} + i; --sampler-seed {sampler_seed} replays this "
         f"command's draws on the study as it is now)"
@@ -386,14 +395,10 @@ def build_reproduce_parser() -> argparse.ArgumentParser:
 
 def open_existing_study(args: argparse.Namespace):
     """The study ``--study`` names (default the plain search's) from its storage; one error line if none."""
-    from mnist_challenge import UserError
-
-    from .storage import load_study, make_storage
+    from .storage import open_existing_study as open_study
 
     args.study = args.study or DEFAULT_STUDY
-    if args.storage is None and not (study_dir(args) / "study.db").is_file():
-        raise UserError(f"no study storage at {study_dir(args) / 'study.db'}; run the search first or pass --storage")
-    return load_study(make_storage(storage_url(args)), args.study)
+    return open_study(storage_url(args), args.study)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -477,8 +482,9 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     workers = args.workers or default_workers()
     base = TrainConfig(seed=args.seed, threads=1, train_subset=args.train_subset, val_size=args.val_size, device="cpu")
     check_split(base.val_size, base.train_subset, need_val=True)
-    out = make_dir(Path(args.out) if args.out else Path("logs/search/fidelity") / budget.name, "--out")
-    load_raw(args.data_dir, allow_download=args.download)
+    out = check_writable_dir(Path(args.out) if args.out else Path("logs/search/fidelity") / budget.name, "--out")
+    load_raw(args.data_dir, allow_download=args.download)  # before anything is written
+    make_dir(out, "--out")
     print(
         f"fidelity study: {args.designs} designs under {budget.max_params:,} params, schedules of "
         f"{', '.join(map(str, budget.ladder))} epochs, {workers} worker(s) -> {out}"

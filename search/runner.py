@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import multiprocessing as mp
 import os
 import socket
-import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,25 +18,17 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from mnist_challenge import UserError
-from mnist_challenge.errors import (
-    EXIT_BAD_INPUT,
-    EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    InternalError,
-    check_interrupted,
-    interrupt_on_sigterm,
-    record_internal_error,
-    set_crash_log,
-)
+from mnist_challenge.errors import EnvironmentFault, check_interrupted, environment_fault, set_crash_log
 from mnist_challenge.experiment import load_data
 from mnist_challenge.train import TrainConfig
-from mnist_challenge.validate import SEED_MAX
+from mnist_challenge.validate import SEED_MAX, make_dir
 
 from .artifacts import ARTIFACT_DIR, sync_study
 from .objective import Objective, SearchSettings
 from .outputs import export, plot, summary_table
 from .space import SPACE_VERSION
 from .storage import make_storage, retry_trial
+from .workers import Workers, watch
 
 PRUNERS = ("hyperband", "median", "sha", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -57,6 +49,7 @@ class RunPlan:
     enqueue: tuple[dict, ...] = ()  # trial params to run first (known designs as a warm start)
     sampler_seed: int = 0  # worker i seeds its sampler with sampler_seed + i (see process_sampler_seed)
     fill_to: int | None = None  # instead of adding n_trials: add what the study lacks of this many finished trials
+    budget: dict | None = None  # a staged search's Budget.record(): part of what a resumed study must match
 
 
 def process_sampler_seed(seed: int, study_name: str) -> int:
@@ -88,13 +81,21 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 def study_attrs(plan: RunPlan) -> dict:
     s = plan.settings
-    return {
+    attrs = {
         "base_config": s.base.to_dict(),
         "max_params": s.max_params,
         "min_rf": s.min_rf,
         "multi_objective": s.multi_objective,
         "space_version": s.space_version or SPACE_VERSION,
     }
+    return attrs | ({"budget": plan.budget} if plan.budget is not None else {})
+
+
+# What a resumed study must share with the command, because each changes the results: the training fields
+# of its base recipe (the seed included: a new seed on resume would mix two searches in one study) ...
+RESUME_BASE_KEYS = ("epochs", "seed", "train_subset", "val_size", "split_seed")
+# ... and the study's own settings.
+RESUME_KEYS = ("max_params", "min_rf", "multi_objective")
 
 
 def space_version_of(study: optuna.Study) -> int:
@@ -111,6 +112,8 @@ def open_study(plan: RunPlan, worker: int = 0) -> optuna.Study:
     directions = ["maximize", "minimize"] if s.multi_objective else ["maximize"]
     sampler = optuna.samplers.TPESampler(seed=worker_sampler_seed(plan, worker))
     pruner = make_pruner(plan.pruner, s.base.epochs)
+    if s.study_name not in optuna.get_all_study_names(storage):
+        refuse_earlier_runs(s.study_dir)
     try:
         study = optuna.create_study(
             study_name=s.study_name, storage=storage, directions=directions, sampler=sampler, pruner=pruner
@@ -122,13 +125,15 @@ def open_study(plan: RunPlan, worker: int = 0) -> optuna.Study:
             time.sleep(0.5)
         stored, wanted = study.user_attrs, study_attrs(plan)
         if "base_config" in stored:  # absent only if its creator died before writing them
-            differing = [k for k in ("max_params", "min_rf", "multi_objective") if stored.get(k) != wanted[k]]
+            differing = [k for k in RESUME_KEYS if stored.get(k) != wanted[k]]
             base = stored["base_config"] if isinstance(stored["base_config"], dict) else {}
             differing += [
-                k
-                for k in ("epochs", "train_subset", "val_size", "split_seed")
+                f"seed (the study's is {base.get(k)})" if k == "seed" else k
+                for k in RESUME_BASE_KEYS
                 if base.get(k) != wanted["base_config"][k]
             ]
+            if plan.budget is not None and stored.get("budget", plan.budget) != plan.budget:
+                differing.append("the budget's stages (--rungs, --screen, --confirm, --seeds)")
             if [d.name.lower() for d in study.directions] != directions:
                 differing.append("mode")
             if s.space_version is not None and s.space_version != space_version_of(study):
@@ -138,10 +143,23 @@ def open_study(plan: RunPlan, worker: int = 0) -> optuna.Study:
                     f"study {s.study_name!r} exists with different settings ({', '.join(differing)}); "
                     f"rerun with its settings or pick another --study"
                 ) from None
+            if plan.budget is not None and "budget" not in stored:  # a study staged before budgets were recorded
+                study.set_user_attr("budget", plan.budget)
             return study
     for key, value in study_attrs(plan).items():
         study.set_user_attr(key, value)
     return study
+
+
+def refuse_earlier_runs(study_dir: Path) -> None:
+    """A new study cannot start in a folder that holds an earlier study's trial runs: its trial numbers
+    would meet their run directories (the study.db was deleted, or a storage URL points elsewhere)."""
+    trials = study_dir / "trials"
+    if trials.is_dir() and any(trials.iterdir()):
+        raise UserError(
+            f"{study_dir} holds the trial runs of an earlier study ({trials}) but its storage has no such study: "
+            f"restore that study's storage (or pass its --storage), or move the folder away or pick another --study"
+        )
 
 
 def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> None:
@@ -175,28 +193,55 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
 
     deadline = None if plan.timeout is None else time.time() + plan.timeout
     try:
-        for _ in range(n_trials):  # one trial per call, so that one lost trial does not end the worker
-            check_interrupted()
-            if deadline is not None and time.time() >= deadline:
-                break
-            try:
-                study.optimize(tracked, n_trials=1, callbacks=[after_trial], catch=(RuntimeError,))
-            except Exception as exc:
-                if not taken_over(exc):
-                    raise
-                # This worker was silent past --grace (suspended, say): another one failed the trial and
-                # queued it again. Nothing is lost; go on with the next trial.
-                tqdm.write(
-                    f"trial {started[-1].number if started else '?'} was taken over by another worker (its "
-                    f"heartbeat went stale); it is queued again"
-                )
-                bar.update(1)
+        with optuna_log_into(search_log(plan.settings)):
+            for _ in range(n_trials):  # one trial per call, so that one lost trial does not end the worker
+                check_interrupted()
+                if deadline is not None and time.time() >= deadline:
+                    break
+                try:
+                    study.optimize(tracked, n_trials=1, callbacks=[after_trial], catch=(RuntimeError,))
+                except Exception as exc:
+                    if not taken_over(exc):
+                        raise
+                    # This worker was silent past --grace (suspended, say): another one failed the trial and
+                    # queued it again. Nothing is lost; go on with the next trial.
+                    tqdm.write(
+                        f"trial {started[-1].number if started else '?'} was taken over by another worker (its "
+                        f"heartbeat went stale); it is queued again"
+                    )
+                    bar.update(1)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one: optuna has marked the trial FAIL
         if started:
             retry_interrupted(study, started[-1].number)
         raise
+    except Exception as exc:
+        fault = exc if isinstance(exc, EnvironmentFault) else environment_fault(exc, plan.settings.study_dir)
+        if fault is None:
+            raise
+        # A full disk or a permission is not the design's fault: queue the trial again, like a killed one.
+        if started:
+            retry_interrupted(study, started[-1].number)
+        raise fault from None
     finally:
         bar.close()
+
+
+@contextlib.contextmanager
+def optuna_log_into(path: Path) -> Iterator[None]:
+    """Optuna's own log (a failed trial's traceback, its warnings) goes into the study's ``search.log``, not
+    the terminal: a stopped trial is recorded there in full, and the terminal says ``interrupted``."""
+    import logging
+
+    handler = logging.FileHandler(path, delay=True, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s] optuna %(levelname)s: %(message)s"))
+    optuna.logging.disable_default_handler()
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+        handler.close()
+        optuna.logging.enable_default_handler()
 
 
 def taken_over(exc: BaseException | None) -> bool:
@@ -218,36 +263,6 @@ def retry_interrupted(study: optuna.Study, number: int) -> None:
         retry_trial(study, frozen)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """A worker whose parent is gone (killed with SIGKILL, say) stops too, instead of running on
-    unseen; its trial then goes stale and the next run retries it (heartbeat)."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _worker_entry(plan: RunPlan, worker: int, n_trials: int, parent: int) -> None:
-    """A worker process: the same exit-code contract as the command (2 bad input, 3 internal, 130)."""
-    _exit_with_parent(parent)
-    interrupt_on_sigterm()  # the parent stops workers with SIGTERM: queue the trial again
-    set_crash_log(search_log(plan.settings))
-    try:
-        worker_main(plan, worker, n_trials, progress=False)
-    except UserError as exc:
-        print(f"error: worker {worker}: {exc}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
-    except Exception as exc:
-        print(f"worker {worker}: {record_internal_error(exc)}", file=sys.stderr)
-        sys.exit(EXIT_INTERNAL)
-
-
 def search_log(s: SearchSettings) -> Path:
     """The study's log of internal errors (tracebacks), beside its outputs."""
     return s.study_dir / "search.log"
@@ -257,6 +272,7 @@ def run_search(plan: RunPlan) -> optuna.Study:
     s = plan.settings
     set_crash_log(search_log(s))
     study = open_study(plan)  # creates it, or checks that the existing one matches, before any worker starts
+    make_dir(s.study_dir, "--logs")  # only now: a storage that cannot be opened leaves no folder behind
     for params in plan.enqueue:  # skipped when a trial with these params exists (a resumed study)
         study.enqueue_trial(params, skip_if_exists=True)
     before = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED])
@@ -265,49 +281,23 @@ def run_search(plan: RunPlan) -> optuna.Study:
         if plan.n_trials == 0:
             return study
     started = time.time()
-    # SIGTERM (kill, a scheduler's stop) goes the KeyboardInterrupt way: the running trial is queued
-    # again for the next run, and workers are stopped too.
-    interrupt_on_sigterm()
     if plan.workers == 1:
         worker_main(plan, 0, plan.n_trials, progress=True)
     else:
         shares = [
             plan.n_trials // plan.workers + (1 if i < plan.n_trials % plan.workers else 0) for i in range(plan.workers)
         ]
-        ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked torch thread pools
-        procs = [
-            ctx.Process(target=_worker_entry, args=(plan, i, n, os.getpid()), daemon=False)
-            for i, n in enumerate(shares)
-            if n > 0
-        ]
-        for p in procs:
-            p.start()
-        bar = tqdm(total=plan.n_trials, desc=f"trials ({len(procs)} workers)", unit="trial")
+        workers = Workers([(worker_main, (plan, i, n, False)) for i, n in enumerate(shares) if n > 0], search_log(s))
+        bar = tqdm(total=plan.n_trials, desc=f"trials ({len(workers.procs)} workers)", unit="trial")
+
+        def tick() -> None:
+            done = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]) - before
+            bar.update(max(0, done - bar.n))
+
         try:
-            while any(p.is_alive() for p in procs):
-                check_interrupted()
-                done = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]) - before
-                bar.update(max(0, done - bar.n))
-                time.sleep(2)
-        except KeyboardInterrupt:
-            for p in procs:
-                p.terminate()
-            raise
+            watch(workers, tick)
         finally:
-            for p in procs:
-                p.join()
             bar.close()
-        failed = [p.exitcode for p in procs if p.exitcode]
-        if EXIT_INTERNAL in failed:
-            raise InternalError(
-                f"{failed.count(EXIT_INTERNAL)} worker(s) hit an internal error (a bug in the kit; "
-                f"traceback in {search_log(s)}); finished trials are kept in the study"
-            )
-        if failed:
-            raise UserError(
-                f"{len(failed)} worker(s) exited with an error (exit codes {failed}); "
-                "finished trials are kept in the study"
-            )
     print(f"\n({time.time() - started:.0f} s this run)")
     finish(study, s)
     return study
@@ -335,9 +325,9 @@ def finish(study: optuna.Study, s: SearchSettings) -> None:
 
 def export_study(plan: RunPlan) -> None:
     """Outputs only, for a study whose run was interrupted (or another machine's trials)."""
-    from .storage import load_study
+    from .storage import open_existing_study
 
-    finish(load_study(make_storage(plan.storage_url), plan.settings.study_name), plan.settings)
+    finish(open_existing_study(plan.storage_url, plan.settings.study_name), plan.settings)
 
 
 def base_config_from_study(study: optuna.Study) -> TrainConfig:

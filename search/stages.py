@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
+import os
 import shutil
 import statistics
 from dataclasses import dataclass, replace
@@ -30,8 +30,12 @@ from tqdm.auto import tqdm
 
 from mnist_challenge import ArchSpec, UserError, build_model, count_params
 from mnist_challenge.checker import Limits
+from mnist_challenge.files import try_lock
 from mnist_challenge.runlog import read_epochs
 from mnist_challenge.train import TrainConfig
+from mnist_challenge.validate import make_dir
+
+from .workers import run_pool
 
 LEARNED = 50.0  # validation accuracy (%) above which a design counts as having learned (chance is ~10 %)
 NEAR_TIE = 0.05  # validation points: confirmed designs closer than this count as tied; fewer parameters wins
@@ -56,6 +60,18 @@ class Budget:
     def ladder(self) -> tuple[int, ...]:
         return (*self.rungs, self.epochs)
 
+    def record(self) -> dict[str, Any]:
+        """What a study stores of its budget (JSON), and what a resumed command must match."""
+        return {
+            "name": self.name,
+            "max_params": self.max_params,
+            "ladder": list(self.ladder),
+            "screen": self.screen,
+            "keep": self.keep,
+            "confirm": self.confirm,
+            "seeds": self.seeds,
+        }
+
 
 BUDGETS = {
     "assignment": Budget("assignment", 20_000, 19),  # < 20,000 params, < 20 epochs
@@ -76,6 +92,8 @@ def budget_from_args(
         try:
             parsed = tuple(int(r) for r in rungs.split(",") if r.strip())
         except ValueError:
+            parsed = ()
+        if not parsed:  # ',' or '' is a typo, not "no short rung"
             raise UserError(f"--rungs {rungs!r}: expected epochs separated by commas, e.g. 4,8") from None
         if any(b <= a for a, b in zip(parsed, parsed[1:])) or any(not 1 <= r < budget.epochs for r in parsed):
             raise UserError(f"--rungs {rungs!r}: increasing epochs, each under the budget's {budget.epochs}")
@@ -146,23 +164,40 @@ def _run_job(job: Job) -> tuple[int, str, float | None]:
     return job.trial, job.run_dir, score_of(job.run_dir)
 
 
-def run_jobs(jobs: list[Job], base: TrainConfig, data_dir: str | None, workers: int, what: str) -> None:
-    """Train every job whose run directory is not finished; a killed one is started again from scratch."""
+STAGE_LOCK = ".stages.lock"  # held by the one command training a study's (or a fidelity study's) stage jobs
+
+
+def run_jobs(jobs: list[Job], base: TrainConfig, data_dir: str | None, workers: int, what: str, home: Path) -> None:
+    """Train every job whose run directory is not finished; a killed one is started again from scratch.
+
+    ``home`` (the study's folder) holds a lock for as long as this runs: a second command reaching the same
+    stage is refused, instead of deleting the first one's unfinished run and training it again beside it."""
     todo = [job for job in jobs if score_of(job.run_dir) is None]
     if not todo:
         return
-    for job in todo:
-        shutil.rmtree(job.run_dir, ignore_errors=True)
-    bar = tqdm(total=len(todo), desc=what, unit="run")
-    if workers == 1:
-        _init_worker(base.to_dict(), data_dir)
+    make_dir(home, "the study folder")
+    lock = try_lock(home / STAGE_LOCK)
+    if lock is None:
+        raise UserError(
+            f"another command is training this study's stage runs now ({home}); let it finish (the same command "
+            f"then reprints the result), or stop it and rerun"
+        )
+    try:
         for job in todo:
-            _report(bar, _run_job(job))
-    else:
-        with mp.get_context("spawn").Pool(workers, _init_worker, (base.to_dict(), data_dir)) as pool:
-            for result in pool.imap_unordered(_run_job, todo):
-                _report(bar, result)
-    bar.close()
+            shutil.rmtree(job.run_dir, ignore_errors=True)
+        bar = tqdm(total=len(todo), desc=what, unit="run")
+        try:
+            if workers == 1:
+                _init_worker(base.to_dict(), data_dir)
+                for job in todo:
+                    _report(bar, _run_job(job))
+            else:
+                initargs, log = (base.to_dict(), data_dir), home / "search.log"
+                run_pool(_run_job, todo, workers, _init_worker, initargs, lambda r: _report(bar, r), log)
+        finally:
+            bar.close()
+    finally:
+        os.close(lock)
 
 
 def _report(bar: tqdm, result: tuple[int, str, float | None]) -> None:
@@ -249,7 +284,7 @@ def run_stages(
     for epochs in budget.ladder[1:]:
         chosen = promote(rungs[-1]["entries"], budget.keep)
         jobs = [job(e, epochs, base.seed, study_dir / "rungs" / f"e{epochs}") for e in chosen]
-        run_jobs(jobs, base, data_dir, workers, f"rung {epochs} epochs")
+        run_jobs(jobs, base, data_dir, workers, f"rung {epochs} epochs", study_dir)
         sync_study(study, study_dir, None)  # the rung's curves on optuna-dashboard as soon as they exist
         scored = [(e, j, score_of(j.run_dir)) for e, j in zip(chosen, jobs)]
         rungs.append(
@@ -261,7 +296,7 @@ def run_stages(
     top = sorted(rungs[-1]["entries"], key=lambda e: (-e.score, e.params))[: budget.confirm]
     seeds = [base.seed + k for k in range(1, budget.seeds)]
     jobs = [job(e, budget.epochs, seed, study_dir / "confirm") for e in top for seed in seeds]
-    run_jobs(jobs, base, data_dir, workers, "confirmation seeds")
+    run_jobs(jobs, base, data_dir, workers, "confirmation seeds", study_dir)
     sync_study(study, study_dir, None)
     confirmed = []
     for e in top:
@@ -339,7 +374,7 @@ def run_fidelity(
         for i, spec, recipe, _ in drawn
         for epochs in budget.ladder
     ]
-    run_jobs(jobs, base, data_dir, workers, f"fidelity study, {designs} designs x {len(budget.ladder)} schedules")
+    run_jobs(jobs, base, data_dir, workers, f"fidelity study, {designs} designs x {len(budget.ladder)} schedules", out)
     scores = {
         epochs: [score_of(out / f"e{epochs}" / f"trial_{i:04d}-seed{base.seed}") for i, *_ in drawn]
         for epochs in budget.ladder

@@ -123,6 +123,20 @@ def _creation_lock(folder: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def shown_url(url: str) -> str:
+    """``url`` as it may be printed: with its password masked."""
+    return parse_storage_url(url).render_as_string(hide_password=True)
+
+
+def open_existing_study(url: str, name: str) -> optuna.Study:
+    """A study that must already exist (outputs, reproduce, digest): an SQLite file that is not there is
+    an error, not a new empty database."""
+    parsed = parse_storage_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database).is_file():
+        raise UserError(f"no study storage at {parsed.database}; run the search first or pass its --storage")
+    return load_study(make_storage(url), name)
+
+
 def load_study(storage: RDBStorage, name: str) -> optuna.Study:
     try:
         return optuna.load_study(study_name=name, storage=storage)

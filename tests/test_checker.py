@@ -2,8 +2,6 @@
 
 import json
 
-from torch import nn
-
 from mnist_challenge import ArchSpec, ConvBlock, build_model, load_spec
 from mnist_challenge.checker import Limits, check_run
 from mnist_challenge.inspector import inspect_module
@@ -30,27 +28,8 @@ def make_run(path, model, spec, test_accs):
             "eval_seconds": 0.1,
             "images_per_second": 1.0,
         }
-        run.rows.append(row)
-        with open(path / "epochs.csv", "a") as f:
-            f.write(
-                ",".join(
-                    str(row[k])
-                    for k in [
-                        "epoch",
-                        "lr",
-                        "train_loss",
-                        "train_acc",
-                        "val_loss",
-                        "val_acc",
-                        "test_loss",
-                        "test_acc",
-                        "seconds",
-                        "eval_seconds",
-                        "images_per_second",
-                    ]
-                )
-                + "\n"
-            )
+        run.log_epoch(row, model, spec)
+    run.close()
     return path
 
 
@@ -74,11 +53,14 @@ def test_too_many_params_fails(tmp_path):
 
 
 def test_linear_layer_fails(tmp_path):
-    model = nn.Sequential(
-        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10), nn.LogSoftmax(1)
-    )
-    passed, failed = failed_rules(make_run(tmp_path / "r", model, None, GOOD))
-    assert not passed and failed == ["no fully connected layer"]
+    # A spec never builds nn.Linear, so a logged one also disagrees with the spec: both rules fail.
+    spec = load_spec("compact")
+    path = make_run(tmp_path / "r", build_model(spec), spec, GOOD)
+    inspection = json.loads((path / "inspection.json").read_text())
+    inspection.update(has_linear=True, linear_layers=["fc"])
+    (path / "inspection.json").write_text(json.dumps(inspection))
+    passed, failed = failed_rules(path)
+    assert not passed and failed == ["logged model matches spec.json", "no fully connected layer"]
 
 
 def test_too_many_epochs_fails(tmp_path):

@@ -239,27 +239,26 @@ def test_an_internal_error_is_one_line_exit_3_with_the_traceback_in_a_log(tmp_pa
     assert "Traceback (most recent call last)" in text and "ValueError: a bug" in text
 
 
-def test_a_worker_internal_error_exits_3(tmp_path, monkeypatch):
+def test_a_worker_internal_error_exits_3(tmp_path):
     import os
     import signal
 
-    import search.runner as runner
-    from mnist_challenge.train import TrainConfig
-    from search.objective import SearchSettings
+    import search.workers as workers
 
-    def broken(*_args, **_kwargs):
-        raise ZeroDivisionError("worker bug")
-
-    monkeypatch.setattr(runner, "worker_main", broken)
-    plan = runner.RunPlan(SearchSettings("w", tmp_path, TrainConfig()), "sqlite:///x", 1, 1, "none", 0, None, None)
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    flags = bytearray(1)
     try:
         with pytest.raises(SystemExit) as info:
-            runner._worker_entry(plan, 0, 1, os.getppid())
+            workers._entry(_broken_worker, (), flags, 0, os.getppid(), tmp_path / "search.log")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     assert info.value.code == EXIT_INTERNAL
     assert "ZeroDivisionError: worker bug" in (tmp_path / "search.log").read_text()
+
+
+def _broken_worker() -> None:
+    raise ZeroDivisionError("worker bug")
 
 
 # --- data ------------------------------------------------------------------------------------------------

@@ -176,5 +176,5 @@ def test_a_run_that_diverges_scores_zero_and_is_not_retried(tmp_path, monkeypatc
     monkeypatch.setattr(stages, "_init_worker", lambda *a: None)
     job = stages.job_for(0, load_spec("tiny"), TrainConfig(), 2, 0, tmp_path / "runs")
     for _ in range(2):
-        stages.run_jobs([job], TrainConfig(), None, 1, "test")
+        stages.run_jobs([job], TrainConfig(), None, 1, "test", tmp_path)
     assert len(calls) == 1 and stages.score_of(job.run_dir) == 0.0
