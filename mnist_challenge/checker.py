@@ -17,7 +17,6 @@ finite percentage, is exit 2 naming it, never a PASS.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from .errors import UserError
 from .runlog import read_epochs
-from .validate import check_float, check_int, require
+from .validate import check_float, check_int, read_json_file, require
 
 
 @dataclass(frozen=True)
@@ -59,12 +58,7 @@ class Verdict:
 def read_json_object(path: Path) -> dict[str, Any]:
     """A run directory's JSON file, which must hold one object; anything else is a ``UserError``."""
     require_file(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UserError(f"{path} is not valid JSON: {' '.join(str(exc).split())[:200]}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    data = read_json_file(path)
     require(isinstance(data, dict), f"{path} is malformed: expected a JSON object, got {type(data).__name__}")
     return data
 
@@ -112,6 +106,15 @@ def planned_epochs(run_dir: Path) -> int:
     return epochs
 
 
+def checkpoint_mismatch(path: Path, spec: Any, model: Any) -> str | None:
+    """How the checkpoint at ``path`` differs from ``spec`` and its built ``model``; None if it holds exactly
+    that network. An unreadable checkpoint is a ``UserError`` naming it."""
+    from .runlog import read_checkpoint, weights_mismatch
+
+    state, saved_spec = read_checkpoint(path)
+    return "it was saved for another spec" if saved_spec != spec else weights_mismatch(state, model)
+
+
 def checked_rows(run_dir: Path) -> list[dict[str, float]]:
     """epochs.csv, with each row's epoch a positive whole number and its test accuracy a finite percentage:
     the rules never judge a value they cannot read (a NaN compares false with everything)."""
@@ -135,7 +138,6 @@ def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
     a ``UserError`` naming it (exit 2), never a verdict."""
     from .inspector import inspect_module
     from .model import build_model
-    from .runlog import read_checkpoint, weights_mismatch
     from .spec import ArchSpec
 
     run_dir = Path(run_dir)
@@ -147,7 +149,6 @@ def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
     planned = planned_epochs(run_dir)
     rows = checked_rows(run_dir)
     spec = ArchSpec.load(run_dir / "spec.json")
-    state, saved_spec = read_checkpoint(run_dir / "model.pt")
     model = build_model(spec)
     rules = []
     fresh = inspect_module(model, (spec.in_channels, spec.input_size, spec.input_size))
@@ -159,12 +160,12 @@ def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
             "figure": f"spec rebuilds to {fresh.params:,} params, log says {inspection['params']:,}",
         }
     )
-    mismatch = "it was saved for another spec" if saved_spec != spec else weights_mismatch(state, model)
+    mismatch = checkpoint_mismatch(run_dir / "model.pt", spec, model)
     rules.append(
         {
             "rule": "model.pt holds the network of spec.json",
             "passed": mismatch is None,
-            "figure": mismatch or f"{len(state)} tensors, each of the spec's shape",
+            "figure": mismatch or "the spec's network, tensor for tensor",
         }
     )
     params = int(inspection["params"])

@@ -74,16 +74,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .model import build_model
     from .spec import load_spec
 
-    if args.spec:
+    given = next(flag for flag in ("spec", "module", "torchvision") if getattr(args, flag) is not None)
+    if not getattr(args, given).strip():
+        raise UserError(f"--{given} is empty: give a {'spec file or preset name' if given == 'spec' else 'name'}")
+    if args.spec is not None:
         spec = load_spec(args.spec)
         model = build_model(spec)
         default_size = (spec.in_channels, spec.input_size, spec.input_size)
-    elif args.module:
+    elif args.module is not None:
         model, default_size = module_from_factory(args.module), (1, 28, 28)
     else:
         model, default_size = torchvision_model(args.torchvision), (3, 224, 224)
     input_size = tuple(args.input_size) if args.input_size else default_size
-    if not args.spec:  # the user's (or torchvision's) forward: what it raises is about that model or the input size
+    if args.spec is None:  # the user's (or torchvision's) forward: what it raises is about that model or the input size
         run_forward(model, input_size)
     try:
         report = inspect_module(model, input_size)
@@ -92,7 +95,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
         return 0
-    if args.spec:
+    if args.spec is not None:
         print(torchsummary_table(model, input_size))
     print(format_report(report))
     return 0
@@ -319,8 +322,10 @@ def cmd_export_notebook(args: argparse.Namespace) -> int:
 
     spec, _ = read_run(args.run_dir)
     out = Path(args.out or f"submission_{spec.name}.ipynb")
-    if out.suffix != ".ipynb":
-        raise UserError(f"-o {out}: a notebook file name ends in .ipynb")
+    if out.suffix != ".ipynb" or out.is_dir():
+        raise UserError(f"-o {out}: expected a notebook file name ending in .ipynb, not a folder")
+    if not out.resolve().parent.is_dir():
+        raise UserError(f"-o {out}: the folder {out.resolve().parent} does not exist; create it first")
     check_writable_dir(out.resolve().parent, "-o folder")
     limits = Limits(args.max_params, args.max_epochs, args.min_acc, args.last_k)
     if args.execute:

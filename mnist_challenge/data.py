@@ -65,7 +65,10 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 
 def _read_verified(path: Path, gz_sha: str, raw_sha: str) -> bytes:
-    blob = path.read_bytes()
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:  # no permission, an I/O error: the file is there but cannot be read
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}; fix its permissions or copy MNIST again") from None
     expected = gz_sha if path.suffix == ".gz" else raw_sha
     if hashlib.sha256(blob).hexdigest() != expected:
         raise UserError(f"{path} is corrupt (SHA-256 mismatch): delete it and copy or download MNIST again")

@@ -59,6 +59,11 @@ def environment_fault(exc: BaseException, what: str | Path) -> EnvironmentFault 
     return None
 
 
+class TrainingDiverged(UserError, FloatingPointError):
+    """The loss went non-finite: the recipe (learning rate, say) is the input at fault, so ``train`` exits 2;
+    a search records it as that design's (worst) outcome."""
+
+
 class InternalError(Exception):
     """A bug already recorded elsewhere (a worker process wrote its traceback): exit 3 with this line."""
 

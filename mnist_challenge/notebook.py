@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from .checker import Limits
+from .checker import Limits, checkpoint_mismatch, read_json_object, require_file
 from .errors import UserError
 from .inspector import inspect_module
 from .model import Block, build_model, count_params
@@ -438,14 +438,26 @@ def build_notebook(spec: ArchSpec, recipe: TrainConfig, limits: Limits, source: 
 
 
 def read_run(run_dir: str | Path) -> tuple[ArchSpec, TrainConfig]:
+    """The spec and recipe a notebook is made from; a run whose ``model.pt`` holds another network than its
+    ``spec.json``, or whose spec MNIST cannot feed, is refused (the notebook would not be that run)."""
+    from .experiment import require_mnist_shape
+
     path = Path(run_dir)
-    if not (path / "spec.json").is_file() or not (path / "config.json").is_file():
-        raise UserError(f"{run_dir} is not a run directory: it needs spec.json and config.json")
+    if not path.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    for name in ("spec.json", "config.json"):
+        require_file(path / name)
     try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path / 'config.json'} is not readable JSON ({exc})") from None
-    return ArchSpec.load(path / "spec.json"), TrainConfig.from_dict(config)
+        recipe = TrainConfig.from_dict(read_json_object(path / "config.json"))
+    except UserError as exc:
+        raise UserError(f"{path / 'config.json'}: {exc}") from None
+    spec = ArchSpec.load(path / "spec.json")
+    require_mnist_shape(spec)
+    if (path / "model.pt").exists():  # a run killed before its first epoch has none; the notebook trains anew
+        mismatch = checkpoint_mismatch(path / "model.pt", spec, build_model(spec))
+        if mismatch:
+            raise UserError(f"{path / 'model.pt'} does not hold the network of {path / 'spec.json'}: {mismatch}")
+    return spec, recipe
 
 
 def export_notebook(run_dir: str | Path, out: Path, limits: Limits) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 
 from .errors import UserError
 from .files import write_text_atomic
-from .validate import check_float, check_int, check_name, require
+from .validate import check_float, check_int, check_name, one_line, parse_json, require
 
 BATCHNORM_CHOICES = ("none", "before_relu", "after_relu")
 DROPOUT_PLACES = ("none", "every_conv", "block_end")
@@ -205,13 +205,7 @@ class ArchSpec:
 
     @classmethod
     def from_json(cls, text: str) -> ArchSpec:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"spec is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise UserError("spec is not a spec: its JSON is nested far too deep") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text, "spec"))
 
     @classmethod
     def load(cls, path: str | Path) -> ArchSpec:
@@ -235,7 +229,8 @@ class ArchSpec:
 def _reject_unknown(data: dict, cls: type, what: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
-    _check(not unknown, f"{what} has unknown field(s) {unknown}; known fields: {sorted(known)}")
+    shown = one_line(unknown[:10]) + (f" and {len(unknown) - 10:,} more" if len(unknown) > 10 else "")
+    _check(not unknown, f"{what} has unknown field(s) {shown}; known fields: {sorted(known)}")
 
 
 PRESET_DIR = Path(__file__).parent / "presets"

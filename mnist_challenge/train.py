@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .augment import AugmentConfig, random_affine
 from .data import MnistData, Split
 from .ema import WeightEMA
-from .errors import UserError, check_interrupted
+from .errors import TrainingDiverged, UserError, check_interrupted
 from .fast import bf16_pays, bf16_supported, speed_up
 from .native import unavailable_reason
 from .validate import SEED_MAX, check_choice, check_float, check_int, require
@@ -78,6 +78,10 @@ class TrainConfig:
         check_choice(self.optimizer, "optimizer", OPTIMIZERS)
         check_float(self.lr, "lr", 0.0, 10.0, lo_open=True)
         check_float(self.momentum, "momentum", 0.0, 1.0, hi_open=True)
+        require(
+            not (self.optimizer == "sgd" and self.nesterov and self.momentum == 0),
+            "momentum 0 with Nesterov: Nesterov momentum needs a momentum > 0 (add --no-nesterov for plain SGD)",
+        )
         check_float(self.weight_decay, "weight_decay", 0.0, 1.0)
         check_choice(self.schedule, "schedule", SCHEDULES)
         check_int(self.step_size, "step_size", 1, MAX_EPOCHS)
@@ -285,7 +289,7 @@ def train_model(
         seen = min(n, steps * cfg.batch_size)
         train_loss, train_acc = loss_sum.item() / seen, 100.0 * correct.item() / seen
         if not math.isfinite(train_loss):
-            raise FloatingPointError(f"training diverged in epoch {epoch} (loss {train_loss}); lower the learning rate")
+            raise TrainingDiverged(f"training diverged in epoch {epoch} (loss {train_loss}); lower the learning rate")
         eval_start = time.perf_counter()
         with ema.applied() if ema is not None else contextlib.nullcontext():  # the averaged weights are the model
             nan = (float("nan"), float("nan"))

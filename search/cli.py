@@ -20,18 +20,22 @@ from pathlib import Path
 
 from mnist_challenge.cli import Parser, add_data_flags, add_limit_flags, limits_from_args, run_cli
 from mnist_challenge.validate import (
+    NAME_MAX,
     check_writable_dir,
     float_flag,
     int_flag,
     make_dir,
-    name_flag,
     positive_int,
     seed_flag,
+    short_name_flag,
 )
 
 from .stages import BUDGETS
 
 DEFAULT_STUDY = "mnist-gap"
+# A study's name becomes its trials' spec names, "<study>-trial<N>", which must fit a name's NAME_MAX
+# characters with room for a trial number of six digits.
+STUDY_NAME_MAX = NAME_MAX - len("-trial") - 6
 GRACE_FACTOR = 2  # --grace must be at least this many heartbeats: a live trial is never taken for a dead one
 DEFAULT_GRACE_FACTOR = 3
 
@@ -46,7 +50,7 @@ def default_workers() -> int:
 def add_study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--study",
-        type=name_flag,
+        type=short_name_flag(STUDY_NAME_MAX),
         default=None,
         help=f"study name, also its folder under --logs (default {DEFAULT_STUDY}; with --budget B: budget-B)",
     )
@@ -206,7 +210,10 @@ def enqueued_params(item: str, base, max_params: int) -> dict:
             recipe = dataclasses.replace(recipe, **{key: kind(value)})
         except ValueError:
             raise UserError(f"--enqueue {item!r}: {key} must be a {kind.__name__}, got {value!r}") from None
-    return params_from_spec(load_spec(source), recipe, max_params)
+    try:
+        return params_from_spec(load_spec(source), recipe, max_params)
+    except UserError as exc:
+        raise UserError(f"--enqueue {item!r}: {exc}") from None
 
 
 def validate_search_args(args: argparse.Namespace, base) -> None:

@@ -10,14 +10,18 @@ and written to ``digest.json`` in the study folder; the README's figures come fr
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from mnist_challenge import ArchSpec, UserError, build_model
 from mnist_challenge.inspector import inspect_module
 from mnist_challenge.runlog import read_epochs
+from mnist_challenge.validate import read_json_file, require
 
 from .stages import spearman
+
+RUNG_DIR = re.compile(r"e\d{1,4}")
 
 
 def stage_time(run_dirs: list[Path]) -> dict[str, Any]:
@@ -38,10 +42,15 @@ def digest(study_dir: Path, stages: dict[str, Any] | None) -> dict[str, Any]:
     summary_path = study_dir / "summary.json"
     if not summary_path.is_file():
         raise UserError(f"no summary.json in {study_dir}: run the search (or --export-only) first")
-    summary = json.loads(summary_path.read_text())
+    summary = read_json_file(summary_path)
+    require(isinstance(summary, dict), f"{summary_path} is malformed: expected a JSON object")
     if not stages:
         raise UserError(f"{study_dir} is not a staged search (made with --budget): nothing to digest")
-    rung_dirs = sorted((study_dir / "rungs").glob("e*"), key=lambda p: int(p.name[1:]))
+    # Rung folders are e<EPOCHS>; anything else under rungs/ (a copy, a note) is not a rung.
+    rung_dirs = sorted(
+        (p for p in (study_dir / "rungs").glob("e*") if p.is_dir() and RUNG_DIR.fullmatch(p.name)),
+        key=lambda p: int(p.name[1:]),
+    )
     time_spent = {"screen": stage_time(sorted((study_dir / "trials").glob("trial_*")))}
     for folder in rung_dirs:
         time_spent[f"rung {folder.name[1:]} epochs"] = stage_time(sorted(folder.glob("trial_*")))
@@ -62,7 +71,13 @@ def digest(study_dir: Path, stages: dict[str, Any] | None) -> dict[str, Any]:
     }
     importances = study_dir / "param_importances.json"
     if importances.is_file():
-        ranked = sorted(json.loads(importances.read_text()).items(), key=lambda kv: -kv[1])
+        values = read_json_file(importances)
+        require(
+            isinstance(values, dict)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()),
+            f"{importances} is malformed: expected an object of parameter names and importances",
+        )
+        ranked = sorted(values.items(), key=lambda kv: -kv[1])
         result["importances_top"] = dict(ranked[:8])
     winner = stages.get("winner")
     best_spec = study_dir / "best_spec.json"

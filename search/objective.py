@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mnist_challenge import UserError, build_model
 from mnist_challenge.checker import Limits
 from mnist_challenge.data import MnistData
+from mnist_challenge.errors import TrainingDiverged
 from mnist_challenge.experiment import run_experiment
 from mnist_challenge.inspector import inspect_module
 from mnist_challenge.train import TrainConfig
@@ -159,7 +160,7 @@ class Objective:
                 echo=False,
                 extra_config={"study": s.study_name, "trial": trial.number},
             )
-        except FloatingPointError as exc:  # diverged: a real outcome of this recipe, not a crash
+        except TrainingDiverged as exc:  # diverged: a real outcome of this recipe, not a crash
             trial.set_user_attr("reason", str(exc))
             raise optuna.TrialPruned() from None
         finally:

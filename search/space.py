@@ -179,19 +179,31 @@ RECIPE_KEYS = frozenset(
 )  # drawn by suggest_recipe
 
 
+# Version 1's recipe ranges (inclusive), read by suggest_recipe and by params_from_spec's check of an
+# enqueued recipe: a warm start is a point of the space, not a way around it.
+RECIPE_RANGES: dict[str, tuple[float, float]] = {
+    "lr": (0.01, 0.3),  # drawn on a log scale
+    "step_size": (3, 8),
+    "rotation": (0.0, 15.0),
+    "translate": (0.0, 0.1),
+    "weight_decay": (1e-5, 1e-3),  # drawn on a log scale
+}
+
+
 def suggest_recipe(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The training recipe: learning rate, batch size, schedule and augmentation strength."""
+    r = RECIPE_RANGES
     schedule = trial.suggest_categorical("schedule", SCHEDULES)
     return TrainConfig(
         **{
             **base.to_dict(),
-            "lr": trial.suggest_float("lr", 0.01, 0.3, log=True),
+            "lr": trial.suggest_float("lr", *r["lr"], log=True),
             "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
             "schedule": schedule,
-            "step_size": trial.suggest_int("step_size", 3, 8) if schedule == "step" else base.step_size,
-            "rotation": trial.suggest_float("rotation", 0.0, 15.0),
-            "translate": trial.suggest_float("translate", 0.0, 0.1),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-3, log=True),
+            "step_size": trial.suggest_int("step_size", *r["step_size"]) if schedule == "step" else base.step_size,
+            "rotation": trial.suggest_float("rotation", *r["rotation"]),
+            "translate": trial.suggest_float("translate", *r["translate"]),
+            "weight_decay": trial.suggest_float("weight_decay", *r["weight_decay"], log=True),
         }
     )
 
@@ -302,14 +314,15 @@ def params_from_spec(
         params["dropout_at"] = pick("dropout_at", spec.dropout_at, DROPOUT_AT)
     params["head"] = pick("head", spec.head, HEADS)
     if recipe is not None:
+        drawn = ["lr", "rotation", "translate", "weight_decay"] + (["step_size"] if recipe.schedule == "step" else [])
+        for key in drawn:
+            lo, hi = RECIPE_RANGES[key]
+            value = getattr(recipe, key)
+            if not lo <= value <= hi:
+                raise UserError(f"the recipe is outside the search space: {key}={value!r} is not in [{lo:g}, {hi:g}]")
+            params[key] = value
         params.update(
             schedule=pick("schedule", recipe.schedule, SCHEDULES),
-            lr=recipe.lr,
             batch_size=pick("batch_size", recipe.batch_size, BATCH_SIZES),
-            rotation=recipe.rotation,
-            translate=recipe.translate,
-            weight_decay=recipe.weight_decay,
         )
-        if recipe.schedule == "step":
-            params["step_size"] = recipe.step_size
     return params

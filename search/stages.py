@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from mnist_challenge import ArchSpec, UserError, build_model, count_params
 from mnist_challenge.checker import Limits
+from mnist_challenge.errors import TrainingDiverged
 from mnist_challenge.files import try_lock
 from mnist_challenge.runlog import read_epochs
 from mnist_challenge.train import TrainConfig
@@ -159,7 +160,7 @@ def _run_job(job: Job) -> tuple[int, str, float | None]:
             limits=Limits(max_params=10**9, max_epochs=cfg.epochs),
             extra_config={"trial": job.trial},
         )
-    except FloatingPointError as exc:  # a recipe that diverges is an outcome (the worst), not a crash
+    except TrainingDiverged as exc:  # a recipe that diverges is an outcome (the worst), not a crash
         (Path(job.run_dir) / DIVERGED).write_text(f"{exc}\n")
     return job.trial, job.run_dir, score_of(job.run_dir)
 

@@ -163,6 +163,7 @@ def test_the_fidelity_study_scores_every_design_on_every_schedule(tmp_path, mnis
 def test_a_run_that_diverges_scores_zero_and_is_not_retried(tmp_path, monkeypatch):
     import mnist_challenge.experiment as experiment
     from mnist_challenge import load_spec
+    from mnist_challenge.errors import TrainingDiverged
     from mnist_challenge.train import TrainConfig
 
     calls = []
@@ -170,7 +171,7 @@ def test_a_run_that_diverges_scores_zero_and_is_not_retried(tmp_path, monkeypatc
     def diverging(spec, cfg, run_dir, **_):
         calls.append(run_dir)
         (tmp_path / "runs" / "trial_0000-seed0").mkdir(parents=True, exist_ok=True)
-        raise FloatingPointError("training diverged in epoch 1")
+        raise TrainingDiverged("training diverged in epoch 1")
 
     monkeypatch.setattr(experiment, "run_experiment", diverging)
     monkeypatch.setattr(stages, "_init_worker", lambda *a: None)
