@@ -151,6 +151,7 @@ def make_run(path, test_accs, planned=None):
             model,
             spec,
         )
+    run.close()
     return path
 
 
