@@ -23,6 +23,7 @@ from .errors import (
     record_internal_error,
     restore_stop_handlers,
     set_crash_log,
+    stopping,
 )
 from .validate import check_name, check_writable_dir, float_flag, int_flag, name_flag, positive_int, seed_flag
 
@@ -41,30 +42,37 @@ def run_cli(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | 
     try:
         args = build().parse_args(argv)
         return args.handler(args) or 0
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except Exception as exc:
+        if not stopping():
+            return _report_failure(exc)
+        # After a stop signal, whatever fails is the stop's doing: a library may have swallowed the
+        # KeyboardInterrupt half-way through an import and left a half-made module behind.
+        record_internal_error(exc)  # kept in the log for whoever wonders, not reported as a bug
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except InternalError as exc:
-        print(f"internal error: {exc}", file=sys.stderr)
-        return EXIT_INTERNAL
-    except RecursionError:  # only input can nest this deep (a JSON file, a model's forward)
-        print("error: the input is nested too deeply to process", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except MemoryError:
-        print("error: out of memory; use a smaller model, input or batch", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Exception as exc:
-        fault = environment_fault(exc, getattr(exc, "filename", None) or "a file")
-        if fault is not None:  # the machine, not the kit: a full disk, a permission, a name too long
-            print(f"error: {fault}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        print(record_internal_error(exc), file=sys.stderr)  # a bug: one line here, the traceback in the log
-        return EXIT_INTERNAL
     finally:
         restore_stop_handlers(previous)
+
+
+def _report_failure(exc: Exception) -> int:
+    """The exit-code contract for an exception that ended a command: its one line, and its exit code."""
+    if isinstance(exc, UserError):
+        message, code = f"error: {exc}", EXIT_BAD_INPUT
+    elif isinstance(exc, InternalError):
+        message, code = f"internal error: {exc}", EXIT_INTERNAL
+    elif isinstance(exc, RecursionError):  # only input can nest this deep (a JSON file, a model's forward)
+        message, code = "error: the input is nested too deeply to process", EXIT_BAD_INPUT
+    elif isinstance(exc, MemoryError):
+        message, code = "error: out of memory; use a smaller model, input or batch", EXIT_BAD_INPUT
+    elif (fault := environment_fault(exc, getattr(exc, "filename", None) or "a file")) is not None:
+        message, code = f"error: {fault}", EXIT_BAD_INPUT  # the machine, not the kit: a full disk, a permission
+    else:
+        message, code = record_internal_error(exc), EXIT_INTERNAL  # a bug: one line, the traceback in the log
+    print(message, file=sys.stderr)
+    return code
 
 
 # --- inspect -----------------------------------------------------------------------------------------
@@ -322,8 +330,10 @@ def cmd_export_notebook(args: argparse.Namespace) -> int:
 
     spec, _ = read_run(args.run_dir)
     out = Path(args.out or f"submission_{spec.name}.ipynb")
-    if out.suffix != ".ipynb" or out.is_dir():
-        raise UserError(f"-o {out}: expected a notebook file name ending in .ipynb, not a folder")
+    if out.suffix != ".ipynb":
+        raise UserError(f"-o {out}: a notebook file name ends in .ipynb")
+    if out.is_dir():
+        raise UserError(f"-o {out} is a folder; give the notebook's file name")
     if not out.resolve().parent.is_dir():
         raise UserError(f"-o {out}: the folder {out.resolve().parent} does not exist; create it first")
     check_writable_dir(out.resolve().parent, "-o folder")

@@ -16,13 +16,14 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -102,7 +103,9 @@ def install_stop_handlers(on_first_stop: Callable[[], None] | None = None) -> di
     global _stop_signals_seen, _on_first_stop
     if threading.current_thread() is not threading.main_thread():
         return None
-    _stop_signals_seen, _on_first_stop = 0, on_first_stop
+    if signal.getsignal(signal.SIGTERM) is not _on_stop_signal:  # already ours (``__main__``): keep its count
+        _stop_signals_seen = 0
+    _on_first_stop = on_first_stop
     return {sig: signal.signal(sig, _on_stop_signal) for sig in STOP_SIGNALS}
 
 
@@ -118,6 +121,21 @@ def restore_stop_handlers(previous: dict[int, Any] | None) -> None:
 def stopping() -> bool:
     """Whether a stop signal has landed in this process."""
     return _stop_signals_seen > 0
+
+
+def exit_with(code: int) -> NoReturn:
+    """End a command's process with ``code``. After a stop signal, at once (``os._exit``, output flushed):
+    CPython ends a process by SIGINT, whatever code it exits with, once a KeyboardInterrupt has crossed a
+    C extension's call into Python code (torch's lazy imports do that) even if it was caught and handled,
+    and the caller would see a death by signal instead of the 130 the contract promises."""
+    if stopping():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
 
 
 def check_interrupted() -> None:

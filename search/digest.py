@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_challenge import ArchSpec, UserError, build_model
+from mnist_challenge.files import write_text_atomic
 from mnist_challenge.inspector import inspect_module
 from mnist_challenge.runlog import read_epochs
 from mnist_challenge.validate import read_json_file, require
@@ -97,7 +98,7 @@ def digest(study_dir: Path, stages: dict[str, Any] | None) -> dict[str, Any]:
             "batchnorm": spec.batchnorm,
             "dropout": spec.dropout,
         }
-    (study_dir / "digest.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(study_dir / "digest.json", json.dumps(result, indent=2) + "\n")
     return result
 
 

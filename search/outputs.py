@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from mnist_challenge.files import write_atomic, write_text_atomic
 
 from .space import spec_of_trial
 
@@ -75,12 +78,13 @@ def trial_row(t: FrozenTrial, staged: dict[str, str] | None = None) -> dict[str,
 
 
 def write_trials_csv(study: optuna.Study, path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, TRIAL_FIELDS)
-        writer.writeheader()
-        staged = staged_figures(study)
-        for t in study.get_trials(deepcopy=False):
-            writer.writerow(trial_row(t, staged.get(t.number)))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, TRIAL_FIELDS)
+    writer.writeheader()
+    staged = staged_figures(study)
+    for t in study.get_trials(deepcopy=False):
+        writer.writerow(trial_row(t, staged.get(t.number)))
+    write_text_atomic(path, text.getvalue())
 
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
@@ -169,8 +173,8 @@ def export(study: optuna.Study, study_dir: Path, multi_objective: bool) -> dict[
             }
             for t in front
         ]
-        (study_dir / "pareto.json").write_text(json.dumps(pareto, indent=2) + "\n")
-    (study_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(study_dir / "pareto.json", json.dumps(pareto, indent=2) + "\n")
+    write_text_atomic(study_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -205,8 +209,9 @@ def plot(study: optuna.Study, study_dir: Path, multi_objective: bool) -> list[st
         jobs["intermediate_values.png"] = lambda: ovm.plot_intermediate_values(study)
     try:  # the same figures as the plot, as numbers (the README's explanation quotes them)
         importances = optuna.importance.get_param_importances(study, target=target)
-        (study_dir / "param_importances.json").write_text(
-            json.dumps({k: round(v, 4) for k, v in importances.items()}, indent=2) + "\n"
+        write_text_atomic(
+            study_dir / "param_importances.json",
+            json.dumps({k: round(v, 4) for k, v in importances.items()}, indent=2) + "\n",
         )
     except (ValueError, RuntimeError, ZeroDivisionError):
         pass
@@ -219,8 +224,10 @@ def plot(study: optuna.Study, study_dir: Path, multi_objective: bool) -> list[st
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(9, 9 if name == "param_importances.png" else 5)  # ~40 conditional params need the height
         fig.tight_layout()
-        fig.savefig(study_dir / name, dpi=100)
-        plt.close(fig)
+        try:
+            write_atomic(study_dir / name, lambda tmp, fig=fig: fig.savefig(tmp, dpi=100, format="png"))
+        finally:
+            plt.close(fig)
         made.append(name)
     return made
 

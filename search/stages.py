@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from mnist_challenge import ArchSpec, UserError, build_model, count_params
 from mnist_challenge.checker import Limits
 from mnist_challenge.errors import TrainingDiverged
-from mnist_challenge.files import try_lock
+from mnist_challenge.files import try_lock, write_text_atomic
 from mnist_challenge.runlog import read_epochs
 from mnist_challenge.train import TrainConfig
 from mnist_challenge.validate import make_dir
@@ -407,5 +407,5 @@ def run_fidelity(
             for i, spec, _, params in drawn
         ],
     }
-    (out / "fidelity.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "fidelity.json", json.dumps(result, indent=2) + "\n")
     return result

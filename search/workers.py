@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,13 @@ from mnist_challenge.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    STOP_SIGNALS,
     InternalError,
     check_interrupted,
     install_stop_handlers,
     record_internal_error,
     set_crash_log,
+    stopping,
 )
 
 STOP_WAIT = 60.0  # seconds a stopping worker gets to record its trial before it is killed
@@ -63,13 +66,17 @@ def _entry(target: Callable[..., None], args: tuple, flags: Any, index: int, par
     install_stop_handlers(lambda: flags.__setitem__(index, 1))
     set_crash_log(log)
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a signal held since start-up lands here
         target(*args)
-    except UserError as exc:
-        print(f"error: worker {index}: {exc}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:
+        if stopping():  # what fails after a stop signal is the stop's doing (see cli.run_cli)
+            record_internal_error(exc)
+            sys.exit(EXIT_INTERRUPTED)
+        if isinstance(exc, UserError):
+            print(f"error: worker {index}: {exc}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
         print(f"worker {index}: {record_internal_error(exc)}", file=sys.stderr)
         sys.exit(EXIT_INTERNAL)
 
@@ -85,8 +92,18 @@ class Workers:
             ctx.Process(target=_entry, args=(fn, args, self.flags, i, os.getpid(), log), daemon=False)
             for i, (fn, args) in enumerate(targets)
         ]
-        for p in self.procs:
-            p.start()
+        # Started with the stop signals blocked, which the children inherit: a signal during their start-up
+        # (seconds of imports) waits until their handlers are set, instead of killing them or printing a
+        # traceback; the parent's own signal is held for those milliseconds, not lost.
+        # multiprocessing starts its resource tracker on the first start() and unblocks these signals after
+        # it: started here first, it cannot undo the block.
+        resource_tracker.ensure_running()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            for p in self.procs:
+                p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def alive(self) -> bool:
         return any(p.is_alive() for p in self.procs)

@@ -276,3 +276,105 @@ def test_a_corrupted_run_directory_gives_a_verdict_or_one_error_line(good_run, d
             load_checkpoint(run / "model.pt")
         except UserError:
             pass
+
+
+# --- edited run directories: a PASS must be what an independent reading of the files confirms --------------
+EPOCH_VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["", "nan", "inf", "-inf", "1e308", "99.5", "100", "100.0001", "-0.0", "0x10", "99,5", " "]),
+)
+
+
+@st.composite
+def epoch_edits(draw):
+    kind = draw(st.sampled_from(["cell", "drop", "repeat", "cut", "swap"]))
+    return kind, draw(st.integers(1, 3)), draw(st.integers(0, 10)), draw(EPOCH_VALUES)
+
+
+def independent_pass(run: Path, min_acc: float = 99.4, last_k: int = 3) -> bool:
+    """Whether the rows alone allow a PASS: epochs 1..N as planned, each of the last k a finite accuracy in
+    [min_acc, 100]. Written apart from the checker, from the csv module and the rules' text."""
+    import csv
+    import math
+
+    planned = json.loads((run / "config.json").read_text())["epochs"]
+    with open(run / "epochs.csv", newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    try:
+        epochs = [float(r[0]) for r in rows]
+        tail = [float(r[7]) for r in rows[-last_k:]]
+    except (ValueError, IndexError):
+        return False
+    return (
+        epochs == list(range(1, planned + 1))
+        and len(tail) == last_k
+        and all(math.isfinite(a) and min_acc <= a <= 100 for a in tail)
+        and all(len(r) == 11 for r in rows)
+    )
+
+
+@FUZZ
+@given(st.lists(epoch_edits(), min_size=1, max_size=3))
+def test_an_edited_epoch_log_never_passes_what_it_does_not_show(good_run, edits):
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "r"
+        shutil.copytree(good_run, run)
+        lines = (run / "epochs.csv").read_text().splitlines()
+        for kind, row, cell, value in edits:
+            row = min(row, len(lines) - 1)
+            if row < 1:
+                break
+            cells = lines[row].split(",")
+            if kind == "cell":
+                cells[cell % len(cells)] = value
+                lines[row] = ",".join(cells)
+            elif kind == "drop":
+                del lines[row]
+            elif kind == "repeat":
+                lines.insert(row, lines[row])
+            elif kind == "cut":
+                lines[row] = ",".join(cells[: cell % len(cells)])
+            elif kind == "swap" and row + 1 < len(lines):
+                lines[row], lines[row + 1] = lines[row + 1], lines[row]
+        (run / "epochs.csv").write_text("\n".join(lines) + "\n")
+        result = call(kit, "check", str(run))
+        assert_contract(result, allowed=(0, 1, 2))
+        if result[0] == 0:
+            assert independent_pass(run), (run / "epochs.csv").read_text()
+
+
+# --- signal timing: a stop signal at any moment after start-up is exit 130, with every file whole -----------
+@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5, 2.5, 4.0, 6.0])
+def test_a_stop_signal_at_any_moment_of_train_is_exit_130(tmp_path, mnist_dir, delay):
+    import signal
+    import time
+
+    from .test_reliability import _assert_clean_interrupt, _assert_no_damaged_json, _stop_group, start, train_args
+
+    proc = start(*train_args(mnist_dir, tmp_path))
+    time.sleep(delay)
+    _assert_clean_interrupt(*_stop_group(proc, (signal.SIGINT if delay > 2 else signal.SIGTERM,)))
+    if (tmp_path / "r").exists():
+        _assert_no_damaged_json(tmp_path / "r")
+
+
+@pytest.mark.parametrize("delay", [0.5, 2.0, 4.0, 8.0])
+def test_a_stop_signal_at_any_moment_of_a_two_worker_search_is_exit_130(tmp_path, mnist_dir, delay):
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from .test_reliability import _assert_clean_interrupt, _assert_no_damaged_json, _stop_group, search_args, start
+
+    proc = start(*search_args(mnist_dir, tmp_path, "f"))
+    time.sleep(delay)
+    _assert_clean_interrupt(*_stop_group(proc))
+    db = tmp_path / "f" / "study.db"
+    if db.exists():
+        _assert_no_damaged_json(tmp_path / "f")
+        try:
+            trials = optuna.load_study(study_name="f", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+        except KeyError:  # stopped while the study was being created
+            trials = []
+        assert TrialState.RUNNING not in [t.state for t in trials]

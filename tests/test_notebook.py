@@ -77,7 +77,9 @@ def test_a_committed_runs_weights_give_the_same_outputs():
 
 
 def test_bad_input_is_one_error_line(tmp_path):
-    assert_one_error_line(call(kit, "export-notebook", str(tmp_path)), "is not a run directory")
+    assert_one_error_line(
+        call(kit, "export-notebook", str(tmp_path)), "is not a complete run directory: spec.json is missing"
+    )
     assert_one_error_line(call(kit, "export-notebook", str(RUN), "-o", str(tmp_path / "x.txt")), "ends in .ipynb")
 
 

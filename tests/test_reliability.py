@@ -129,16 +129,14 @@ def test_one_run_directory_cannot_be_written_by_two_runs(tmp_path):
 
 
 def test_two_trains_with_one_name_never_interleave(tmp_path, mnist_dir):
-    args = [sys.executable, "-m", "mnist_challenge", "train", "--spec", "tiny", "--epochs", "2"]
-    args += ["--train-subset", "500", "--val-size", "100", "--threads", "1", "--data-dir", str(mnist_dir)]
-    args += ["--out", str(tmp_path), "--name", "same"]
+    args = [sys.executable, "-m", *train_args(mnist_dir, tmp_path, "--epochs", "2")]
     procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
     results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
     refused = next(err for code, err in results if code == 2)
     assert refused.strip().startswith("error: run directory") and len(refused.strip().splitlines()) == 1
-    assert [r.split(",")[0] for r in csv_rows(tmp_path / "same")] == ["epoch", "1", "2"]
+    assert [r.split(",")[0] for r in csv_rows(tmp_path / "r")] == ["epoch", "1", "2"]
 
 
 def test_a_second_command_on_a_running_stage_is_refused(tmp_path):
@@ -174,25 +172,58 @@ def test_a_resume_with_another_seed_or_budget_stages_is_refused(tmp_path, mnist_
 
 
 # --- signals ---------------------------------------------------------------------------------------------------
-def _search_cmd(mnist_dir, logs, *extra):
+QUICK = ["--threads", "1", "--train-subset", "3000", "--val-size", "500"]  # seconds per epoch, and long enough
+
+
+def start(*args: str) -> subprocess.Popen:
+    """``python -m <args>`` in a process group of its own, as a shell runs a job; stderr kept."""
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def search_args(mnist_dir, logs, study: str, workers: str = "2", trials: str = "4") -> list[str]:
+    """A search of 3-epoch trials, long enough to be stopped in the middle of one."""
     return [
-        sys.executable,
-        "-m",
         "search",
         "--logs",
         str(logs),
         "--data-dir",
         str(mnist_dir),
-        "--threads",
-        "1",
-        "--train-subset",
-        "3000",
-        "--val-size",
-        "500",
+        *QUICK,
         "--pruner",
         "none",
-        "--sampler-seed",
-        "0",
+        "--study",
+        study,
+        "--workers",
+        workers,
+        "--n-trials",
+        trials,
+        "--epochs",
+        "3",
+    ]
+
+
+def train_args(mnist_dir, out, *extra: str) -> list[str]:
+    return [
+        "mnist_challenge",
+        "train",
+        "--spec",
+        "tiny",
+        "--epochs",
+        "15",
+        *QUICK,
+        "--data-dir",
+        str(mnist_dir),
+        "--out",
+        str(out),
+        "--name",
+        "r",
         *extra,
     ]
 
@@ -243,10 +274,7 @@ def _assert_no_damaged_json(folder: Path):
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigterm_to_a_search_process_group_is_exit_130_with_no_traceback(tmp_path, mnist_dir, workers):
-    cmd = _search_cmd(mnist_dir, tmp_path, "--study", "g", "--workers", workers, "--n-trials", "6", "--epochs", "3")
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    proc = start(*search_args(mnist_dir, tmp_path, "g", workers, trials="6"))
     _wait_for(lambda: _epochs_logged(tmp_path / "g"), proc, "a trained epoch")
     _assert_clean_interrupt(*_stop_group(proc))
     _assert_no_damaged_json(tmp_path / "g")
@@ -257,31 +285,7 @@ def test_sigterm_to_a_search_process_group_is_exit_130_with_no_traceback(tmp_pat
 
 
 def test_two_sigterms_10_ms_apart_still_end_train_with_130(tmp_path, mnist_dir):
-    cmd = [
-        sys.executable,
-        "-m",
-        "mnist_challenge",
-        "train",
-        "--spec",
-        "tiny",
-        "--epochs",
-        "15",
-        "--threads",
-        "1",
-        "--train-subset",
-        "3000",
-        "--val-size",
-        "500",
-        "--data-dir",
-        str(mnist_dir),
-        "--out",
-        str(tmp_path),
-        "--name",
-        "r",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    proc = start(*train_args(mnist_dir, tmp_path))
     _wait_for(lambda: _epochs_logged(tmp_path / "r"), proc, "a trained epoch")
     _assert_clean_interrupt(*_stop_group(proc, (signal.SIGTERM, signal.SIGTERM), gap=0.01))
     _assert_no_damaged_json(tmp_path / "r")
@@ -289,38 +293,14 @@ def test_two_sigterms_10_ms_apart_still_end_train_with_130(tmp_path, mnist_dir):
 
 def test_sigterm_to_a_two_worker_stage_pool_never_hangs(tmp_path, mnist_dir):
     out = tmp_path / "fid"
-    cmd = [
-        sys.executable,
-        "-m",
-        "search",
-        "fidelity",
-        "--budget",
-        "tiny",
-        "--designs",
-        "4",
-        "--rungs",
-        "2",
-        "--workers",
-        "2",
-        "--train-subset",
-        "3000",
-        "--val-size",
-        "500",
-        "--data-dir",
-        str(mnist_dir),
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    args = ["search", "fidelity", "--budget", "tiny", "--designs", "4", "--rungs", "2", "--workers", "2"]
+    args += ["--train-subset", "3000", "--val-size", "500", "--data-dir", str(mnist_dir), "--out", str(out)]
+    proc = start(*args)
     _wait_for(lambda: out.is_dir() and _epochs_logged(out), proc, "a trained epoch")
     _assert_clean_interrupt(*_stop_group(proc))
     _assert_no_damaged_json(out)
     # The same with the parent alone signalled: it stops its workers itself.
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    proc = start(*args)
     time.sleep(8)
     proc.send_signal(signal.SIGTERM)
     try:
@@ -466,7 +446,7 @@ def test_unreadable_data_and_a_diverging_recipe(tmp_path, mnist_dir, monkeypatch
 def test_export_notebook_refuses_bad_outputs_and_unrunnable_specs(tmp_path):
     run = make_run(tmp_path / "r", GOOD)
     (tmp_path / "nb.ipynb").mkdir()
-    assert_one_error_line(call(kit, "export-notebook", str(run), "-o", str(tmp_path / "nb.ipynb")), "not a folder")
+    assert_one_error_line(call(kit, "export-notebook", str(run), "-o", str(tmp_path / "nb.ipynb")), "is a folder")
     missing = tmp_path / "missing" / "nb.ipynb"
     assert_one_error_line(call(kit, "export-notebook", str(run), "-o", str(missing)), "does not exist")
     rgb = load_spec("tiny").to_dict() | {"in_channels": 3}
@@ -569,10 +549,7 @@ def test_the_startup_line_masks_a_password():
 
 
 def test_a_killed_search_worker_leaks_no_semaphore(tmp_path, mnist_dir):
-    cmd = _search_cmd(mnist_dir, tmp_path, "--study", "k", "--workers", "2", "--n-trials", "4", "--epochs", "3")
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    proc = start(*search_args(mnist_dir, tmp_path, "k"))
     _wait_for(lambda: _epochs_logged(tmp_path / "k"), proc, "a trained epoch")
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     workers = [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
