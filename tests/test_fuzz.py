@@ -344,7 +344,7 @@ def test_an_edited_epoch_log_never_passes_what_it_does_not_show(good_run, edits)
 
 
 # --- signal timing: a stop signal at any moment after start-up is exit 130, with every file whole -----------
-@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5, 2.5, 4.0, 6.0])
+@pytest.mark.parametrize("delay", [0.3, 1.5, 2.5, 5.0])
 def test_a_stop_signal_at_any_moment_of_train_is_exit_130(tmp_path, mnist_dir, delay):
     import signal
     import time
@@ -358,7 +358,7 @@ def test_a_stop_signal_at_any_moment_of_train_is_exit_130(tmp_path, mnist_dir, d
         _assert_no_damaged_json(tmp_path / "r")
 
 
-@pytest.mark.parametrize("delay", [0.5, 2.0, 4.0, 8.0])
+@pytest.mark.parametrize("delay", [0.5, 3.0, 8.0])
 def test_a_stop_signal_at_any_moment_of_a_two_worker_search_is_exit_130(tmp_path, mnist_dir, delay):
     import time
 
