@@ -20,11 +20,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 from .runlog import read_epochs
 from .validate import check_float, check_int, read_json_file, require
+
+if TYPE_CHECKING:  # the checker imports torch only when it rebuilds a model
+    from torch import nn
+
+    from .spec import ArchSpec
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ def planned_epochs(run_dir: Path) -> int:
     return epochs
 
 
-def checkpoint_mismatch(path: Path, spec: Any, model: Any) -> str | None:
+def checkpoint_mismatch(path: Path, spec: ArchSpec, model: nn.Module) -> str | None:
     """How the checkpoint at ``path`` differs from ``spec`` and its built ``model``; None if it holds exactly
     that network. An unreadable checkpoint is a ``UserError`` naming it."""
     from .runlog import read_checkpoint, weights_mismatch

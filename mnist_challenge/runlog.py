@@ -135,7 +135,6 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        check_new_run_dir(self.path)
         self._lock: int | None = _claim(self.path)
         self.rows: list[dict[str, Any]] = []
         self.total_epochs = 0

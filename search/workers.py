@@ -7,10 +7,10 @@ waits on those locks forever. Here each worker has its own pipe and no shared lo
 parent waits on pipes and process sentinels with a timeout, so a dead worker is seen, never waited for.
 
 Stopping: every process runs ``errors.install_stop_handlers`` (the first SIGINT/SIGTERM raises
-``KeyboardInterrupt``, later ones are ignored). A worker marks itself in a shared byte array when its first
-signal lands, and the parent signals only the workers not marked, so a worker that got the process
-group's signal is not signalled again while it records its trial; workers get ``STOP_WAIT`` seconds
-to finish that, then are killed.
+``KeyboardInterrupt``, a second is ignored, a third exits at once). A worker marks itself in a shared byte
+array when its first signal lands, and the parent signals only the workers not marked, so a worker that got
+the process group's signal is not signalled again while it records its trial; workers get ``STOP_WAIT``
+seconds to finish that, then are killed.
 """
 
 from __future__ import annotations
