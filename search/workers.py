@@ -126,17 +126,23 @@ class Workers:
     def raise_for_failures(self) -> None:
         """After the workers ended: the worst of their exit codes as the command's error."""
         failed = [p.exitcode for p in self.procs if p.exitcode]
-        if EXIT_INTERRUPTED in failed or any(code < 0 for code in failed):  # stopped by a signal: so is the command
-            raise KeyboardInterrupt
         if EXIT_INTERNAL in failed:
             raise InternalError(
                 f"{failed.count(EXIT_INTERNAL)} worker(s) hit an internal error (a bug in the kit; traceback in "
                 f"{self.log}); finished work is kept"
             )
-        if failed:
+        if EXIT_BAD_INPUT in failed:  # the others may have been stopped because of it (130): this is the cause
             raise UserError(
                 f"{len(failed)} worker(s) exited with an error (exit codes {failed}); finished work is kept"
             )
+        killed = sorted({-code for code in failed if code < 0 and -code not in STOP_SIGNALS})
+        if killed:  # SIGKILL from the OOM killer, say: nothing the worker could record
+            raise UserError(
+                f"{len(failed)} worker(s) were killed (signal {', '.join(map(str, killed))}; out of memory?); "
+                "finished work is kept, and the next run retries what they were training"
+            )
+        if failed:  # stopped by SIGINT/SIGTERM sent to a worker alone: the command stops too
+            raise KeyboardInterrupt
 
 
 def watch(workers: Workers, tick: Callable[[], None]) -> None:
@@ -175,8 +181,11 @@ def run_pool(
     ctx = mp.get_context("spawn")
     pipes = [ctx.Pipe() for _ in range(min(workers, len(jobs)))]
     pool = Workers([(_serve, (child, fn, init, initargs)) for _, child in pipes], log)
+    for _, child in pipes:
+        child.close()  # the workers hold these ends now: a worker's death is then an EOF on ours
     queue = list(reversed(jobs))
     busy: dict[Connection, bool] = {}
+    lost = vanished = False
     for conn, _ in pipes:
         busy[conn] = bool(queue)
         conn.send(queue.pop() if queue else None)
@@ -188,19 +197,25 @@ def run_pool(
             for conn in (r for r in ready if isinstance(r, Connection)):
                 try:
                     result = conn.recv()
-                except EOFError:  # the worker died; its exit code says why
+                except EOFError:  # the worker died with its job unfinished; its exit code says why
+                    dead = pool.procs[[c for c, _ in pipes].index(conn)]
+                    dead.join(STOP_WAIT)
                     busy[conn] = False
+                    lost = True
+                    vanished = vanished or dead.exitcode == 0
                     continue
                 on_result(result)
                 busy[conn] = bool(queue)
                 conn.send(queue.pop() if queue else None)
-            if any(p.exitcode not in (None, 0) for p in pool.procs):
+            if lost or any(p.exitcode not in (None, 0) for p in pool.procs):
                 break
     except KeyboardInterrupt:
         pool.stop()
         raise
-    if any(p.exitcode not in (None, 0) for p in pool.procs):
+    if lost or any(p.exitcode not in (None, 0) for p in pool.procs):
         pool.stop()
     for p in pool.procs:
         p.join()
+    if vanished:  # a worker that ended "successfully" in the middle of a job: the others were stopped for it
+        raise InternalError(f"a worker ended before returning its job's result; see {log}")
     pool.raise_for_failures()

@@ -557,3 +557,29 @@ def test_a_killed_search_worker_leaks_no_semaphore(tmp_path, mnist_dir):
     code, err = _stop_group(proc)
     assert code in (2, 130) and "leaked semaphore" not in err and "Traceback" not in err, err[-3000:]
     shutil.rmtree(tmp_path / "k", ignore_errors=True)
+
+
+# --- the job pool: a failing or vanishing worker ends the pool with its error, never a hang ----------------
+def _no_setup() -> None:
+    pass
+
+
+def _job(n: int) -> int:
+    if n == 3:
+        raise UserError("job 3 is bad input")
+    if n == 4:
+        os._exit(0)  # a worker that vanishes without an error code
+    return n * n
+
+
+@pytest.mark.parametrize("bad, error", [(3, "exited with an error"), (4, "before returning its job's result")])
+def test_the_job_pool_reports_a_lost_worker_instead_of_hanging(tmp_path, bad, error):
+    from search.workers import run_pool
+
+    results: list[int] = []
+    with pytest.raises(Exception, match=error):
+        run_pool(_job, [1, 2, bad, 5, 6], 2, _no_setup, (), results.append, tmp_path / "search.log")
+    assert set(results) <= {1, 4, 25, 36}
+    results.clear()
+    run_pool(_job, [1, 2, 5], 2, _no_setup, (), results.append, tmp_path / "search.log")
+    assert sorted(results) == [1, 4, 25]
