@@ -70,20 +70,25 @@ def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180
     engine_kwargs: dict = {}
     if dialect == "sqlite":
         make_dir(Path(parsed.database).parent, "--storage folder")
-        engine_kwargs["connect_args"] = {"timeout": 120}
+        # pysqlite's own transaction handling off (it would BEGIN only before a write, after the reads):
+        # serialized_transactions() then begins every transaction itself.
+        engine_kwargs["connect_args"] = {"timeout": 120, "isolation_level": None}
     elif dialect == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
         engine_kwargs["pool_pre_ping"] = True
     for attempt in range(CREATE_ATTEMPTS):
         try:
             with _creation_lock(Path(parsed.database).parent) if dialect == "sqlite" else contextlib.nullcontext():
-                return RDBStorage(
+                storage = RDBStorage(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period,
                     heartbeat_stale_trial_callback=retry_trial,
                 )
+            if dialect == "sqlite":
+                serialized_transactions(storage.engine)
+            return storage
         except ImportError as exc:
             raise UserError(f"--storage {dialect}: the database driver is not installed ({exc})") from None
         except Exception as exc:  # unreachable server, bad credentials, unwritable file, or the creation race
@@ -93,6 +98,22 @@ def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot open storage {parsed.render_as_string(hide_password=True)}: {first}") from None
     raise AssertionError("unreachable")
+
+
+def serialized_transactions(engine) -> None:
+    """Every SQLite transaction starts with ``BEGIN IMMEDIATE``, taking the write lock before its first read.
+
+    Why: Optuna hands a WAITING (enqueued or retried) trial to a worker by reading its state, then setting
+    it RUNNING, in one transaction, and relies on ``SELECT ... FOR UPDATE`` to keep that atomic. SQLite has
+    no row locks, and pysqlite began the transaction only at the write, so two commands could both read
+    WAITING and both run the same trial into the same run directory (seen in the suite, once the run
+    directory lock made it visible). With the write lock taken first, the second one waits (the 120 s busy
+    timeout), then reads RUNNING and draws a new trial. The writes are tiny, so the queue is short."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 CREATE_ATTEMPTS = 8

@@ -583,3 +583,33 @@ def test_the_job_pool_reports_a_lost_worker_instead_of_hanging(tmp_path, bad, er
     results.clear()
     run_pool(_job, [1, 2, 5], 2, _no_setup, (), results.append, tmp_path / "search.log")
     assert sorted(results) == [1, 4, 25]
+
+
+# --- SQLite: an enqueued trial goes to exactly one worker ----------------------------------------------------
+def _ask_many(url: str, times: int, start: float, out) -> None:
+    from search.storage import make_storage
+
+    study = optuna.load_study(study_name="q", storage=make_storage(url))
+    time.sleep(max(0.0, start - time.time()))  # all processes ask at once
+    out.put([study.ask().number for _ in range(times)])
+
+
+def test_an_enqueued_trial_is_handed_to_one_process_only(tmp_path):
+    import multiprocessing as mp
+
+    from search.storage import make_storage
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    study = optuna.create_study(study_name="q", storage=make_storage(url))
+    for i in range(160):
+        study.enqueue_trial({"x": i}, skip_if_exists=False)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    start = time.time() + 8
+    procs = [ctx.Process(target=_ask_many, args=(url, 40, start, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    handed = [n for _ in procs for n in out.get(timeout=120)]
+    for p in procs:
+        p.join()
+    assert len(handed) == len(set(handed)) == 160  # each enqueued trial popped once (Optuna relies on row locks)
