@@ -605,7 +605,7 @@ def test_an_enqueued_trial_is_handed_to_one_process_only(tmp_path):
         study.enqueue_trial({"x": i}, skip_if_exists=False)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    start = time.time() + 8
+    start = time.time() + 6
     procs = [ctx.Process(target=_ask_many, args=(url, 40, start, out)) for _ in range(4)]
     for p in procs:
         p.start()
