@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 
 from .cli import Parser, add_data_flags, run_cli
-from .data import MnistData, Split, load_mnist
+from .data import MnistData, load_mnist
 from .errors import UserError
 from .model import build_model
 from .reference import time_reference_steps
 from .spec import load_spec
-from .train import TrainConfig, evaluate, prepare_model, resolve_device, train_model, use_bf16
+from .suite import engine_seconds, run_suite
+from .train import TrainConfig, evaluate, prepare_model, resolve_device, use_bf16
 from .validate import int_flag, make_dir
 
 
@@ -37,22 +38,6 @@ def _runs(values: list[float]) -> str:
 
 def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
-
-
-def engine_seconds(spec, data: MnistData, cfg: TrainConfig, steps: int, warmup: int) -> tuple[float, dict]:
-    """Seconds of ``steps`` training steps through ``train_model`` (evaluation excluded), after warm-up."""
-
-    def subset(n_steps: int) -> MnistData:
-        n = n_steps * cfg.batch_size
-        return MnistData(
-            Split(data.train.images[:n], data.train.labels[:n]),
-            None,
-            Split(data.test.images[:256], data.test.labels[:256]),
-        )
-
-    train_model(build_model(spec), subset(warmup), replace(cfg, epochs=1), progress=False)
-    result = train_model(build_model(spec), subset(steps), replace(cfg, epochs=1), progress=False)
-    return result.epochs[0]["seconds"], result.settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="python -m mnist_challenge.bench", description="kit engine vs the course pipeline: images/s and ratio"
     )
-    p.add_argument("--spec", default="classic", help="spec file or preset (default classic)")
+    p.add_argument(
+        "--spec", default=None, help="spec file or preset (default classic; with --suite: one more spec to time)"
+    )
     p.add_argument(
         "--steps", type=int_flag(1, 100_000), default=150, help="timed optimizer steps per side (default 150)"
     )
@@ -138,7 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int_flag(1, 1024), default=None, help="torch threads for both sides (default: torch's)"
     )
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument(
+        "--channels-last", choices=("auto", "on", "off"), default="auto", help="engine layout (default auto)"
+    )
+    p.add_argument(
+        "--suite",
+        action="store_true",
+        help="time classic, compact, the tiny and micro winners and any --spec against the course pipeline and "
+        "an expert's plain loop, at 1 and 2 threads (ignores --threads and the trick flags)",
+    )
     for trick, flag in TRICKS.items():
         p.add_argument(flag, dest=trick, action="store_false")
     p.add_argument("--skip-reference", action="store_true", help="time only the kit's engine (no ratio)")
@@ -166,15 +161,17 @@ def write_json(path: Path, figures: dict) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     if args.json:  # checked now, not after minutes of timing
         write_json(Path(args.json), {})
+    if args.suite:
+        return run_bench_suite(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec or "classic")
     needed = (args.steps + args.warmup) * args.batch_size
     cfg = TrainConfig(
         epochs=1,
         batch_size=args.batch_size,
         bf16=args.bf16,
-        channels_last=args.channels_last,
+        channels_last={"auto": "auto", "on": True, "off": False}[args.channels_last],
         threads=args.threads,
         **{trick: getattr(args, trick) for trick in TRICKS},
         val_size=0,
@@ -212,10 +209,12 @@ def run_bench(args: argparse.Namespace) -> int:
     figures.update(engine_images_per_s=engine_ips, engine_runs=engine_runs, engine_settings=settings)
     print(
         f"kit engine        : {engine_ips:8.0f} img/s  (median of {_runs(engine_runs)}; "
-        f"bf16={settings['bf16_autocast']}, swapped {settings['swapped_layers']}, channels_last={cfg.channels_last})"
+        f"bf16={settings['bf16_autocast']}, swapped {settings['swapped_layers']}, "
+        f"channels_last={settings['channels_last']})"
     )
 
     model, device = build_model(spec), resolve_device("cpu")
+    cfg = cfg.resolved(device)
     prepare_model(model, cfg, device)  # evaluated as the engine evaluates: its layers, its batch size
     autocast = use_bf16(cfg, device)
     evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last)  # warm-up
@@ -245,7 +244,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.ablate:
         figures["ablation_images_per_s"] = ablate(spec, data, cfg, args.steps, args.warmup, args.repeats, engine_ips)
     if args.layouts:
-        layouts = compare_layouts(args.spec, args.data_dir, args.steps, args.warmup)
+        layouts = compare_layouts(args.spec or "classic", args.data_dir, args.steps, args.warmup)
         figures["layouts_images_per_s"] = layouts
         for label, ips in layouts.items():
             print(f"{label:<26}: {ips:8.0f} img/s in total")
@@ -253,6 +252,19 @@ def run_bench(args: argparse.Namespace) -> int:
         write_json(Path(args.json), figures)
     if "ratio" in figures:
         print(f"RATIO engine / course pipeline: {figures['ratio']:.2f}x")
+    return 0
+
+
+def run_bench_suite(args: argparse.Namespace) -> int:
+    needed = (args.steps + args.warmup) * args.batch_size
+    data = load_mnist(args.data_dir, val_size=0, train_subset=needed, allow_download=args.download)
+    print(
+        f"suite | batch {args.batch_size} | {args.steps} timed steps after {args.warmup} warm-up, "
+        f"{args.repeats} alternating repeats (medians) | torch {torch.__version__}"
+    )
+    figures = run_suite(data, [args.spec] if args.spec else [], args.steps, args.warmup, args.repeats, args.batch_size)
+    if args.json:
+        write_json(Path(args.json), figures)
     return 0
 
 

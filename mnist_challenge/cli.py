@@ -180,7 +180,17 @@ def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15)
     p.add_argument(
         "--bf16", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: where the hardware has it)"
     )
-    p.add_argument("--channels-last", action="store_true", help="NHWC activations")
+    p.add_argument(
+        "--channels-last",
+        dest="channels_last",
+        action="store_const",
+        const=True,
+        default="auto",
+        help="NHWC activations (default auto: on for CPU, off for GPU)",
+    )
+    p.add_argument(
+        "--no-channels-last", dest="channels_last", action="store_const", const=False, help="NCHW activations"
+    )
     p.add_argument(
         "--no-pooled-dropout", dest="pooled_dropout", action="store_false", help="plain nn.Dropout (bernoulli_ masks)"
     )
@@ -196,6 +206,12 @@ def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15)
         dest="cl_weight_grad",
         action="store_false",
         help="conv weight gradients in NCHW everywhere",
+    )
+    p.add_argument(
+        "--no-fold-bn-eval",
+        dest="fold_bn_eval",
+        action="store_false",
+        help="evaluate the model as trained, BatchNorm not folded into the convs",
     )
     p.add_argument(
         "--ema-decay",

@@ -68,6 +68,7 @@ def run_experiment(
     ``on_epoch`` runs after the epoch is on disk, so a pruned or killed run keeps what it finished.
     """
     require_mnist_shape(spec)
+    cfg = cfg.resolved(resolve_device(cfg.device))  # config.json records the layout the run chose
     data = data if data is not None else load_data(cfg, data_dir)
     run = RunDir(run_dir)
     try:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .native import load_kernels, plain_cpu_float32
+from .native import kernel_layout, load_kernels, plain_cpu_float32
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -123,35 +123,45 @@ class _MaxPool2x2(torch.autograd.Function):
 
 
 class _NativeMaxPool2x2(torch.autograd.Function):
-    """The same pooling in one pass of ``native.c``, keeping a byte per output for which pixel won."""
+    """The same pooling in one pass of ``native.c``, keeping a byte per output for which pixel won; NCHW or
+    channels-last (``native.kernel_layout``), the output in the input's layout."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        out = x.new_empty(n, c, h // 2, w // 2)
-        winner = torch.empty(out.shape, dtype=torch.uint8)
-        if load_kernels().maxpool2x2_forward(x.data_ptr(), out.data_ptr(), winner.data_ptr(), n * c, h, w):
+        nhwc = kernel_layout(x) == "nhwc"
+        layout = torch.channels_last if nhwc else torch.contiguous_format
+        out = torch.empty(n, c, h // 2, w // 2, memory_format=layout)
+        winner = torch.empty(out.shape, dtype=torch.uint8, memory_format=layout)
+        pointers = (x.data_ptr(), out.data_ptr(), winner.data_ptr())
+        if nhwc:
+            load_kernels().maxpool2x2_forward_nhwc(*pointers, n, h, w, c)
+        elif load_kernels().maxpool2x2_forward(*pointers, n * c, h, w):
             raise MemoryError("max-pool kernel: out of memory")
         ctx.save_for_backward(winner)
-        ctx.input_shape = x.shape
+        ctx.input_shape, ctx.layout = x.shape, layout
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (winner,) = ctx.saved_tensors
         n, c, h, w = ctx.input_shape
-        grad = grad.contiguous()
-        dx = grad.new_empty(ctx.input_shape)
-        load_kernels().maxpool2x2_backward(grad.data_ptr(), winner.data_ptr(), dx.data_ptr(), n * c, h, w)
+        grad = grad.contiguous(memory_format=ctx.layout)
+        dx = torch.empty(ctx.input_shape, memory_format=ctx.layout)
+        pointers = (grad.data_ptr(), winner.data_ptr(), dx.data_ptr())
+        if ctx.layout is torch.channels_last:
+            load_kernels().maxpool2x2_backward_nhwc(*pointers, n, h, w, c)
+        else:
+            load_kernels().maxpool2x2_backward(*pointers, n * c, h, w)
         return dx
 
 
 class MaxPool2x2(nn.Module):
-    """Drop-in for ``nn.MaxPool2d(2)`` on 4-D tensors: the native kernel on contiguous float32 CPU
-    tensors when it could be built, else ``_MaxPool2x2``."""
+    """Drop-in for ``nn.MaxPool2d(2)`` on 4-D tensors: the native kernel on float32 CPU tensors (NCHW or
+    channels-last) when it could be built, else ``_MaxPool2x2``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if plain_cpu_float32(x) and x.dim() == 4 and load_kernels() is not None:
+        if x.dim() == 4 and kernel_layout(x) is not None and load_kernels() is not None:
             return _NativeMaxPool2x2.apply(x)
         return _MaxPool2x2.apply(x)
 

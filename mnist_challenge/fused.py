@@ -4,7 +4,7 @@ Measured on the 2-core course machine (``python -m mnist_challenge.bench``): the
 memory-bound passes over the largest tensors of the net and cost about as much as the convolutions.
 The kernel does the forward in two passes and the backward in two, keeps only the conv output for
 backward, and regenerates the dropout mask from a counter-based hash instead of storing it. Where the
-kernel cannot run (no C compiler, GPU, bf16, channels_last, eval) the layer runs the plain ATen ops
+kernel cannot run (no C compiler, GPU, bf16, eval) the layer runs the plain ATen ops
 with the same parameters, so results and checkpoints stay interchangeable.
 """
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .native import load_kernels, plain_cpu_float32, unavailable_reason
+from .native import kernel_layout, load_kernels, unavailable_reason
 
 
 def _dropout_args(p: float) -> tuple[int, float]:
@@ -35,6 +35,8 @@ def dropout_mask(numel: int, p: float, seed: int) -> torch.Tensor:
 
 
 class _Tail(torch.autograd.Function):
+    """The fused tail on a contiguous NCHW or channels-last float32 CPU tensor (``native.kernel_layout``)."""
+
     @staticmethod
     def forward(
         ctx, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, bn_after: bool, p: float, seed: int
@@ -42,57 +44,36 @@ class _Tail(torch.autograd.Function):
         lib = load_kernels()
         n, c, h, w = z.shape
         weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
-        y = torch.empty_like(z)
+        y = torch.empty_like(z)  # keeps z's memory format
         mean, var, invstd = torch.empty(c), torch.empty(c), torch.empty(c)
         drop_below, scale = _dropout_args(p)
-        if lib.tail_forward(
-            z.data_ptr(),
-            y.data_ptr(),
-            weight.data_ptr(),
-            bias.data_ptr(),
-            mean.data_ptr(),
-            var.data_ptr(),
-            invstd.data_ptr(),
-            n,
-            c,
-            h * w,
-            eps,
-            int(bn_after),
-            drop_below,
-            scale,
-            seed,
-        ):
+        pointers = [t.data_ptr() for t in (z, y, weight, bias, mean, var, invstd)]
+        settings = (int(bn_after), drop_below, scale, seed)
+        if kernel_layout(z) == "nhwc":
+            failed = lib.tail_forward_nhwc(*pointers, n * h * w, c, eps, *settings)
+        else:
+            failed = lib.tail_forward(*pointers, n, c, h * w, eps, *settings)
+        if failed:
             raise MemoryError("conv-unit tail kernel: out of memory")
         ctx.save_for_backward(z, weight, bias, mean, invstd)
-        ctx.settings = (bn_after, drop_below, scale, seed)
+        ctx.settings = settings
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor, _dmean, _dvar):
         z, weight, bias, mean, invstd = ctx.saved_tensors
-        bn_after, drop_below, scale, seed = ctx.settings
         n, c, h, w = z.shape
-        dy = dy.contiguous()
+        nhwc = kernel_layout(z) == "nhwc"
+        dy = dy.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
         dz, dweight, dbias = torch.empty_like(z), torch.empty(c), torch.empty(c)
-        if load_kernels().tail_backward(
-            dy.data_ptr(),
-            z.data_ptr(),
-            weight.data_ptr(),
-            bias.data_ptr(),
-            mean.data_ptr(),
-            invstd.data_ptr(),
-            dz.data_ptr(),
-            dweight.data_ptr(),
-            dbias.data_ptr(),
-            n,
-            c,
-            h * w,
-            int(bn_after),
-            drop_below,
-            scale,
-            seed,
-        ):
+        pointers = [t.data_ptr() for t in (dy, z, weight, bias, mean, invstd, dz, dweight, dbias)]
+        lib = load_kernels()
+        if nhwc:
+            failed = lib.tail_backward_nhwc(*pointers, n * h * w, c, *ctx.settings)
+        else:
+            failed = lib.tail_backward(*pointers, n, c, h * w, *ctx.settings)
+        if failed:
             raise MemoryError("conv-unit tail kernel: out of memory")
         return dz, dweight, dbias, None, None, None, None
 
@@ -101,8 +82,8 @@ class ConvUnitTail(nn.BatchNorm2d):
     """ReLU -> BN -> dropout (``bn_after``) or BN -> ReLU -> dropout in one layer.
 
     A BatchNorm2d subclass holding the very BN it replaces (same parameters, buffers and state_dict
-    keys), so checkpoints load into the plain model. Training on contiguous float32 CPU tensors uses
-    the fused kernel; anything else (eval, GPU, bf16 autocast, channels_last) the plain ATen ops.
+    keys), so checkpoints load into the plain model. Training on float32 CPU tensors, NCHW or channels-last, uses
+    the fused kernel; anything else (eval, GPU, bf16 autocast, strided views) the plain ATen ops.
     """
 
     def __init__(self, bn: nn.BatchNorm2d, bn_after: bool, p: float, generator: torch.Generator | None = None) -> None:
@@ -118,8 +99,8 @@ class ConvUnitTail(nn.BatchNorm2d):
     def _fusable(self, z: torch.Tensor) -> bool:
         return (
             self.training
-            and plain_cpu_float32(z)
             and z.dim() == 4
+            and kernel_layout(z) is not None
             and z.shape[0] * z.shape[2] * z.shape[3] > 1
             and self.weight.dtype == torch.float32
             and load_kernels() is not None

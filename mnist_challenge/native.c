@@ -27,6 +27,19 @@
 #include <string.h>
 #include <omp.h>
 
+/* cond ? a : b as bit operations: on random data a branch here mispredicts half the time, which made
+ * the max-pool loop four times slower. Written as a ternary, gcc keeps the branch on AVX2 (it if-converts
+ * only where AVX-512 masks exist): the tail's backward was 30x slower than its forward. */
+static inline float pick(int cond, float a, float b) {
+    uint32_t ua, ub, m = 0u - (uint32_t)cond;
+    float r;
+    memcpy(&ua, &a, 4);
+    memcpy(&ub, &b, 4);
+    ua = (ua & m) | (ub & ~m);
+    memcpy(&r, &ua, 4);
+    return r;
+}
+
 static inline uint32_t keep_bits(uint32_t seed, uint32_t index) {
     uint32_t x = index + seed; /* lowbias32 (C. Wellons' integer hash) of the element index, offset by the seed */
     x ^= x >> 16;
@@ -48,10 +61,10 @@ static inline void fill_mask(float *buf, int64_t len, uint64_t seed, uint64_t ba
     }
     const uint32_t seed32 = (uint32_t)(seed ^ (seed >> 32)), base32 = (uint32_t)base; /* indices wrap at 2^32 */
 #pragma omp simd
-    for (int64_t i = 0; i < len; i++) buf[i] = keep_bits(seed32, base32 + (uint32_t)i) >= drop_below ? scale : 0.0f;
+    for (int64_t i = 0; i < len; i++) buf[i] = pick(keep_bits(seed32, base32 + (uint32_t)i) >= drop_below, scale, 0.0f);
 }
 
-static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
+static inline float relu(float v) { return pick(v > 0.0f, v, 0.0f); }
 
 /* Per-channel sums over all N planes, scanned in memory order (image by image, so the hardware
  * prefetcher sees long runs) with one row of partial sums per thread, added up at the end.
@@ -97,7 +110,7 @@ static int channel_sums(double *sums, const float *z, const float *dy, const flo
                     } else {
 #pragma omp simd reduction(+ : s, s2)
                         for (int64_t i = 0; i < len; i++) {
-                            float du = a * p[i] + b > 0.0f ? d[i] * mask[i] : 0.0f;
+                            const float g = d[i] * mask[i], du = pick(a * p[i] + b > 0.0f, g, 0.0f);
                             s += du;
                             s2 += du * ((p[i] - m) * is);
                         }
@@ -188,12 +201,12 @@ int tail_backward(const float *dy, const float *z, const float *gamma, const flo
 #pragma omp simd
                 for (int64_t i = 0; i < len; i++) {
                     float dt = a * (d[i] * mask[i] - mean_du - (relu(p[i]) - m) * is * mean_du_xhat);
-                    q[i] = p[i] > 0.0f ? dt : 0.0f; /* ReLU before BN: closed where z <= 0 */
+                    q[i] = pick(p[i] > 0.0f, dt, 0.0f); /* ReLU before BN: closed where z <= 0 */
                 }
             } else {
 #pragma omp simd
                 for (int64_t i = 0; i < len; i++) {
-                    float du = a * p[i] + b > 0.0f ? d[i] * mask[i] : 0.0f;
+                    const float g = d[i] * mask[i], du = pick(a * p[i] + b > 0.0f, g, 0.0f);
                     q[i] = a * (du - mean_du - (p[i] - m) * is * mean_du_xhat);
                 }
             }
@@ -209,18 +222,6 @@ void tail_mask(float *out, int64_t numel, uint32_t drop_below, float scale, uint
         const int64_t len = numel - i0 < CHUNK ? numel - i0 : CHUNK;
         fill_mask(out + i0, len, seed, (uint64_t)i0, drop_below, scale);
     }
-}
-
-/* cond ? a : b as bit operations: on random data a branch here mispredicts half the time, which made
- * the max-pool loop four times slower */
-static inline float pick(int cond, float a, float b) {
-    uint32_t ua, ub, m = 0u - (uint32_t)cond;
-    float r;
-    memcpy(&ua, &a, 4);
-    memcpy(&ub, &b, 4);
-    ua = (ua & m) | (ub & ~m);
-    memcpy(&r, &ua, 4);
-    return r;
 }
 
 /* 2x2 max-pool, stride 2, on contiguous planes of h x w (odd last row / column dropped, as ATen does).
@@ -286,6 +287,276 @@ void maxpool2x2_backward(const float *dout, const uint8_t *code, float *dx, int6
             const float *d = dout + (plane * oh + i) * ow;
             const uint8_t *k = code + (plane * oh + i) * ow;
             for (int64_t j = 0; j < ow; j++) dst[(2 * i + (k[j] >> 1)) * w + 2 * j + (k[j] & 1)] = d[j];
+        }
+    }
+}
+
+/* 3. The conv-unit tail of 1. on channels-last (NHWC) tensors, for the nets that run in that layout (depthwise
+ *    and 1x1 convs are several times faster there; see fast.py). z is viewed as `rows` = n*h*w rows of c
+ *    channels, in memory order. The arithmetic is that of tail_forward / tail_backward; the dropout mask is the
+ *    same hash of the element's memory index, so each layout draws its own (equally distributed) masks.
+ *    Rows are walked in blocks of whole rows, about BLOCK elements: element i of every block is channel i % c,
+ *    so the per-channel coefficients are tiled once to a block's length and every pass is one long vectorised
+ *    loop over the block (a loop over a row's 10-20 channels runs mostly in remainder code), with per-position
+ *    partial sums folded into channels at the end. */
+#define BLOCK 2048
+#define FLUSH 16 /* blocks summed in float before the partial sums go to double */
+
+typedef struct {
+    int64_t rows, c, per_block, blocks, len; /* len: elements in a full block */
+} nhwc_blocks;
+
+static nhwc_blocks blocks_of(int64_t rows, int64_t c) {
+    nhwc_blocks g = {rows, c, c >= BLOCK ? 1 : BLOCK / c, 0, 0};
+    g.blocks = (rows + g.per_block - 1) / g.per_block;
+    g.len = g.per_block * c;
+    return g;
+}
+
+/* values[ch] repeated along a block: tiled[i] = values[i % c] */
+static void tile(float *tiled, const float *values, nhwc_blocks g) {
+    for (int64_t i = 0; i < g.len; i++) tiled[i] = values[i % g.c];
+}
+
+/* Per-channel sums over all rows (forward: t and t^2; backward: du and du * xhat), as channel_sums does.
+ * coef holds 4 tiled arrays: a, b (u = a * t + b), mean, invstd. */
+static int nhwc_sums(double *sums, const float *z, const float *dy, const float *coef, nhwc_blocks g, int bn_after,
+                     int grad, uint32_t drop_below, float scale, uint64_t seed) {
+    const int threads = omp_get_max_threads();
+    const int64_t len = g.len;
+    double *partial = calloc((size_t)threads * 2 * len, sizeof(double));
+    float *scratch = malloc((size_t)threads * 3 * len * sizeof(float));
+    int failed = partial == NULL || scratch == NULL;
+    if (!failed) {
+        const float *a = coef, *b = coef + len, *m = coef + 2 * len, *is = coef + 3 * len;
+#pragma omp parallel num_threads(threads)
+        {
+            const int me = omp_get_thread_num();
+            double *mine = partial + (size_t)me * 2 * len;
+            float *s = scratch + (size_t)me * 3 * len, *s2 = s + len, *mask = s2 + len;
+            int64_t pending = 0;
+            for (int64_t i = 0; i < 2 * len; i++) s[i] = 0.0f;
+#pragma omp for schedule(static)
+            for (int64_t blk = 0; blk < g.blocks; blk++) {
+                const int64_t r0 = blk * g.per_block, rows = g.rows - r0 < g.per_block ? g.rows - r0 : g.per_block;
+                const int64_t n = rows * g.c;
+                const float *p = z + r0 * g.c;
+                if (!grad) {
+#pragma omp simd
+                    for (int64_t i = 0; i < n; i++) {
+                        float t = bn_after ? relu(p[i]) : p[i];
+                        s[i] += t;
+                        s2[i] += t * t;
+                    }
+                } else {
+                    const float *d = dy + r0 * g.c;
+                    fill_mask(mask, n, seed, (uint64_t)(r0 * g.c), drop_below, scale);
+#pragma omp simd
+                    for (int64_t i = 0; i < n; i++) {
+                        const float gd = d[i] * mask[i];
+                        const float du = bn_after ? gd : pick(a[i] * p[i] + b[i] > 0.0f, gd, 0.0f);
+                        const float t = bn_after ? relu(p[i]) : p[i];
+                        s[i] += du;
+                        s2[i] += du * ((t - m[i]) * is[i]);
+                    }
+                }
+                if (++pending == FLUSH) {
+                    for (int64_t i = 0; i < 2 * len; i++) { mine[i] += s[i]; s[i] = 0.0f; }
+                    pending = 0;
+                }
+            }
+            for (int64_t i = 0; i < 2 * len; i++) mine[i] += s[i];
+        }
+        for (int64_t ch = 0; ch < 2 * g.c; ch++) sums[ch] = 0.0;
+        for (int t = 0; t < threads; t++) {
+            const double *theirs = partial + (size_t)t * 2 * len;
+            for (int64_t i = 0; i < len; i++) {
+                sums[i % g.c] += theirs[i];
+                sums[g.c + i % g.c] += theirs[len + i];
+            }
+        }
+    }
+    free(partial);
+    free(scratch);
+    return failed ? -1 : 0;
+}
+
+/* The 4 tiled coefficient arrays of nhwc_sums: a = gamma * invstd, b = beta - mean * a, mean, invstd. */
+static float *tiled_coefficients(const float *gamma, const float *beta, const float *mean, const float *invstd,
+                                 nhwc_blocks g) {
+    float *per_channel = malloc((size_t)4 * g.c * sizeof(float)), *coef = malloc((size_t)4 * g.len * sizeof(float));
+    if (per_channel == NULL || coef == NULL) {
+        free(per_channel);
+        free(coef);
+        return NULL;
+    }
+    for (int64_t ch = 0; ch < g.c; ch++) {
+        per_channel[ch] = gamma[ch] * invstd[ch];
+        per_channel[g.c + ch] = beta[ch] - mean[ch] * per_channel[ch];
+        per_channel[2 * g.c + ch] = mean[ch];
+        per_channel[3 * g.c + ch] = invstd[ch];
+    }
+    for (int k = 0; k < 4; k++) tile(coef + k * g.len, per_channel + k * g.c, g);
+    free(per_channel);
+    return coef;
+}
+
+int tail_forward_nhwc(const float *z, float *y, const float *gamma, const float *beta, float *mean_out,
+                      float *var_out, float *invstd_out, int64_t rows, int64_t c, float eps, int bn_after,
+                      uint32_t drop_below, float scale, uint64_t seed) {
+    const nhwc_blocks g = blocks_of(rows, c);
+    double *sums = malloc(2 * c * sizeof(double));
+    if (sums == NULL || nhwc_sums(sums, z, NULL, NULL, g, bn_after, 0, 0, 0.0f, 0) != 0) {
+        free(sums);
+        return -1;
+    }
+    for (int64_t ch = 0; ch < c; ch++) {
+        double mean = sums[ch] / (double)rows;
+        double var = sums[c + ch] / (double)rows - mean * mean;
+        if (var < 0.0) var = 0.0;
+        mean_out[ch] = (float)mean;
+        var_out[ch] = (float)var;
+        invstd_out[ch] = (float)(1.0 / sqrt(var + (double)eps));
+    }
+    free(sums);
+    float *coef = tiled_coefficients(gamma, beta, mean_out, invstd_out, g);
+    if (coef == NULL) return -1;
+    const float *a = coef, *b = coef + g.len;
+    int failed = 0;
+#pragma omp parallel
+    {
+        float *mask = malloc((size_t)g.len * sizeof(float));
+        if (mask == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < g.blocks; blk++) {
+            if (mask == NULL) continue;
+            const int64_t r0 = blk * g.per_block, n = (rows - r0 < g.per_block ? rows - r0 : g.per_block) * c;
+            const float *p = z + r0 * c;
+            float *q = y + r0 * c;
+            fill_mask(mask, n, seed, (uint64_t)(r0 * c), drop_below, scale);
+            if (bn_after) {
+#pragma omp simd
+                for (int64_t i = 0; i < n; i++) q[i] = (a[i] * relu(p[i]) + b[i]) * mask[i];
+            } else {
+#pragma omp simd
+                for (int64_t i = 0; i < n; i++) q[i] = relu(a[i] * p[i] + b[i]) * mask[i];
+            }
+        }
+        free(mask);
+    }
+    free(coef);
+    return failed ? -1 : 0;
+}
+
+int tail_backward_nhwc(const float *dy, const float *z, const float *gamma, const float *beta, const float *mean,
+                       const float *invstd, float *dz, float *dgamma, float *dbeta, int64_t rows, int64_t c,
+                       int bn_after, uint32_t drop_below, float scale, uint64_t seed) {
+    const nhwc_blocks g = blocks_of(rows, c);
+    float *coef = tiled_coefficients(gamma, beta, mean, invstd, g);
+    double *sums = malloc(2 * c * sizeof(double));
+    float *means = malloc((size_t)2 * c * sizeof(float)), *tiled = malloc((size_t)2 * g.len * sizeof(float));
+    if (coef == NULL || sums == NULL || means == NULL || tiled == NULL ||
+        nhwc_sums(sums, z, dy, coef, g, bn_after, 1, drop_below, scale, seed) != 0) {
+        free(coef);
+        free(sums);
+        free(means);
+        free(tiled);
+        return -1;
+    }
+    for (int64_t ch = 0; ch < c; ch++) {
+        dbeta[ch] = (float)sums[ch];
+        dgamma[ch] = (float)sums[c + ch];
+        means[ch] = (float)(sums[ch] / (double)rows);
+        means[c + ch] = (float)(sums[c + ch] / (double)rows);
+    }
+    free(sums);
+    tile(tiled, means, g);
+    tile(tiled + g.len, means + c, g);
+    free(means);
+    const float *a = coef, *b = coef + g.len, *m = coef + 2 * g.len, *is = coef + 3 * g.len;
+    const float *mean_du = tiled, *mean_du_xhat = tiled + g.len;
+    int failed = 0;
+#pragma omp parallel
+    {
+        float *mask = malloc((size_t)g.len * sizeof(float));
+        if (mask == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < g.blocks; blk++) {
+            if (mask == NULL) continue;
+            const int64_t r0 = blk * g.per_block, n = (rows - r0 < g.per_block ? rows - r0 : g.per_block) * c;
+            const float *p = z + r0 * c, *d = dy + r0 * c;
+            float *q = dz + r0 * c;
+            fill_mask(mask, n, seed, (uint64_t)(r0 * c), drop_below, scale);
+            if (bn_after) {
+#pragma omp simd
+                for (int64_t i = 0; i < n; i++) {
+                    const float dt = a[i] * (d[i] * mask[i] - mean_du[i] - (relu(p[i]) - m[i]) * is[i] * mean_du_xhat[i]);
+                    q[i] = pick(p[i] > 0.0f, dt, 0.0f); /* ReLU before BN: closed where z <= 0 */
+                }
+            } else {
+#pragma omp simd
+                for (int64_t i = 0; i < n; i++) {
+                    const float gd = d[i] * mask[i], du = pick(a[i] * p[i] + b[i] > 0.0f, gd, 0.0f);
+                    q[i] = a[i] * (du - mean_du[i] - (p[i] - m[i]) * is[i] * mean_du_xhat[i]);
+                }
+            }
+        }
+        free(mask);
+    }
+    free(coef);
+    free(tiled);
+    return failed ? -1 : 0;
+}
+
+/* 4. The 2x2 max-pool of 2. on channels-last (NHWC) tensors: each output pixel is a vectorised loop over its c
+ *    channels, comparing the window's four pixels in row-major order (a strict win moves the winner, a NaN
+ *    wins), so winners and codes match the NCHW kernel and ATen exactly. */
+void maxpool2x2_forward_nhwc(const float *x, float *out, uint8_t *code, int64_t n, int64_t h, int64_t w,
+                             int64_t c) {
+    const int64_t oh = h / 2, ow = w / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < n * oh; row++) {
+        const int64_t img = row / oh, i = row % oh;
+        const float *top = x + ((img * h + 2 * i) * w) * c, *bottom = top + w * c;
+        for (int64_t j = 0; j < ow; j++) {
+            const float *a0 = top + 2 * j * c, *a1 = a0 + c, *a2 = bottom + 2 * j * c, *a3 = a2 + c;
+            float *o = out + ((row * ow) + j) * c;
+            uint8_t *kk = code + ((row * ow) + j) * c;
+#pragma omp simd
+            for (int64_t ch = 0; ch < c; ch++) {
+                const int32_t r1 = (a1[ch] > a0[ch]) | (a1[ch] != a1[ch]);
+                const float t = pick(r1, a1[ch], a0[ch]);
+                const int32_t r3 = (a3[ch] > a2[ch]) | (a3[ch] != a3[ch]);
+                const float bt = pick(r3, a3[ch], a2[ch]);
+                const int32_t lower = (bt > t) | (bt != bt);
+                o[ch] = pick(lower, bt, t);
+                kk[ch] = (uint8_t)(lower * (2 + r3) + (1 - lower) * r1);
+            }
+        }
+    }
+}
+
+void maxpool2x2_backward_nhwc(const float *dout, const uint8_t *code, float *dx, int64_t n, int64_t h, int64_t w,
+                              int64_t c) {
+    const int64_t oh = h / 2, ow = w / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t img = 0; img < n; img++) {
+        float *dst = dx + img * h * w * c;
+        for (int64_t i = 0; i < h * w * c; i++) dst[i] = 0.0f;
+        for (int64_t i = 0; i < oh; i++) {
+            for (int64_t j = 0; j < ow; j++) {
+                const float *d = dout + ((img * oh + i) * ow + j) * c;
+                const uint8_t *k = code + ((img * oh + i) * ow + j) * c;
+                for (int64_t ch = 0; ch < c; ch++) {
+                    dst[((2 * i + (k[ch] >> 1)) * w + 2 * j + (k[ch] & 1)) * c + ch] = d[ch];
+                }
+            }
         }
     }
 }

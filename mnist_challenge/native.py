@@ -82,12 +82,15 @@ def load_kernels() -> ctypes.CDLL | None:
     lib.tail_forward.argtypes = [ptr] * 7 + [i64, i64, i64, f32, ctypes.c_int, ctypes.c_uint32, f32, ctypes.c_uint64]
     lib.tail_backward.argtypes = [ptr] * 9 + [i64, i64, i64, ctypes.c_int, ctypes.c_uint32, f32, ctypes.c_uint64]
     lib.tail_mask.argtypes = [ptr, i64, ctypes.c_uint32, f32, ctypes.c_uint64]
+    lib.tail_forward_nhwc.argtypes = [ptr] * 7 + [i64, i64, f32, ctypes.c_int, ctypes.c_uint32, f32, ctypes.c_uint64]
+    lib.tail_backward_nhwc.argtypes = [ptr] * 9 + [i64, i64, ctypes.c_int, ctypes.c_uint32, f32, ctypes.c_uint64]
     lib.maxpool2x2_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64]
     lib.maxpool2x2_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64]
-    lib.tail_forward.restype = lib.tail_backward.restype = lib.maxpool2x2_forward.restype = (
-        ctypes.c_int
-    )  # -1: out of memory
-    for fn in (lib.tail_mask, lib.maxpool2x2_backward):
+    lib.maxpool2x2_forward_nhwc.argtypes = lib.maxpool2x2_backward_nhwc.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64]
+    for fn in (lib.tail_forward, lib.tail_backward, lib.tail_forward_nhwc, lib.tail_backward_nhwc):
+        fn.restype = ctypes.c_int  # -1: out of memory
+    lib.maxpool2x2_forward.restype = ctypes.c_int
+    for fn in (lib.tail_mask, lib.maxpool2x2_backward, lib.maxpool2x2_forward_nhwc, lib.maxpool2x2_backward_nhwc):
         fn.restype = None
     _kernels = lib
     return lib
@@ -96,6 +99,25 @@ def load_kernels() -> ctypes.CDLL | None:
 def plain_cpu_float32(x: torch.Tensor) -> bool:
     """A contiguous float32 CPU tensor: the only kind the C kernels (and the layouts they assume) take."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+
+
+def nhwc_cpu_float32(x: torch.Tensor) -> bool:
+    """A 4-D float32 CPU tensor laid out channels-last and not also plain contiguous (then the NCHW kernel
+    takes it): what the ``*_nhwc`` kernels take."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    )
+
+
+def kernel_layout(x: torch.Tensor) -> str | None:
+    """'nchw' or 'nhwc': which of the C kernels can take ``x``; None if neither (GPU, bf16, strided views)."""
+    if plain_cpu_float32(x):
+        return "nchw"
+    return "nhwc" if nhwc_cpu_float32(x) else None
 
 
 def unavailable_reason() -> str | None:

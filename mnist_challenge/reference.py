@@ -77,3 +77,41 @@ def time_reference_steps(
     elapsed = time.perf_counter() - start
     del batches  # shuts the worker processes down
     return elapsed
+
+
+def time_expert_steps(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    warmup: int,
+    batch_size: int = 128,
+    rotation: float = 7.0,
+    channels_last: bool = False,
+) -> float:
+    """Seconds for ``steps`` optimizer steps after ``warmup``, through a plain loop an expert would write.
+
+    No kit tricks: stock ``nn`` layers as ``build_model`` makes them, normalised images already a tensor in memory,
+    a shuffled index per step, one batched random rotation through ``affine_grid`` / ``grid_sample`` (the kit's
+    ``random_affine``, which is exactly that), SGD with momentum on ``nll_loss``; NCHW or channels-last.
+    """
+    from .augment import AugmentConfig, random_affine
+
+    if len(images) < batch_size:
+        raise ValueError(f"need {batch_size} images for the expert loop, got {len(images)}")
+    augment = AugmentConfig(rotation=rotation)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    start = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        idx = torch.randint(0, len(images), (batch_size,), generator=generator)
+        x = random_affine(images[idx], augment, generator).contiguous(memory_format=layout)
+        loss = F.nll_loss(model(x), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - start

@@ -24,6 +24,7 @@ from .data import MnistData, Split
 from .ema import WeightEMA
 from .errors import TrainingDiverged, UserError, check_interrupted
 from .fast import bf16_pays, bf16_supported, speed_up
+from .inference import inference_copy
 from .native import unavailable_reason
 from .validate import SEED_MAX, check_choice, check_float, check_int, require
 
@@ -57,7 +58,9 @@ class TrainConfig:
     train_subset: int | None = None  # keep only this many training images (tests, quick looks)
     device: str = "auto"  # auto (cuda if present), cpu or cuda
     bf16: str = "auto"  # bf16 autocast: auto (GPUs with bf16, CPUs with AMX), on, off
-    channels_last: bool = False  # NHWC activations (helps max-pool, hurts tiny convs on CPU; see bench)
+    # NHWC activations: "auto" (channels-last on CPU, where the suite measures it faster for every net, depthwise
+    # and 1x1 convs most; NCHW on GPU, unmeasured), true or false. run_experiment records the resolved choice.
+    channels_last: bool | str = "auto"
     pooled_dropout: bool = True  # dropout masks from a pre-drawn pool (fast.PooledDropout) instead of bernoulli_
     fast_maxpool: bool = True  # MaxPool2d(2) from strided views (fast.MaxPool2x2): same values, faster on CPU
     fused_tail: bool = True  # ReLU/BN/dropout after each conv as one C kernel on CPU (fused.py); ATen if no C compiler
@@ -69,6 +72,7 @@ class TrainConfig:
         256  # evaluation batch size: 3x faster than 2,000 on the course CPU (cache-sized maps; see bench)
     )
     ema_decay: float = 0.999  # EMA of the weights, evaluated and saved as the model (ema.py); 0: off
+    fold_bn_eval: bool = True  # evaluate a copy with BN folded into the convs before it (inference.py)
 
     def __post_init__(self) -> None:
         """Every field typed and in range (NaN, inf and bools-for-numbers rejected): a bad value is one
@@ -102,7 +106,11 @@ class TrainConfig:
             check_int(self.threads, "threads", 1, 1024)
         check_int(self.eval_batch_size, "eval_batch_size", 1, 100_000)
         check_float(self.ema_decay, "ema_decay", 0.0, 1.0, hi_open=True)
-        for flag in ("nesterov", "channels_last", "pooled_dropout", "fast_maxpool", "fused_tail", "cl_weight_grad"):
+        require(
+            self.channels_last == "auto" or isinstance(self.channels_last, bool),
+            f"channels_last must be auto, true or false, got {self.channels_last!r}",
+        )
+        for flag in ("nesterov", "pooled_dropout", "fast_maxpool", "fused_tail", "cl_weight_grad", "fold_bn_eval"):
             require(isinstance(getattr(self, flag), bool), f"{flag} must be true or false, got {getattr(self, flag)!r}")
 
     @property
@@ -116,8 +124,14 @@ class TrainConfig:
     def from_dict(cls, data: Any) -> TrainConfig:
         require(isinstance(data, dict), f"a training config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        # A config recorded before a field existed ran without what the field adds: no EMA.
-        return cls(**{"ema_decay": 0.0, **{k: v for k, v in data.items() if k in known}})
+        # A config recorded before a field existed ran without what the field adds: no EMA, NCHW.
+        return cls(**{"ema_decay": 0.0, "channels_last": False, **{k: v for k, v in data.items() if k in known}})
+
+    def resolved(self, device: torch.device) -> TrainConfig:
+        """This config with "auto" choices made for ``device``: what a run records in config.json."""
+        if self.channels_last != "auto":
+            return self
+        return dataclasses.replace(self, channels_last=device.type == "cpu")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -161,11 +175,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, split: Split, batch_size: int, autocast: bool, channels_last: bool
+    model: nn.Module, split: Split, batch_size: int, autocast: bool, channels_last: bool, fold_bn: bool = True
 ) -> tuple[float, float]:
-    """(mean NLL loss, accuracy in %) over a whole split."""
+    """(mean NLL loss, accuracy in %) over a whole split; with ``fold_bn``, on ``inference.inference_copy``."""
     was_training = model.training
     model.eval()
+    evaluated = inference_copy(model, channels_last) if fold_bn else model
     loss_sum = torch.zeros((), device=split.images.device)
     correct = torch.zeros((), device=split.images.device, dtype=torch.int64)
     for i in range(0, len(split), batch_size):
@@ -173,7 +188,7 @@ def evaluate(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(x).float()
+            out = evaluated(x).float()
         loss_sum += F.nll_loss(out, y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
@@ -185,17 +200,19 @@ def wants_fused_tail(cfg: TrainConfig, device: torch.device) -> bool:
 
 
 def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, int]:
-    """Swap in the engine's fast layers as ``cfg`` asks, move the model to ``device``; returns what was swapped."""
+    """Swap in the engine's fast layers as ``cfg`` asks, move the model to ``device`` in the layout ``cfg``
+    resolves to; returns what was swapped."""
+    channels_last = cfg.resolved(device).channels_last
     swapped = speed_up(
         model,
         cfg.pooled_dropout,
         cfg.fast_maxpool,
         cfg.seed,
         fused_tail=wants_fused_tail(cfg, device),
-        cl_weight_grad=cfg.cl_weight_grad,
+        cl_weight_grad=cfg.cl_weight_grad and not channels_last,  # an NCHW trick: a no-op on channels-last maps
     )
     model.to(device)
-    if cfg.channels_last:
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     return swapped
 
@@ -227,6 +244,7 @@ def train_model(
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     autocast = use_bf16(cfg, device)
+    cfg = cfg.resolved(device)
     swapped = prepare_model(model, cfg, device)
     n = len(data.train)
     steps = n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0)  # a 1-image tail batch would break BatchNorm
@@ -294,11 +312,13 @@ def train_model(
         with ema.applied() if ema is not None else contextlib.nullcontext():  # the averaged weights are the model
             nan = (float("nan"), float("nan"))
             val_loss, val_acc = (
-                evaluate(model, data.val, cfg.eval_batch_size, autocast, cfg.channels_last)
+                evaluate(model, data.val, cfg.eval_batch_size, autocast, cfg.channels_last, cfg.fold_bn_eval)
                 if data.val is not None
                 else nan
             )
-            test_loss, test_acc = evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last)
+            test_loss, test_acc = evaluate(
+                model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last, cfg.fold_bn_eval
+            )
             row = {
                 "epoch": epoch,
                 "lr": lr,
