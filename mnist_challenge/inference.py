@@ -62,7 +62,7 @@ def inference_copy(model: nn.Module, channels_last: bool) -> nn.Module:
                 seq[i] = nn.ReLU(inplace=True)  # its input is a fresh conv output nobody else reads
             elif isinstance(seq[i], (nn.Dropout, PooledDropout)):
                 seq[i] = nn.Identity()
-            elif i > 0 and type(seq[i - 1]) is nn.Conv2d and _foldable_bn(seq[i]):
+            elif i > 0 and isinstance(seq[i - 1], nn.Conv2d) and _foldable_bn(seq[i]):
                 seq[i - 1], seq[i] = _folded_conv(seq[i - 1], seq[i]), _after_fold(seq[i])
     if channels_last:
         fast.to(memory_format=torch.channels_last)

@@ -18,9 +18,14 @@ def pool_path(request, monkeypatch):
         monkeypatch.setattr(fast, "load_kernels", lambda: None)
 
 
-@pytest.mark.parametrize("shape", [(4, 3, 22, 22), (2, 5, 11, 11), (3, 2, 9, 14), (1, 1, 2, 2)])
-def test_fast_maxpool_matches_aten_including_ties(shape, pool_path):
-    x = torch.randn(*shape).relu().round()  # ReLU zeros and rounding make ties common
+@pytest.fixture(params=["nchw", "channels_last"])
+def layout(request) -> torch.memory_format:
+    return torch.channels_last if request.param == "channels_last" else torch.contiguous_format
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 22, 22), (2, 5, 11, 11), (3, 2, 9, 14), (1, 1, 2, 2), (2, 17, 7, 9)])
+def test_fast_maxpool_matches_aten_including_ties(shape, pool_path, layout):
+    x = torch.randn(*shape).relu().round().contiguous(memory_format=layout)  # zeros and rounding make ties common
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2)
     out_fast, out_ref = MaxPool2x2()(a), nn.functional.max_pool2d(b, 2)
@@ -28,10 +33,11 @@ def test_fast_maxpool_matches_aten_including_ties(shape, pool_path):
     out_ref.backward(grad)
     assert torch.equal(out_fast, out_ref)
     assert torch.equal(a.grad, b.grad)
+    assert out_fast.is_contiguous(memory_format=layout)
 
 
-def test_fast_maxpool_propagates_nan_like_aten(pool_path):
-    x = torch.randn(2, 3, 6, 8)
+def test_fast_maxpool_propagates_nan_like_aten(pool_path, layout):
+    x = torch.randn(2, 3, 6, 8).contiguous(memory_format=layout)
     x[0, 1, 2, 3] = x[1, 2, 5, 6] = float("nan")
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_fast, out_ref = MaxPool2x2()(a), nn.functional.max_pool2d(b, 2)

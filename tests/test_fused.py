@@ -46,19 +46,33 @@ def random_bn(channels: int) -> nn.BatchNorm2d:
     return bn
 
 
+def mask_in_layout(z: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """The kernel's mask as an NCHW-indexed tensor: a function of each element's index in z's memory order."""
+    flat = dropout_mask(z.numel(), p, seed)
+    if z.is_contiguous():
+        return flat.view_as(z)
+    n, c, h, w = z.shape
+    return flat.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("channels", [12, 17, 600])  # 600: a row longer than the NHWC kernel's block
 @pytest.mark.parametrize("p", [0.0, 0.1])
 @pytest.mark.parametrize("bn_after", [True, False], ids=["relu-bn", "bn-relu"])
-def test_tail_matches_plain_layers_with_the_same_mask(bn_after, p):
+def test_tail_matches_plain_layers_with_the_same_mask(bn_after, p, channels, layout):
     torch.manual_seed(0)
-    bn = random_bn(12)
-    plain_bn = nn.BatchNorm2d(12)
+    bn = random_bn(channels)
+    plain_bn = nn.BatchNorm2d(channels)
     plain_bn.load_state_dict(bn.state_dict())
     tail = ConvUnitTail(bn, bn_after, p, torch.Generator().manual_seed(7))
-    z = torch.randn(32, 12, 9, 11, requires_grad=True)
-    grad = torch.randn(32, 12, 9, 11)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    shape = (32, channels, 9, 11) if channels < 100 else (3, channels, 5, 4)
+    z = torch.randn(*shape).contiguous(memory_format=memory_format).requires_grad_()
+    grad = torch.randn(*shape)
 
     out = tail(z)
-    mask = dropout_mask(z.numel(), p, seed_drawn_by(7)).view_as(z)
+    assert out.is_contiguous(memory_format=memory_format)  # the kernel keeps the layout
+    mask = mask_in_layout(z, p, seed_drawn_by(7))
     z_plain = z.detach().clone().requires_grad_()
     plain = (plain_bn(torch.relu(z_plain)) if bn_after else torch.relu(plain_bn(z_plain))) * mask
 
@@ -101,7 +115,7 @@ def test_non_contiguous_input_runs_the_plain_layers():
     plain_bn = nn.BatchNorm2d(6)
     plain_bn.load_state_dict(bn.state_dict())
     tail = ConvUnitTail(bn, bn_after=True, p=0.0)
-    z = torch.randn(8, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    z = torch.randn(8, 6, 5, 10)[..., ::2]  # a strided view: neither layout the kernels take
     torch.testing.assert_close(tail(z), plain_bn(torch.relu(z)))
 
 
