@@ -560,3 +560,144 @@ void maxpool2x2_backward_nhwc(const float *dout, const uint8_t *code, float *dx,
         }
     }
 }
+
+/* 5. The stem: a 3x3 conv (stride 1, padding 0 or 1) from a one-channel image to c <= STEM_MAX channels,
+ *    channels-last out. oneDNN runs it as a general conv with one input channel, slowly (forward and weight
+ *    gradient cost as much as a separable net's first block). Here each output pixel is its 9 taps, each a
+ *    broadcast image value times a row of c weights; the weight gradient is the same loop with the roles
+ *    swapped, summed per image in float and across images in double. The image needs no gradient (it is the
+ *    data), so there is none. Rows of 10-30 channels are short: a loop over them spends most of its time in
+ *    remainder code, so channels are padded to whole vectors of LANES floats (GCC/Clang vector extensions, lowered
+ *    to whatever the CPU has) and kept in registers across the 9 taps. wt holds the weights as [9][c]. */
+#define LANES 8
+#define STEM_VECTORS 8
+#define STEM_MAX (LANES * STEM_VECTORS)
+typedef float lanes __attribute__((vector_size(LANES * sizeof(float))));
+typedef float unaligned_lanes __attribute__((vector_size(LANES * sizeof(float)), aligned(4), may_alias));
+
+/* the 9 x c weights and the bias as 10 rows of nv zero-padded vectors; NULL when out of memory */
+static lanes *padded_taps(const float *wt, const float *bias, int64_t c, int64_t nv) {
+    lanes *taps = aligned_alloc(sizeof(lanes), (size_t)10 * nv * sizeof(lanes));
+    if (taps == NULL) return NULL;
+    memset(taps, 0, (size_t)10 * nv * sizeof(lanes));
+    for (int64_t t = 0; t < 9; t++) memcpy(taps + t * nv, wt + t * c, (size_t)c * sizeof(float));
+    if (bias != NULL) memcpy(taps + 9 * nv, bias, (size_t)c * sizeof(float));
+    return taps;
+}
+
+/* One output row of the stem. Always inlined into a switch over nv (below), so that each copy knows its number
+ * of vectors at compile time and keeps the accumulators in registers: with nv a run-time value it is 3x slower. */
+static inline __attribute__((always_inline)) void stem_row(const float *plane, const lanes *taps, float *out, int64_t oy, int64_t h, int64_t w,
+                     int64_t ow, int64_t c, int64_t nv, int64_t pad) {
+    for (int64_t ox = 0; ox < ow; ox++) {
+        lanes acc[STEM_VECTORS];
+        for (int v = 0; v < STEM_VECTORS; v++) acc[v] = v < nv ? taps[9 * nv + v] : (lanes){0}; /* the bias */
+        for (int64_t ky = 0; ky < 3; ky++) {
+            const int64_t iy = oy + ky - pad;
+            if (iy < 0 || iy >= h) continue;
+            for (int64_t kx = 0; kx < 3; kx++) {
+                const int64_t ix = ox + kx - pad;
+                if (ix < 0 || ix >= w) continue;
+                const float value = plane[iy * w + ix];
+                const lanes *k = taps + (ky * 3 + kx) * nv;
+                for (int v = 0; v < STEM_VECTORS; v++) /* unrolled: acc stays in registers */
+                    if (v < nv) acc[v] += value * k[v];
+            }
+        }
+        if (ox + 1 < ow) { /* whole vectors: the padding lanes spill into the next pixel, which is written next */
+            for (int v = 0; v < STEM_VECTORS; v++)
+                if (v < nv) *(unaligned_lanes *)(out + ox * c + v * LANES) = acc[v];
+        } else {
+            memcpy(out + ox * c, acc, (size_t)c * sizeof(float)); /* the row's last pixel: exactly c floats */
+        }
+    }
+}
+
+int stem_forward_nhwc(const float *x, const float *wt, const float *bias, float *out, int64_t n, int64_t h,
+                      int64_t w, int64_t c, int64_t pad) {
+    const int64_t oh = h + 2 * pad - 2, ow = w + 2 * pad - 2, nv = (c + LANES - 1) / LANES;
+    if (c > STEM_MAX) return -2;
+    lanes *taps = padded_taps(wt, bias, c, nv);
+    if (taps == NULL) return -1;
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < n * oh; row++) {
+        const float *plane = x + (row / oh) * h * w;
+        float *o = out + row * ow * c;
+        switch (nv) { /* a literal per case: see stem_row */
+        case 1: stem_row(plane, taps, o, row % oh, h, w, ow, c, 1, pad); break;
+        case 2: stem_row(plane, taps, o, row % oh, h, w, ow, c, 2, pad); break;
+        case 3: stem_row(plane, taps, o, row % oh, h, w, ow, c, 3, pad); break;
+        case 4: stem_row(plane, taps, o, row % oh, h, w, ow, c, 4, pad); break;
+        default: stem_row(plane, taps, o, row % oh, h, w, ow, c, nv, pad);
+        }
+    }
+    free(taps);
+    return 0;
+}
+
+/* dwt[tap][ch] = sum over output pixels of image(pixel + tap) * dout(pixel, ch); dbias[ch] (if not NULL) the sum
+ * of dout. Returns -1 when out of memory. */
+int stem_backward_nhwc(const float *x, const float *dout, float *dwt, float *dbias, int64_t n, int64_t h, int64_t w,
+                       int64_t c, int64_t pad) {
+    const int64_t oh = h + 2 * pad - 2, ow = w + 2 * pad - 2, nv = (c + LANES - 1) / LANES, width = 10 * nv * LANES;
+    if (c > STEM_MAX) return -2;
+    const int threads = omp_get_max_threads();
+    double *partial = calloc((size_t)threads * width, sizeof(double));
+    lanes *scratch = aligned_alloc(sizeof(lanes), (size_t)threads * 10 * nv * sizeof(lanes));
+    if (partial == NULL || scratch == NULL) {
+        free(partial);
+        free(scratch);
+        return -1;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        const int me = omp_get_thread_num();
+        double *mine = partial + (size_t)me * width;
+        lanes *acc = scratch + (size_t)me * 10 * nv; /* 9 taps, then the bias */
+#pragma omp for schedule(static)
+        for (int64_t img = 0; img < n; img++) {
+            const float *plane = x + img * h * w;
+            memset(acc, 0, (size_t)10 * nv * sizeof(lanes));
+            for (int64_t oy = 0; oy < oh; oy++) {
+                for (int64_t ox = 0; ox < ow; ox++) {
+                    const float *src = dout + ((img * oh + oy) * ow + ox) * c;
+                    lanes d[STEM_VECTORS];
+                    if (ox + 1 < ow) { /* whole vectors; lanes past c read the next pixel and only reach padding */
+                        for (int v = 0; v < STEM_VECTORS; v++)
+                            if (v < nv) d[v] = *(const unaligned_lanes *)(src + v * LANES);
+                    } else { /* the row's last pixel: exactly c floats, never past the end of dout */
+                        d[nv - 1] = (lanes){0};
+                        memcpy(d, src, (size_t)c * sizeof(float));
+                    }
+                    for (int v = 0; v < STEM_VECTORS; v++)
+                        if (v < nv) acc[9 * nv + v] += d[v];
+                    for (int64_t ky = 0; ky < 3; ky++) {
+                        const int64_t iy = oy + ky - pad;
+                        if (iy < 0 || iy >= h) continue;
+                        for (int64_t kx = 0; kx < 3; kx++) {
+                            const int64_t ix = ox + kx - pad;
+                            if (ix < 0 || ix >= w) continue;
+                            const float value = plane[iy * w + ix];
+                            lanes *k = acc + (ky * 3 + kx) * nv;
+                            for (int v = 0; v < STEM_VECTORS; v++)
+                                if (v < nv) k[v] += value * d[v];
+                        }
+                    }
+                }
+            }
+            const float *flat = (const float *)acc;
+            for (int64_t k = 0; k < width; k++) mine[k] += flat[k];
+        }
+    }
+    for (int64_t t = 0; t < 10; t++) {
+        for (int64_t ch = 0; ch < c; ch++) {
+            double sum = 0.0;
+            for (int th = 0; th < threads; th++) sum += partial[(size_t)th * width + t * nv * LANES + ch];
+            if (t < 9) dwt[t * c + ch] = (float)sum;
+            else if (dbias != NULL) dbias[ch] = (float)sum;
+        }
+    }
+    free(partial);
+    free(scratch);
+    return 0;
+}

@@ -87,7 +87,16 @@ def load_kernels() -> ctypes.CDLL | None:
     lib.maxpool2x2_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64]
     lib.maxpool2x2_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64]
     lib.maxpool2x2_forward_nhwc.argtypes = lib.maxpool2x2_backward_nhwc.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64]
-    for fn in (lib.tail_forward, lib.tail_backward, lib.tail_forward_nhwc, lib.tail_backward_nhwc):
+    lib.stem_forward_nhwc.argtypes = [ptr] * 4 + [i64] * 5
+    lib.stem_backward_nhwc.argtypes = [ptr] * 4 + [i64] * 5
+    lib.stem_forward_nhwc.restype = None
+    for fn in (
+        lib.tail_forward,
+        lib.tail_backward,
+        lib.tail_forward_nhwc,
+        lib.tail_backward_nhwc,
+        lib.stem_backward_nhwc,
+    ):
         fn.restype = ctypes.c_int  # -1: out of memory
     lib.maxpool2x2_forward.restype = ctypes.c_int
     for fn in (lib.tail_mask, lib.maxpool2x2_backward, lib.maxpool2x2_forward_nhwc, lib.maxpool2x2_backward_nhwc):

@@ -35,8 +35,34 @@ def test_benchmark_smoke(mnist_dir, tmp_path):
     )
     assert len(figures["engine_runs"]) == 2 and len(figures["reference_runs"]) == 2
     assert figures["engine_settings"]["swapped_layers"]["fused_tail"] == 8  # the C kernel was built and used
-    assert set(figures["ablation_images_per_s"]) == {"fused_tail", "cl_weight_grad", "pooled_dropout", "fast_maxpool"}
+    assert set(figures["ablation_images_per_s"]) == {
+        "fused_tail",
+        "cl_weight_grad",
+        "pooled_dropout",
+        "fast_maxpool",
+        "native_stem",
+    }
     assert "--no-fused-tail" in result.stdout
+
+
+def test_suite_measures_every_side_and_ends_with_one_line_per_spec(mnist_dir, monkeypatch, capsys):
+    from mnist_challenge import suite
+    from mnist_challenge.data import MnistData, Split, load_mnist
+
+    monkeypatch.setattr(suite, "SUITE_SPECS", {"tiny-preset": "tiny", "missing": "/nonexistent/best_spec.json"})
+    monkeypatch.setattr(suite, "THREADS", (1,))
+    full = load_mnist(mnist_dir, val_size=0, train_subset=3 * 128)
+    data = MnistData(full.train, None, Split(full.test.images[:500], full.test.labels[:500]))
+    figures = suite.run_suite(data, ["classic"], steps=2, warmup=1, repeats=1, batch_size=128)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("SUITE tiny-preset: 1 thr") and lines[-1].startswith("SUITE classic: 1 thr")
+    assert "note: missing left out" in "\n".join(lines)
+    row = figures["specs"]["tiny-preset"]["threads"][0]
+    assert row["layout"] == "channels_last"  # auto on a CPU
+    for side in ("engine", "engine_other_layout", "course", "expert_nchw", "expert_channels_last"):
+        assert row["medians"][side] > 0
+    assert row["vs_course"] > 0 and row["vs_expert"] > 0 and 0 < row["share_of_limit"] < 1
+    assert figures["peak_gflops"][1] > 0
 
 
 def test_report_judges_each_budget_with_its_own_limits(tmp_path):
