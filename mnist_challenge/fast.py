@@ -280,7 +280,6 @@ class NativeStemConv(nn.Conv2d):
         if (
             x.dim() == 4
             and x.shape[1] == 1
-            and self.out_channels <= STEM_MAX_CHANNELS
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and self.weight.dtype == torch.float32
@@ -295,6 +294,7 @@ def _is_stem_conv(m: nn.Module) -> bool:
     return (
         type(m) is nn.Conv2d
         and m.in_channels == 1
+        and m.out_channels <= STEM_MAX_CHANNELS
         and m.kernel_size == (3, 3)
         and m.stride == (1, 1)
         and m.dilation == (1, 1)

@@ -87,18 +87,11 @@ def load_kernels() -> ctypes.CDLL | None:
     lib.maxpool2x2_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64]
     lib.maxpool2x2_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64]
     lib.maxpool2x2_forward_nhwc.argtypes = lib.maxpool2x2_backward_nhwc.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64]
-    lib.stem_forward_nhwc.argtypes = [ptr] * 4 + [i64] * 5
-    lib.stem_backward_nhwc.argtypes = [ptr] * 4 + [i64] * 5
-    lib.stem_forward_nhwc.restype = None
-    for fn in (
-        lib.tail_forward,
-        lib.tail_backward,
-        lib.tail_forward_nhwc,
-        lib.tail_backward_nhwc,
-        lib.stem_backward_nhwc,
-    ):
-        fn.restype = ctypes.c_int  # -1: out of memory
-    lib.maxpool2x2_forward.restype = ctypes.c_int
+    lib.stem_forward_nhwc.argtypes = lib.stem_backward_nhwc.argtypes = [ptr] * 4 + [i64] * 5
+    failing = ("tail_forward", "tail_backward", "tail_forward_nhwc", "tail_backward_nhwc", "stem_forward_nhwc")
+    failing += ("stem_backward_nhwc", "maxpool2x2_forward")
+    for name in failing:
+        getattr(lib, name).restype = ctypes.c_int  # -1: out of memory, -2: more channels than the kernel takes
     for fn in (lib.tail_mask, lib.maxpool2x2_backward, lib.maxpool2x2_forward_nhwc, lib.maxpool2x2_backward_nhwc):
         fn.restype = None
     _kernels = lib

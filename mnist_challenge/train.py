@@ -126,8 +126,9 @@ class TrainConfig:
     def from_dict(cls, data: Any) -> TrainConfig:
         require(isinstance(data, dict), f"a training config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        # A config recorded before a field existed ran without what the field adds: no EMA, NCHW.
-        return cls(**{"ema_decay": 0.0, "channels_last": False, **{k: v for k, v in data.items() if k in known}})
+        # A config recorded before a field existed ran without what the field adds: no EMA, NCHW, no folding.
+        before = {"ema_decay": 0.0, "channels_last": False, "native_stem": False, "fold_bn_eval": False}
+        return cls(**{**before, **{k: v for k, v in data.items() if k in known}})
 
     def resolved(self, device: torch.device) -> TrainConfig:
         """This config with "auto" choices made for ``device``: what a run records in config.json."""

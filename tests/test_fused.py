@@ -76,7 +76,7 @@ def test_tail_matches_plain_layers_with_the_same_mask(bn_after, p, channels, lay
     z_plain = z.detach().clone().requires_grad_()
     plain = (plain_bn(torch.relu(z_plain)) if bn_after else torch.relu(plain_bn(z_plain))) * mask
 
-    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-4)  # batch statistics summed in another order
     got = torch.autograd.grad(out, [z, bn.weight, bn.bias], grad)
     want = torch.autograd.grad(plain, [z_plain, plain_bn.weight, plain_bn.bias], grad)
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
