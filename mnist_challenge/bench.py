@@ -80,7 +80,6 @@ TRICKS = {
     "cl_weight_grad": "--no-cl-weight-grad",
     "pooled_dropout": "--no-pooled-dropout",
     "fast_maxpool": "--no-fast-maxpool",
-    "native_stem": "--no-native-stem",
 }
 
 

@@ -208,12 +208,6 @@ def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15)
         help="conv weight gradients in NCHW everywhere",
     )
     p.add_argument(
-        "--no-native-stem",
-        dest="native_stem",
-        action="store_false",
-        help="the stem conv by oneDNN, not the C kernel (channels-last runs)",
-    )
-    p.add_argument(
         "--no-fold-bn-eval",
         dest="fold_bn_eval",
         action="store_false",

@@ -232,78 +232,6 @@ class ConvWeightGradChannelsLast(nn.Conv2d):
         return super().forward(x)
 
 
-STEM_MAX_CHANNELS = 64  # STEM_MAX in native.c: the kernel keeps a pixel's channels in registers
-
-
-class _NativeStemConv(torch.autograd.Function):
-    """The stem conv by ``native.c``: one-channel image in, channels-last map out; no gradient for the image
-    unless it asks for one (then ATen computes that part)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
-        n, _, h, w = x.shape
-        c = weight.shape[0]
-        x = x.contiguous()  # one channel: NCHW and channels-last are the same memory
-        taps = weight.detach().reshape(c, 9).t().contiguous()
-        out = torch.empty(n, c, h + 2 * padding - 2, w + 2 * padding - 2, memory_format=torch.channels_last)
-        b = bias.detach().contiguous() if bias is not None else None
-        if load_kernels().stem_forward_nhwc(
-            x.data_ptr(), taps.data_ptr(), b.data_ptr() if b is not None else None, out.data_ptr(), n, h, w, c, padding
-        ):
-            raise MemoryError("stem kernel: out of memory")
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias, ctx.padding = bias is not None, padding
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        n, _, h, w = x.shape
-        c, p = weight.shape[0], ctx.padding
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        taps, grad_bias = torch.empty(9, c), torch.empty(c) if ctx.has_bias else None
-        pointers = (x.data_ptr(), grad.data_ptr(), taps.data_ptr(), grad_bias.data_ptr() if ctx.has_bias else None)
-        if load_kernels().stem_backward_nhwc(*pointers, n, h, w, c, p):
-            raise MemoryError("stem kernel: out of memory")
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            args = ([1, 1], [p, p], [1, 1], False, [0, 0], 1, [True, False, False])
-            grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, *args)[0]
-        return grad_x, taps.t().reshape(weight.shape), grad_bias, None
-
-
-class NativeStemConv(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters and state_dict) for the stem's 3x3 conv of a one-channel image, computed by
-    ``native.c`` into a channels-last map on float32 CPU tensors; anything else runs the plain conv."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.dim() == 4
-            and x.shape[1] == 1
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
-            and load_kernels() is not None
-        ):
-            return _NativeStemConv.apply(x, self.weight, self.bias, self.padding[0])
-        return super().forward(x)
-
-
-def _is_stem_conv(m: nn.Module) -> bool:
-    """A 3x3 conv of a one-channel image, stride 1, padding 0 or 1: what every spec's stem is."""
-    return (
-        type(m) is nn.Conv2d
-        and m.in_channels == 1
-        and m.out_channels <= STEM_MAX_CHANNELS
-        and m.kernel_size == (3, 3)
-        and m.stride == (1, 1)
-        and m.dilation == (1, 1)
-        and m.groups == 1
-        and m.padding in ((0, 0), (1, 1))
-        and m.padding_mode == "zeros"
-    )
-
-
 def _slow_weight_grad_conv(m: nn.Module) -> bool:
     """A plain 3x3 conv whose input channels are not a multiple of 16 (but more than one)."""
     return (
@@ -324,7 +252,6 @@ def speed_up(
     seed: int = 0,
     fused_tail: bool = False,
     cl_weight_grad: bool = False,
-    native_stem: bool = False,
 ) -> dict[str, int]:
     """Swap layers for faster equivalents in place; returns how many of each were swapped.
 
@@ -341,14 +268,10 @@ def speed_up(
         "pooled_dropout": 0,
         "fast_maxpool": 0,
         "cl_weight_grad": 0,
-        "native_stem": 0,
     }
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if native_stem and _is_stem_conv(child):
-                child.__class__ = NativeStemConv  # a subclass with no state of its own: same parameters, same keys
-                swapped["native_stem"] += 1
-            elif cl_weight_grad and _slow_weight_grad_conv(child):
+            if cl_weight_grad and _slow_weight_grad_conv(child):
                 child.__class__ = (
                     ConvWeightGradChannelsLast  # a subclass with no state of its own: same parameters, same keys
                 )

@@ -35,7 +35,7 @@ def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
         bias=True,
         padding_mode=conv.padding_mode,
     )
-    folded.__class__ = type(conv)  # the engine's conv subclasses (e.g. the native stem) hold no state of their own
+    folded.__class__ = type(conv)  # the engine's conv subclasses (fast.py) hold no state of their own
     with torch.no_grad():
         folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
         folded.bias.copy_((bias - bn.running_mean) * scale + bn.bias)

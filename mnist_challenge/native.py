@@ -87,11 +87,9 @@ def load_kernels() -> ctypes.CDLL | None:
     lib.maxpool2x2_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64]
     lib.maxpool2x2_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64]
     lib.maxpool2x2_forward_nhwc.argtypes = lib.maxpool2x2_backward_nhwc.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64]
-    lib.stem_forward_nhwc.argtypes = lib.stem_backward_nhwc.argtypes = [ptr] * 4 + [i64] * 5
-    failing = ("tail_forward", "tail_backward", "tail_forward_nhwc", "tail_backward_nhwc", "stem_forward_nhwc")
-    failing += ("stem_backward_nhwc", "maxpool2x2_forward")
+    failing = ("tail_forward", "tail_backward", "tail_forward_nhwc", "tail_backward_nhwc", "maxpool2x2_forward")
     for name in failing:
-        getattr(lib, name).restype = ctypes.c_int  # -1: out of memory, -2: more channels than the kernel takes
+        getattr(lib, name).restype = ctypes.c_int  # -1: out of memory
     for fn in (lib.tail_mask, lib.maxpool2x2_backward, lib.maxpool2x2_forward_nhwc, lib.maxpool2x2_backward_nhwc):
         fn.restype = None
     _kernels = lib

@@ -67,7 +67,6 @@ class TrainConfig:
     cl_weight_grad: bool = (
         True  # weight gradients of 3x3 convs whose input channels are not a multiple of 16, in channels_last (fast.py)
     )
-    native_stem: bool = True  # channels-last only: the stem's 3x3 conv of the image by a C kernel (fast.py)
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     eval_batch_size: int = (
         256  # evaluation batch size: 3x faster than 2,000 on the course CPU (cache-sized maps; see bench)
@@ -111,7 +110,7 @@ class TrainConfig:
             self.channels_last == "auto" or isinstance(self.channels_last, bool),
             f"channels_last must be auto, true or false, got {self.channels_last!r}",
         )
-        tricks = ("pooled_dropout", "fast_maxpool", "fused_tail", "cl_weight_grad", "native_stem", "fold_bn_eval")
+        tricks = ("pooled_dropout", "fast_maxpool", "fused_tail", "cl_weight_grad", "fold_bn_eval")
         for flag in ("nesterov", *tricks):
             require(isinstance(getattr(self, flag), bool), f"{flag} must be true or false, got {getattr(self, flag)!r}")
 
@@ -127,7 +126,7 @@ class TrainConfig:
         require(isinstance(data, dict), f"a training config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         # A config recorded before a field existed ran without what the field adds: no EMA, NCHW, no folding.
-        before = {"ema_decay": 0.0, "channels_last": False, "native_stem": False, "fold_bn_eval": False}
+        before = {"ema_decay": 0.0, "channels_last": False, "fold_bn_eval": False}
         return cls(**{**before, **{k: v for k, v in data.items() if k in known}})
 
     def resolved(self, device: torch.device) -> TrainConfig:
@@ -213,7 +212,6 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> d
         cfg.seed,
         fused_tail=wants_fused_tail(cfg, device),
         cl_weight_grad=cfg.cl_weight_grad and not channels_last,  # an NCHW trick: a no-op on channels-last maps
-        native_stem=cfg.native_stem and channels_last and device.type == "cpu",
     )
     model.to(device)
     if channels_last:

@@ -40,7 +40,6 @@ def test_benchmark_smoke(mnist_dir, tmp_path):
         "cl_weight_grad",
         "pooled_dropout",
         "fast_maxpool",
-        "native_stem",
     }
     assert "--no-fused-tail" in result.stdout
 

@@ -70,7 +70,6 @@ def test_speed_up_swaps_parameter_free_layers_only():
         "pooled_dropout": 8,
         "fast_maxpool": 1,
         "cl_weight_grad": 0,
-        "native_stem": 0,
     }
     assert model.state_dict().keys() == before.keys()
     assert not any(type(m) in (nn.Dropout, nn.MaxPool2d) for m in model.modules())
@@ -86,7 +85,6 @@ def test_speed_up_fuses_every_conv_unit_tail_and_keeps_the_state_dict():
         "pooled_dropout": 0,
         "fast_maxpool": 1,
         "cl_weight_grad": 2,
-        "native_stem": 0,
     }
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
@@ -116,34 +114,3 @@ def test_channels_last_weight_grad_conv_matches_conv2d(bias, padding):
     torch.testing.assert_close(b.grad, a.grad)
     for p_swapped, p_plain in zip(swapped.parameters(), plain.parameters()):
         torch.testing.assert_close(p_swapped.grad, p_plain.grad, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("channels", [15, 40])
-@pytest.mark.parametrize("bias,padding", [(False, 0), (True, 1)])
-@pytest.mark.parametrize("image_grad", [False, True])
-def test_native_stem_conv_matches_conv2d(bias, padding, image_grad, channels):
-    require_kernels()
-    torch.manual_seed(0)
-    plain = nn.Conv2d(1, channels, 3, padding=padding, bias=bias)
-    stem = nn.Conv2d(1, channels, 3, padding=padding, bias=bias)
-    stem.load_state_dict(plain.state_dict())
-    assert speed_up(nn.Sequential(stem), pooled_dropout=False, fast_maxpool=False, native_stem=True)["native_stem"] == 1
-    assert type(stem) is fast.NativeStemConv
-    x = torch.randn(6, 1, 28, 28)
-    a, b = x.clone().requires_grad_(image_grad), x.clone().requires_grad_(image_grad)
-    out_plain, out_stem = plain(a), stem(b)
-    assert out_stem.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out_stem, out_plain, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(out_plain)
-    out_plain.backward(grad)
-    out_stem.backward(grad)
-    if image_grad:
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-5)
-    for p_stem, p_plain in zip(stem.parameters(), plain.parameters()):
-        torch.testing.assert_close(p_stem.grad, p_plain.grad, rtol=1e-4, atol=1e-4)
-
-
-def test_native_stem_leaves_what_it_cannot_take_to_onednn():
-    for conv in (nn.Conv2d(1, 65, 3), nn.Conv2d(1, 8, 3, stride=2), nn.Conv2d(1, 8, 3, dilation=2), nn.Conv2d(2, 8, 3)):
-        swapped = speed_up(nn.Sequential(conv), pooled_dropout=False, fast_maxpool=False, native_stem=True)
-        assert swapped["native_stem"] == 0 and type(conv) is nn.Conv2d

@@ -112,7 +112,7 @@ def test_layout_auto_resolves_per_device_and_old_configs_keep_nchw():
     assert TrainConfig().resolved(torch.device("cuda")).channels_last is False
     assert TrainConfig(channels_last=False).resolved(torch.device("cpu")).channels_last is False
     old = TrainConfig().to_dict()
-    v3 = {"channels_last": False, "native_stem": False, "fold_bn_eval": False}
+    v3 = {"channels_last": False, "fold_bn_eval": False}
     for field in v3:
         del old[field]  # a config written before engine v3
     assert TrainConfig.from_dict(old) == TrainConfig(**v3)
