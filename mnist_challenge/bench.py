@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--layouts", action="store_true", help="also compare one 2-thread process with two 1-thread processes"
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="only print where a training step of the engine spends its time (torch.profiler, shares by kind of op)",
+    )
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     add_data_flags(p)
     p.set_defaults(handler=run_bench)
@@ -163,6 +168,8 @@ def run_bench(args: argparse.Namespace) -> int:
         write_json(Path(args.json), {})
     if args.suite:
         return run_bench_suite(args)
+    if args.profile:
+        return run_profile(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = load_spec(args.spec or "classic")
@@ -252,6 +259,60 @@ def run_bench(args: argparse.Namespace) -> int:
         write_json(Path(args.json), figures)
     if "ratio" in figures:
         print(f"RATIO engine / course pipeline: {figures['ratio']:.2f}x")
+    return 0
+
+
+# What each op of a training step is, for --profile: ATen's conv ops, the kit's C kernels (autograd Functions
+# named after their classes), the batched augmentation; the rest (adds, crops, loss, optimizer, EMA) is "other".
+PROFILE_KINDS = (
+    ("conv backward", ("aten::convolution_backward",)),
+    ("conv forward", ("aten::mkldnn_convolution", "aten::_convolution")),
+    ("fused tail (C)", ("_Tail",)),
+    ("max-pool (C)", ("_NativeMaxPool2x2", "_MaxPool2x2", "aten::max_pool2d")),
+    ("augmentation", ("aten::grid_sampler_2d", "aten::affine_grid_generator", "aten::bmm")),
+)
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    """Self time of ``--steps`` engine steps (after ``--warmup``) by kind of op, as shares of the step."""
+    import torch.nn.functional as F
+    from torch.profiler import profile
+
+    from .augment import random_affine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = load_spec(args.spec or "classic")
+    device = resolve_device("cpu")
+    cfg = TrainConfig(batch_size=args.batch_size, device="cpu").resolved(device)
+    data = load_mnist(args.data_dir, val_size=0, train_subset=args.batch_size, allow_download=args.download)
+    model = build_model(spec)
+    prepare_model(model, cfg, device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def step() -> None:
+        x = random_affine(data.train.images, cfg.augment).contiguous(memory_format=layout)
+        loss = F.cross_entropy(model(x), data.train.labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(args.warmup):
+        step()
+    with profile() as prof:
+        for _ in range(args.steps):
+            step()
+    kinds: dict[str, float] = {}
+    for event in prof.key_averages():
+        kind = next((k for k, names in PROFILE_KINDS if event.key.startswith(names)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + event.self_cpu_time_total
+    total = sum(kinds.values()) or 1.0
+    print(
+        f"spec {spec.name} | batch {args.batch_size} | {args.steps} profiled steps | {torch.get_num_threads()} threads"
+    )
+    for kind, micros in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"{kind:<16} {100 * micros / total:5.1f} %  ({micros / args.steps / 1000:.1f} ms per step)")
     return 0
 
 

@@ -159,3 +159,17 @@ def test_readme_results_table_is_the_committed_runs_report(monkeypatch):
     monkeypatch.chdir(ROOT)  # runs are named by their paths in the repository, as the README command does
     fresh = results_table(["logs/runs", "logs/submission"])
     assert "\n".join(block[1:]) == fresh  # block[0] is the generated-by marker
+
+
+def test_profile_prints_each_kind_of_op_as_a_share(mnist_dir):
+    from mnist_challenge.bench import main
+
+    from .conftest import call
+
+    code, out, err = call(
+        main, "--spec", "tiny", "--profile", "--steps", "2", "--warmup", "1", "--data-dir", str(mnist_dir)
+    )
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("spec tiny") and any(line.startswith("conv backward") for line in lines[1:])
+    assert abs(sum(float(line.split("%")[0].split()[-1]) for line in lines[1:]) - 100) < 1
