@@ -108,8 +108,8 @@ def measure_spec(
     other = dataclasses.replace(chosen, channels_last=not chosen.channels_last)
     timed = steps * batch_size
     train = data.train
-    runs: dict[str, list[float]] = {"engine": [], "engine_other_layout": [], "course": [], "expert_nchw": []}
-    runs["expert_channels_last"] = []
+    sides = ("engine", "engine_other_layout", "course", "expert_nchw", "expert_channels_last")
+    runs: dict[str, list[float]] = {side: [] for side in sides}
     for _ in range(repeats):
         runs["engine"].append(timed / engine_seconds(spec, data, chosen, steps, warmup)[0])
         runs["engine_other_layout"].append(timed / engine_seconds(spec, data, other, steps, warmup)[0])

@@ -313,13 +313,15 @@ def train_model(
         eval_start = time.perf_counter()
         with ema.applied() if ema is not None else contextlib.nullcontext():  # the averaged weights are the model
             nan = (float("nan"), float("nan"))
+            # one folded copy serves both splits
+            evaluated = inference_copy(model, cfg.channels_last) if cfg.fold_bn_eval else model
             val_loss, val_acc = (
-                evaluate(model, data.val, cfg.eval_batch_size, autocast, cfg.channels_last, cfg.fold_bn_eval)
+                evaluate(evaluated, data.val, cfg.eval_batch_size, autocast, cfg.channels_last, fold_bn=False)
                 if data.val is not None
                 else nan
             )
             test_loss, test_acc = evaluate(
-                model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last, cfg.fold_bn_eval
+                evaluated, data.test, cfg.eval_batch_size, autocast, cfg.channels_last, fold_bn=False
             )
             row = {
                 "epoch": epoch,
