@@ -1,7 +1,19 @@
-"""MNIST architecture-search challenge kit: specs, models, inspector, data, training, search support.
+"""MNIST architecture-search challenge kit: specs, models, inspector, data, training, run records, exports.
 
-The public names are imported on first use (PEP 562), so that ``python -m mnist_challenge`` can set its
-stop-signal handlers before torch is imported: a Ctrl-C or SIGTERM during start-up is exit 130 too.
+The layers, each importing only those above it:
+
+    common/        exit-code contract, errors, value checks, atomic files, settings declared once
+    architecture/  ArchSpec (a GAP-headed CNN as JSON), build_model, the inspector (RF, params, MACs)
+    engine/        MNIST as tensors, batched augmentation, the training loop and its fast kernels
+    runs/          run directories, one run from spec to verdict, the checker, budgets, the results table
+    export/        the self-contained submission notebook and its cell templates
+    bench/         the engine's benchmarks (suite, reference loops)
+    cli/           the commands (``mnist-challenge``, ``python -m mnist_challenge``); nothing imports it
+
+The search (``search/``, ``mnist-search``) builds on this package; nothing here imports it.
+
+The public names are imported on first use (PEP 562), so that a command can set its stop-signal handlers
+before torch is imported: a Ctrl-C or SIGTERM during start-up is exit 130 too.
 """
 
 from __future__ import annotations
@@ -9,16 +21,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+__version__ = "2.0.0"
+
 _EXPORTS = {
-    "ArchSpec": "spec",
-    "ConvBlock": "spec",
-    "load_spec": "spec",
-    "UserError": "errors",
-    "build_model": "model",
-    "count_params": "model",
+    "ArchSpec": "architecture.spec",
+    "ConvBlock": "architecture.spec",
+    "load_spec": "architecture.spec",
+    "build_model": "architecture.model",
+    "count_params": "architecture.model",
+    "inspect_module": "architecture.inspector",
+    "UserError": "common.errors",
+    "TrainConfig": "engine.train",
+    "train_model": "engine.train",
+    "Limits": "runs.checker",
+    "check_run": "runs.checker",
+    "run_experiment": "runs.experiment",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "__version__"])
 
 
 def __getattr__(name: str) -> Any:

@@ -1,12 +1,5 @@
-import sys
+"""``python -m mnist_challenge``: the kit's command (``mnist_challenge.cli.main``), the same as ``mnist-challenge``."""
 
-from .errors import EXIT_INTERRUPTED, exit_with, install_stop_handlers
+from mnist_challenge.common.contract import run_main
 
-install_stop_handlers()  # before the imports below (torch takes seconds): a signal during them is exit 130 too
-try:
-    from .cli import main
-except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
-    exit_with(EXIT_INTERRUPTED)
-
-exit_with(main())
+run_main("mnist_challenge.cli.main")

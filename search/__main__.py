@@ -1,12 +1,5 @@
-import sys
+"""``python -m search``: the search's command (``search.commands.main``), the same as ``mnist-search``."""
 
-from mnist_challenge.errors import EXIT_INTERRUPTED, exit_with, install_stop_handlers
+from mnist_challenge.common.contract import run_main
 
-install_stop_handlers()  # before the imports below (torch, optuna): a signal during them is exit 130 too
-try:
-    from .cli import main
-except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr)
-    exit_with(EXIT_INTERRUPTED)
-
-exit_with(main())
+run_main("search.commands.main")

@@ -21,12 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mnist_challenge.cli import Parser, add_data_flags, run_cli
-from mnist_challenge.errors import UserError
-from mnist_challenge.runlog import read_epochs
-from mnist_challenge.validate import int_flag
-
-from .stages import BUDGETS
+from mnist_challenge.cli.flags import add_data_flags
+from mnist_challenge.common.contract import Parser, run_cli
+from mnist_challenge.common.errors import UserError
+from mnist_challenge.common.validate import int_flag
+from mnist_challenge.runs.budgets import BUDGETS
+from mnist_challenge.runs.runlog import read_epochs
 
 
 def epochs_trained(study_dir: Path) -> tuple[int, int]:
@@ -75,7 +75,7 @@ def run_one(label: str, flags: list[str], study: str, full_epochs: int) -> dict[
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from mnist_challenge.bench import write_json
+    from mnist_challenge.cli.bench import write_json
 
     if args.json:  # checked now, not after minutes of searching
         write_json(Path(args.json), {})

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from mnist_challenge import ArchSpec, UserError, build_model
-from mnist_challenge.files import write_text_atomic
-from mnist_challenge.inspector import inspect_module
-from mnist_challenge.runlog import read_epochs
-from mnist_challenge.validate import read_json_file, require
+from mnist_challenge.architecture.inspector import inspect_module
+from mnist_challenge.common.files import write_text_atomic
+from mnist_challenge.common.validate import read_json_file, require
+from mnist_challenge.runs.runlog import read_epochs
 
 from .stages import spearman
 

@@ -8,6 +8,7 @@ any run, but no search decision reads it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_challenge import UserError, build_model
-from mnist_challenge.checker import Limits
-from mnist_challenge.data import MnistData
-from mnist_challenge.errors import TrainingDiverged
-from mnist_challenge.experiment import run_experiment
-from mnist_challenge.inspector import inspect_module
-from mnist_challenge.train import TrainConfig
+from mnist_challenge import UserError
+from mnist_challenge.architecture.inspector import inspect_spec
+from mnist_challenge.common.errors import TrainingDiverged
+from mnist_challenge.engine.data import MnistData
+from mnist_challenge.engine.train import TrainConfig
+from mnist_challenge.runs.checker import Limits
+from mnist_challenge.runs.experiment import run_experiment
 
 from .artifacts import store_of, upload_run
 from .space import RECIPE_FIELDS, SPACE_VERSION, draw_recipe, draw_spec
@@ -43,7 +44,7 @@ class SearchSettings:
 
 def check_constraints(spec, settings: SearchSettings) -> tuple[dict[str, Any], str | None]:
     """Inspect the built model; return its figures and the first broken rule, if any."""
-    report = inspect_module(build_model(spec), (spec.in_channels, spec.input_size, spec.input_size))
+    report = inspect_spec(spec)  # the run's log and verdict read the same report
     figures = {
         "params": report.params,
         "rf_head": report.receptive_field_head,
@@ -97,10 +98,17 @@ def reuse_twin(trial: optuna.Trial, twin: FrozenTrial, multi_objective: bool) ->
 class Objective:
     """Called by ``study.optimize``; holds the data in memory across trials of one worker."""
 
-    def __init__(self, settings: SearchSettings, data: MnistData, progress: bool = False) -> None:
+    def __init__(
+        self,
+        settings: SearchSettings,
+        data: MnistData,
+        progress: bool = False,
+        on_epoch: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.data = data
-        self.progress = progress
+        self.progress = progress  # a bar of batches inside each epoch
+        self.on_epoch = on_epoch  # called after every epoch trained (the search's epoch bar, in one process)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         s = self.settings
@@ -128,6 +136,8 @@ class Objective:
 
         def report(epoch: int, row: dict[str, Any]) -> None:
             trial.set_user_attr("epochs_run", epoch)
+            if self.on_epoch is not None:
+                self.on_epoch()
             twin = find_twin(trial.study, trial, training=True)  # an older trial took the same draw meanwhile
             if twin is not None:
                 trial.set_user_attr("duplicate_of", twin.number)
@@ -147,7 +157,7 @@ class Objective:
                     trial.set_user_attr("reason", f"pruned after epoch {epoch} (val acc {row['val_acc']:.2f}%)")
                     raise optuna.TrialPruned()
 
-        limits = Limits(max_params=s.max_params, max_epochs=19)
+        limits = Limits(max_params=s.max_params)  # and the assignment's epochs
         try:
             result = run_experiment(
                 spec,

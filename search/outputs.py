@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_challenge.files import write_atomic, write_text_atomic
+from mnist_challenge.common.files import write_atomic, write_text_atomic
 
 from .space import spec_of_trial
 

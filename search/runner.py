@@ -18,14 +18,15 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from mnist_challenge import UserError
-from mnist_challenge.errors import EnvironmentFault, check_interrupted, environment_fault, set_crash_log
-from mnist_challenge.experiment import load_data
-from mnist_challenge.train import TrainConfig
-from mnist_challenge.validate import SEED_MAX, make_dir
+from mnist_challenge.common.errors import EnvironmentFault, check_interrupted, environment_fault, set_crash_log
+from mnist_challenge.common.validate import SEED_MAX, make_dir
+from mnist_challenge.engine.train import TrainConfig
+from mnist_challenge.runs.experiment import load_data
 
 from .artifacts import ARTIFACT_DIR, sync_study
 from .objective import Objective, SearchSettings
 from .outputs import export, plot, summary_table
+from .progress import EpochBar, trial_epochs
 from .space import SPACE_VERSION
 from .storage import make_storage, retry_trial
 from .workers import Workers, watch
@@ -163,7 +164,7 @@ def refuse_earlier_runs(study_dir: Path) -> None:
 
 
 def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> None:
-    """One worker process (or the main process when there is one worker)."""
+    """One worker process (or the main process when there is one worker, which then shows the epoch bar)."""
     import torch
 
     if plan.settings.base.threads:
@@ -171,13 +172,23 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(plan, worker)
     data = load_data(plan.settings.base, plan.data_dir)
+    epochs = plan.settings.base.epochs
+    bar = EpochBar(stage_name(plan), n_trials * epochs) if progress else None
+    counted = {"done": 0, "less": 0}  # epochs trained, and planned epochs the finished trials did not need
+
+    def epoch_done() -> None:
+        counted["done"] += 1
+        if bar is not None:
+            bar.show(counted["done"])
+
     objective = Objective(
-        dataclasses.replace(plan.settings, space_version=space_version_of(study)), data, progress=False
+        dataclasses.replace(plan.settings, space_version=space_version_of(study)), data, on_epoch=epoch_done
     )
-    bar = tqdm(total=n_trials, desc="trials", unit="trial", disable=None if progress else True)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        bar.update(1)
+        counted["less"] += max(0, epochs - int(trial.user_attrs.get("epochs_run", 0) or 0))
+        if bar is not None:
+            bar.show(counted["done"], n_trials * epochs - counted["less"])
         value = f"{trial.values[0]:.2f}%" if trial.values else trial.user_attrs.get("reason", trial.state.name)
         tqdm.write(f"trial {trial.number} {trial.state.name}: {value}")
         export(study, plan.settings.study_dir, plan.settings.multi_objective)
@@ -209,7 +220,6 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
                         f"trial {started[-1].number if started else '?'} was taken over by another worker (its "
                         f"heartbeat went stale); it is queued again"
                     )
-                    bar.update(1)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one: optuna has marked the trial FAIL
         if started:
             retry_interrupted(study, started[-1].number)
@@ -223,7 +233,14 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
             retry_interrupted(study, started[-1].number)
         raise fault from None
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+
+
+def stage_name(plan: RunPlan) -> str:
+    """The bar's label: a staged search's screening stage, or the plain search's trials."""
+    epochs = plan.settings.base.epochs
+    return f"screen ({epochs} epochs)" if plan.budget is not None else f"trials ({epochs} epochs)"
 
 
 @contextlib.contextmanager
@@ -288,11 +305,13 @@ def run_search(plan: RunPlan) -> optuna.Study:
             plan.n_trials // plan.workers + (1 if i < plan.n_trials % plan.workers else 0) for i in range(plan.workers)
         ]
         workers = Workers([(worker_main, (plan, i, n, False)) for i, n in enumerate(shares) if n > 0], search_log(s))
-        bar = tqdm(total=plan.n_trials, desc=f"trials ({len(workers.procs)} workers)", unit="trial")
+        epochs = s.base.epochs
+        bar = EpochBar(f"{stage_name(plan)}, {len(workers.procs)} workers", plan.n_trials * epochs)
+        known = {t.number for t in study.get_trials(deepcopy=False) if t.state in FINISHED}
 
         def tick() -> None:
-            done = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]) - before
-            bar.update(max(0, done - bar.n))
+            done, less = trial_epochs(study.get_trials(deepcopy=False), known, epochs)
+            bar.show(done, plan.n_trials * epochs - less)
 
         try:
             watch(workers, tick)

@@ -1,6 +1,6 @@
 """The search space: ``suggest_spec(trial)`` and ``suggest_recipe(trial)``, nothing else.
 
-Model construction lives in ``mnist_challenge.model``; here only choices are made, so the params of
+Model construction lives in ``mnist_challenge.architecture.model``; here only choices are made, so the params of
 any finished trial turn back into the same spec by replaying them (``spec_from_params``).
 
 Two versions of the architecture space exist; a study keeps the one it was created with
@@ -18,8 +18,8 @@ from typing import Any
 import optuna
 
 from mnist_challenge import ArchSpec, ConvBlock, UserError
-from mnist_challenge.spec import BLOCK_KINDS, DILATION, MAX_CHANNELS
-from mnist_challenge.train import TrainConfig
+from mnist_challenge.architecture.spec import BLOCK_KINDS, DILATION, MAX_CHANNELS
+from mnist_challenge.engine.train import TrainConfig
 
 from .budget import fit_to_cap, width
 
@@ -174,9 +174,19 @@ def spec_of_trial(trial: optuna.trial.FrozenTrial, study_name: str) -> ArchSpec:
     return spec_from_params(trial.params, study_name, trial.number)
 
 
-RECIPE_KEYS = frozenset(
-    {"lr", "batch_size", "schedule", "step_size", "rotation", "translate", "weight_decay"}
-)  # drawn by suggest_recipe
+# The recipe fields a trial draws (any space version), in the order its record lists them; a subset of the
+# engine's recipe (mnist_challenge.engine.train.RECIPE_KEYS).
+RECIPE_FIELDS = (
+    "lr",
+    "batch_size",
+    "schedule",
+    "step_size",
+    "rotation",
+    "translate",
+    "weight_decay",
+    "label_smoothing",
+)
+RECIPE_KEYS = frozenset(RECIPE_FIELDS) - {"label_smoothing"}  # version 1 draws all but label smoothing
 
 
 # Version 1's recipe ranges (inclusive), read by suggest_recipe and by params_from_spec's check of an
@@ -216,18 +226,6 @@ def spec_from_params(params: dict[str, Any], name: str = "search", number: int =
 
 def recipe_from_params(params: dict[str, Any], base: TrainConfig) -> TrainConfig:
     return suggest_recipe(optuna.trial.FixedTrial(params), base)
-
-
-RECIPE_FIELDS = (
-    "lr",
-    "batch_size",
-    "schedule",
-    "step_size",
-    "rotation",
-    "translate",
-    "weight_decay",
-    "label_smoothing",
-)
 
 
 def fitted_recipe(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:

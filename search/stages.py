@@ -29,78 +29,19 @@ import optuna
 from tqdm.auto import tqdm
 
 from mnist_challenge import ArchSpec, UserError, build_model, count_params
-from mnist_challenge.checker import Limits
-from mnist_challenge.errors import TrainingDiverged
-from mnist_challenge.files import try_lock, write_text_atomic
-from mnist_challenge.runlog import read_epochs
-from mnist_challenge.train import TrainConfig
-from mnist_challenge.validate import make_dir
+from mnist_challenge.common.errors import TrainingDiverged
+from mnist_challenge.common.files import try_lock, write_text_atomic
+from mnist_challenge.common.validate import make_dir
+from mnist_challenge.engine.train import TrainConfig
+from mnist_challenge.runs.budgets import Budget
+from mnist_challenge.runs.checker import Limits
+from mnist_challenge.runs.runlog import read_epochs
 
+from .progress import EpochBar, Ticker, rows_in
 from .workers import run_pool
 
 LEARNED = 50.0  # validation accuracy (%) above which a design counts as having learned (chance is ~10 %)
 NEAR_TIE = 0.05  # validation points: confirmed designs closer than this count as tied; fewer parameters wins
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A named parameter budget and how its search is staged."""
-
-    name: str
-    max_params: int  # strictly fewer parameters
-    epochs: int  # full fidelity: the schedule the winner is trained with
-    # Shorter complete schedules before the full one. The fidelity study (logs/search/fidelity/tiny) ranked 20
-    # designs at 4 epochs with Spearman 0.96 against 15 (0.95 at 8, 0.89 at 2): one 4-epoch rung suffices.
-    rungs: tuple[int, ...] = (4,)
-    screen: int = 60  # designs drawn and trained at the first rung
-    keep: float = 1 / 3  # fraction of each rung promoted to the next
-    confirm: int = 5  # designs retrained with more seeds at full fidelity
-    seeds: int = 3  # seeds per confirmed design, the full-fidelity run included
-
-    @property
-    def ladder(self) -> tuple[int, ...]:
-        return (*self.rungs, self.epochs)
-
-    def record(self) -> dict[str, Any]:
-        """What a study stores of its budget (JSON), and what a resumed command must match."""
-        return {
-            "name": self.name,
-            "max_params": self.max_params,
-            "ladder": list(self.ladder),
-            "screen": self.screen,
-            "keep": self.keep,
-            "confirm": self.confirm,
-            "seeds": self.seeds,
-        }
-
-
-BUDGETS = {
-    "assignment": Budget("assignment", 20_000, 19),  # < 20,000 params, < 20 epochs
-    "compact": Budget("compact", 8_000, 15),
-    "tiny": Budget("tiny", 5_000, 15),
-    "micro": Budget("micro", 4_000, 15),
-}
-
-
-def budget_from_args(
-    name: str, rungs: str | None, screen: int | None, confirm: int | None, seeds: int | None
-) -> Budget:
-    """The named budget with any stage setting the command overrides."""
-    if name not in BUDGETS:
-        raise UserError(f"--budget {name!r}: one of {sorted(BUDGETS)}")
-    budget = BUDGETS[name]
-    if rungs is not None:
-        try:
-            parsed = tuple(int(r) for r in rungs.split(",") if r.strip())
-        except ValueError:
-            parsed = ()
-        if not parsed:  # ',' or '' is a typo, not "no short rung"
-            raise UserError(f"--rungs {rungs!r}: expected epochs separated by commas, e.g. 4,8") from None
-        if any(b <= a for a, b in zip(parsed, parsed[1:])) or any(not 1 <= r < budget.epochs for r in parsed):
-            raise UserError(f"--rungs {rungs!r}: increasing epochs, each under the budget's {budget.epochs}")
-        budget = replace(budget, rungs=parsed)
-    changes = {k: v for k, v in (("screen", screen), ("confirm", confirm), ("seeds", seeds)) if v is not None}
-    return replace(budget, **changes)
 
 
 # --- jobs: one design trained on one complete schedule with one seed ----------------------------------
@@ -138,7 +79,7 @@ def _init_worker(base: dict[str, Any], data_dir: str | None) -> None:
     global _worker_data
     import torch
 
-    from mnist_challenge.experiment import load_data
+    from mnist_challenge.runs.experiment import load_data
 
     cfg = TrainConfig.from_dict(base)
     torch.set_num_threads(cfg.threads or 1)
@@ -146,7 +87,7 @@ def _init_worker(base: dict[str, Any], data_dir: str | None) -> None:
 
 
 def _run_job(job: Job) -> tuple[int, str, float | None]:
-    from mnist_challenge.experiment import run_experiment
+    from mnist_challenge.runs.experiment import run_experiment
 
     cfg = TrainConfig.from_dict(job.recipe)
     try:
@@ -186,27 +127,40 @@ def run_jobs(jobs: list[Job], base: TrainConfig, data_dir: str | None, workers: 
     try:
         for job in todo:
             shutil.rmtree(job.run_dir, ignore_errors=True)
-        bar = tqdm(total=len(todo), desc=what, unit="run")
+        bar = EpochBar(what, sum(job.recipe["epochs"] for job in todo))
+        finished: set[str] = set()
+
+        def tick() -> None:  # a finished run planned what it ran (a diverged one stops early)
+            rows = {job.run_dir: rows_in(job.run_dir) for job in todo}
+            planned = sum(rows[j.run_dir] if j.run_dir in finished else j.recipe["epochs"] for j in todo)
+            bar.show(sum(rows.values()), planned)
+
+        def report(result: tuple[int, str, float | None]) -> None:
+            trial, run_dir, score = result
+            finished.add(run_dir)
+            tick()
+            tqdm.write(
+                f"trial {trial}: val acc {score:.2f}% ({run_dir})"
+                if score is not None
+                else f"trial {trial}: unfinished"
+            )
+
         try:
             if workers == 1:
                 _init_worker(base.to_dict(), data_dir)
-                for job in todo:
-                    _report(bar, _run_job(job))
+                ticker = Ticker(tick)
+                try:
+                    for job in todo:
+                        report(_run_job(job))
+                finally:
+                    ticker.stop()
             else:
                 initargs, log = (base.to_dict(), data_dir), home / "search.log"
-                run_pool(_run_job, todo, workers, _init_worker, initargs, lambda r: _report(bar, r), log)
+                run_pool(_run_job, todo, workers, _init_worker, initargs, report, log, tick)
         finally:
             bar.close()
     finally:
         os.close(lock)
-
-
-def _report(bar: tqdm, result: tuple[int, str, float | None]) -> None:
-    trial, run_dir, score = result
-    bar.update(1)
-    tqdm.write(
-        f"trial {trial}: val acc {score:.2f}% ({run_dir})" if score is not None else f"trial {trial}: unfinished"
-    )
 
 
 def job_for(trial: int, spec: ArchSpec, recipe: TrainConfig, epochs: int, seed: int, folder: Path) -> Job:
@@ -285,7 +239,7 @@ def run_stages(
     for epochs in budget.ladder[1:]:
         chosen = promote(rungs[-1]["entries"], budget.keep)
         jobs = [job(e, epochs, base.seed, study_dir / "rungs" / f"e{epochs}") for e in chosen]
-        run_jobs(jobs, base, data_dir, workers, f"rung {epochs} epochs", study_dir)
+        run_jobs(jobs, base, data_dir, workers, f"promote ({epochs} epochs)", study_dir)
         sync_study(study, study_dir, None)  # the rung's curves on optuna-dashboard as soon as they exist
         scored = [(e, j, score_of(j.run_dir)) for e, j in zip(chosen, jobs)]
         rungs.append(
@@ -297,7 +251,7 @@ def run_stages(
     top = sorted(rungs[-1]["entries"], key=lambda e: (-e.score, e.params))[: budget.confirm]
     seeds = [base.seed + k for k in range(1, budget.seeds)]
     jobs = [job(e, budget.epochs, seed, study_dir / "confirm") for e in top for seed in seeds]
-    run_jobs(jobs, base, data_dir, workers, "confirmation seeds", study_dir)
+    run_jobs(jobs, base, data_dir, workers, f"confirm ({budget.epochs} epochs)", study_dir)
     sync_study(study, study_dir, None)
     confirmed = []
     for e in top:

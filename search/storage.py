@@ -25,7 +25,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from mnist_challenge import UserError
-from mnist_challenge.validate import make_dir
+from mnist_challenge.common.validate import make_dir
 
 SUPPORTED = ("sqlite", "postgresql", "mysql")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_challenge import UserError
-from mnist_challenge.errors import (
+from mnist_challenge.common.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -175,9 +175,11 @@ def run_pool(
     initargs: tuple,
     on_result: Callable[[Any], None],
     log: Path,
+    tick: Callable[[], None] | None = None,
 ) -> None:
     """``fn(job)`` for every job in ``workers`` processes (each set up once by ``init``), ``on_result`` on each
-    result as it comes back. A worker that fails stops the pool with its exit code's error."""
+    result as it comes back, ``tick`` every ``POLL`` s (a progress bar). A worker that fails stops the pool
+    with its exit code's error."""
     ctx = mp.get_context("spawn")
     pipes = [ctx.Pipe() for _ in range(min(workers, len(jobs)))]
     pool = Workers([(_serve, (child, fn, init, initargs)) for _, child in pipes], log)
@@ -192,6 +194,8 @@ def run_pool(
     try:
         while any(busy.values()):
             check_interrupted()
+            if tick is not None:
+                tick()
             waiting = [c for c, b in busy.items() if b]
             ready = wait(waiting + [p.sentinel for p in pool.procs if p.exitcode is None], timeout=POLL)
             for conn in (r for r in ready if isinstance(r, Connection)):

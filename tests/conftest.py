@@ -25,6 +25,31 @@ def mnist_dir() -> Path:
     return path
 
 
+def make_bare_venv(folder: Path) -> Path:
+    """A fresh virtual environment whose Python sees this one's packages (torch, nbclient, ...) but not the kit;
+    its ``python``. The packages come through a path file listing this environment's site-packages, whose own
+    path files (the editable install of the kit that ``make`` makes among them) are not processed from there."""
+    import sysconfig
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(folder)
+    python = folder / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+@pytest.fixture(scope="session")
+def kitless_python(tmp_path_factory) -> Path:
+    """A Python in which ``import mnist_challenge`` fails (from any folder but the checkout)."""
+    return make_bare_venv(tmp_path_factory.mktemp("kitless") / "venv")
+
+
 def run_cli(
     *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:

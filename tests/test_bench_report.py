@@ -3,7 +3,7 @@
 import json
 
 from mnist_challenge import build_model, load_spec
-from mnist_challenge.model import count_params
+from mnist_challenge.architecture.model import count_params
 
 from .conftest import ROOT, run_cli
 from .test_checker import GOOD, make_run
@@ -45,8 +45,8 @@ def test_benchmark_smoke(mnist_dir, tmp_path):
 
 
 def test_suite_measures_every_side_and_ends_with_one_line_per_spec(mnist_dir, monkeypatch, capsys):
-    from mnist_challenge import suite
-    from mnist_challenge.data import MnistData, Split, load_mnist
+    from mnist_challenge.bench import suite
+    from mnist_challenge.engine.data import MnistData, Split, load_mnist
 
     monkeypatch.setattr(suite, "SUITE_SPECS", {"tiny-preset": "tiny", "missing": "/nonexistent/best_spec.json"})
     monkeypatch.setattr(suite, "THREADS", (1,))
@@ -152,7 +152,7 @@ def test_library_never_imports_the_search_driver():
 
 def test_readme_results_table_is_the_committed_runs_report(monkeypatch):
     """The README's table is generated; regenerate it (`report ... --update-readme README.md`) when runs change."""
-    from mnist_challenge.report import END, START, results_table
+    from mnist_challenge.runs.report import END, START, results_table
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split(START, 1)[1].split(END, 1)[0].strip().splitlines()
@@ -162,7 +162,7 @@ def test_readme_results_table_is_the_committed_runs_report(monkeypatch):
 
 
 def test_profile_prints_each_kind_of_op_as_a_share(mnist_dir):
-    from mnist_challenge.bench import main
+    from mnist_challenge.cli.bench import main
 
     from .conftest import call
 

@@ -3,9 +3,9 @@
 import json
 
 from mnist_challenge import ArchSpec, ConvBlock, build_model, load_spec
-from mnist_challenge.checker import Limits, check_run
-from mnist_challenge.inspector import inspect_module
-from mnist_challenge.runlog import RunDir
+from mnist_challenge.architecture.inspector import inspect_module
+from mnist_challenge.runs.checker import Limits, check_run
+from mnist_challenge.runs.runlog import RunDir
 
 from .conftest import run_cli
 

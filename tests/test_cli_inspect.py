@@ -29,7 +29,7 @@ REQUIRED = {"params", "params_unused", "macs", "receptive_field", "receptive_fie
 
 
 def test_inspect_spec_prints_torchsummary_and_our_table():
-    result = run_cli("mnist_challenge", "inspect", "--spec", "mnist_challenge/presets/classic.json")
+    result = run_cli("mnist_challenge", "inspect", "--spec", "mnist_challenge/architecture/presets/classic.json")
     assert result.returncode == 0, result.stderr
     assert "Total params" in result.stdout  # torchsummary's table
     assert "RF at the head's input" in result.stdout and "RF after GAP" in result.stdout

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from mnist_challenge import UserError, build_model, load_spec
-from mnist_challenge.cli import Parser, run_cli
-from mnist_challenge.cli import main as kit
-from mnist_challenge.data import download
-from mnist_challenge.errors import EXIT_INTERNAL, set_crash_log
-from mnist_challenge.inspector import inspect_module
-from mnist_challenge.runlog import RunDir, load_checkpoint
-from search.cli import main as search
+from mnist_challenge.architecture.inspector import inspect_module
+from mnist_challenge.cli.main import main as kit
+from mnist_challenge.common.contract import Parser, run_cli
+from mnist_challenge.common.errors import EXIT_INTERNAL, set_crash_log
+from mnist_challenge.engine.data import download
+from mnist_challenge.runs.runlog import RunDir, load_checkpoint
+from search.commands.main import main as search
 
 from .conftest import assert_one_error_line, call
 
@@ -122,7 +122,7 @@ def test_a_forward_that_raises_is_the_users_error(tmp_path):
 
 
 def test_bench_checks_its_json_path_first():
-    from mnist_challenge.bench import main as bench
+    from mnist_challenge.cli.bench import main as bench
 
     assert_one_error_line(call(bench, "--json", "/proc/no/such/figures.json", "--steps", "1"), "--json /proc/no")
 
@@ -331,7 +331,7 @@ def test_search_refuses_a_missing_gpu_and_an_unwritable_logs_folder(tmp_path, mn
 
 
 def test_nan_never_passes_a_number_check():
-    from mnist_challenge.validate import check_float, check_int
+    from mnist_challenge.common.validate import check_float, check_int
 
     for bad in (math.nan, math.inf, -math.inf, True, "1", None):
         with pytest.raises(UserError):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mnist_challenge import UserError
-from mnist_challenge.data import FILES, load_mnist, load_raw
+from mnist_challenge.engine.data import FILES, load_mnist, load_raw
 
 from .conftest import run_cli
 

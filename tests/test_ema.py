@@ -3,9 +3,9 @@
 import torch
 from torch import nn
 
-from mnist_challenge.ema import WeightEMA
-from mnist_challenge.runlog import load_checkpoint
-from mnist_challenge.train import TrainConfig
+from mnist_challenge.engine.ema import WeightEMA
+from mnist_challenge.engine.train import TrainConfig
+from mnist_challenge.runs.runlog import load_checkpoint
 
 from .test_train import small_run
 

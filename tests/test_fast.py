@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_challenge import build_model, fast, load_spec
-from mnist_challenge.fast import MaxPool2x2, PooledDropout, speed_up
+from mnist_challenge import build_model, load_spec
+from mnist_challenge.engine import fast
+from mnist_challenge.engine.fast import MaxPool2x2, PooledDropout, speed_up
 from tests.test_fused import require_kernels
 
 

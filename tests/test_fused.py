@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_challenge import build_model, load_spec, native
-from mnist_challenge.fused import ConvUnitTail, dropout_mask, fuse_conv_unit_tails
-from mnist_challenge.native import load_kernels, unavailable_reason
+from mnist_challenge import build_model, load_spec
+from mnist_challenge.engine import native
+from mnist_challenge.engine.fused import ConvUnitTail, dropout_mask, fuse_conv_unit_tails
+from mnist_challenge.engine.native import load_kernels, unavailable_reason
 
 
 def require_kernels() -> None:
@@ -122,8 +123,8 @@ def test_non_contiguous_input_runs_the_plain_layers():
 def test_without_a_compiler_nothing_is_fused_and_training_says_why(
     monkeypatch, tmp_path, mnist_dir, fresh_kernel_state
 ):
-    from mnist_challenge.data import load_mnist
-    from mnist_challenge.train import TrainConfig, train_model
+    from mnist_challenge.engine.data import load_mnist
+    from mnist_challenge.engine.train import TrainConfig, train_model
 
     data = load_mnist(str(mnist_dir), val_size=0, train_subset=512)
 

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import mnist_challenge.data as data_module
-import mnist_challenge.experiment as experiment_module
+import mnist_challenge.engine.data as data_module
+import mnist_challenge.runs.experiment as experiment_module
 import search.runner as runner_module
 from mnist_challenge import UserError, load_spec
-from mnist_challenge.cli import main as kit
-from mnist_challenge.runlog import load_checkpoint
-from search.cli import main as search
+from mnist_challenge.cli.main import main as kit
+from mnist_challenge.runs.runlog import load_checkpoint
+from search.commands.main import main as search
 
 from .conftest import call
 from .test_contract import make_run

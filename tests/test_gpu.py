@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mnist_challenge import build_model
-from mnist_challenge.inference import inference_copy
-from mnist_challenge.train import TrainConfig, prepare_model
+from mnist_challenge.engine.inference import inference_copy
+from mnist_challenge.engine.train import TrainConfig, prepare_model
 from tests.conftest import ROOT
 from tests.test_layouts import BN_PLACES, every_kind_spec, randomise_bn
 

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from torch import nn
 
 from mnist_challenge import ArchSpec, ConvBlock, build_model, load_spec
-from mnist_challenge.inspector import format_report, inspect_module
-from mnist_challenge.loading import torchvision_model, torchvision_published_params
+from mnist_challenge.architecture.inspector import format_report, inspect_module
+from mnist_challenge.architecture.loading import torchvision_model, torchvision_published_params
 
 from .test_spec import specs
 

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from mnist_challenge import build_model
-from mnist_challenge.errors import UserError
-from mnist_challenge.inference import inference_copy
-from mnist_challenge.spec import ArchSpec, ConvBlock
-from mnist_challenge.train import TrainConfig, prepare_model
+from mnist_challenge.architecture.spec import ArchSpec, ConvBlock
+from mnist_challenge.common.errors import UserError
+from mnist_challenge.engine.inference import inference_copy
+from mnist_challenge.engine.train import TrainConfig, prepare_model
 from tests.test_fused import require_kernels
 
 BN_PLACES = ("before_relu", "after_relu", "none")
@@ -122,8 +122,8 @@ def test_layout_auto_resolves_per_device_and_old_configs_keep_nchw():
 
 
 def test_a_run_records_the_layout_it_chose(mnist_dir, tmp_path):
-    from mnist_challenge.experiment import run_experiment
-    from mnist_challenge.spec import load_spec
+    from mnist_challenge.architecture.spec import load_spec
+    from mnist_challenge.runs.experiment import run_experiment
 
     cfg = TrainConfig(epochs=1, train_subset=256, val_size=256, device="cpu", threads=1)
     result = run_experiment(load_spec("tiny"), cfg, tmp_path / "run", data_dir=mnist_dir, progress=False, echo=False)

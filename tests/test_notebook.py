@@ -5,16 +5,15 @@ notebooks carry their full logs and a verdict."""
 import json
 import os
 import subprocess
-import sys
 
 import nbformat
 import pytest
 import torch
 
 from mnist_challenge import ArchSpec, build_model, count_params, load_spec
-from mnist_challenge.cli import main as kit
-from mnist_challenge.notebook import model_code
-from mnist_challenge.runlog import load_checkpoint
+from mnist_challenge.cli.main import main as kit
+from mnist_challenge.export.notebook import model_code
+from mnist_challenge.runs.runlog import load_checkpoint
 
 from .conftest import ROOT, assert_one_error_line, call
 
@@ -83,11 +82,11 @@ def test_bad_input_is_one_error_line(tmp_path):
     assert_one_error_line(call(kit, "export-notebook", str(RUN), "-o", str(tmp_path / "x.txt")), "ends in .ipynb")
 
 
-def _execute_without_the_kit(notebook, folder, mnist_dir):
-    """Run a notebook in smoke mode from ``folder`` in a fresh process where the kit is not importable."""
+def _execute_without_the_kit(notebook, folder, mnist_dir, python):
+    """Run a notebook in smoke mode from ``folder`` with ``python``, where the kit is not importable."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(KIT_NOTEBOOK_SMOKE="1", MNIST_DATA_DIR=str(mnist_dir.resolve()))
-    probe = subprocess.run([sys.executable, "-c", "import mnist_challenge"], cwd=folder, env=env, capture_output=True)
+    probe = subprocess.run([python, "-c", "import mnist_challenge"], cwd=folder, env=env, capture_output=True)
     assert probe.returncode != 0, "the kit is importable from the empty folder: the test would prove nothing"
     script = (
         "import sys, nbformat\n"
@@ -99,9 +98,7 @@ def _execute_without_the_kit(notebook, folder, mnist_dir):
         "NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': '.'}}).execute()\n"
         "nbformat.write(nb, 'executed.ipynb')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(notebook)], cwd=folder, env=env, capture_output=True, text=True
-    )
+    result = subprocess.run([python, "-c", script, str(notebook)], cwd=folder, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return _outputs(nbformat.read(folder / "executed.ipynb", as_version=4))
 
@@ -110,14 +107,14 @@ def _outputs(nb) -> str:
     return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
-def test_an_exported_notebook_runs_without_the_kit(tmp_path, mnist_dir):
+def test_an_exported_notebook_runs_without_the_kit(tmp_path, mnist_dir, kitless_python):
     out = tmp_path / "out" / "submission.ipynb"
     out.parent.mkdir()
     code, stdout, err = call(kit, "export-notebook", str(RUN), "-o", str(out), "--max-params", "5000")
     assert code == 0 and out.is_file(), err
     empty = tmp_path / "empty"
     empty.mkdir()
-    text = _execute_without_the_kit(out, empty, mnist_dir)
+    text = _execute_without_the_kit(out, empty, mnist_dir, kitless_python)
     assert "EPOCH  1/1" in text and "Total params" in text and "fewer than 5,000 parameters" in text
     assert "VERDICT: FAIL (smoke mode)" in text  # one epoch cannot pass the last-3-epochs rule
     assert sorted(p.name for p in empty.iterdir()) == ["executed.ipynb"]  # local data: nothing downloaded
@@ -127,12 +124,12 @@ COMMITTED = sorted((ROOT / "notebooks").glob("submission_*.ipynb"))
 
 
 @pytest.mark.parametrize("notebook", COMMITTED, ids=[p.stem for p in COMMITTED])
-def test_committed_notebooks_show_full_logs_and_run_without_the_kit(notebook, tmp_path, mnist_dir):
+def test_committed_notebooks_show_full_logs_and_run_without_the_kit(notebook, tmp_path, mnist_dir, kitless_python):
     nb = nbformat.read(notebook, as_version=4)
     logged = _outputs(nb)
     epochs = [line for line in logged.splitlines() if line.startswith("EPOCH ")]
     assert len(epochs) >= 15 and logged.strip().splitlines()[-1].startswith("VERDICT: ")
-    text = _execute_without_the_kit(notebook, tmp_path, mnist_dir)
+    text = _execute_without_the_kit(notebook, tmp_path, mnist_dir, kitless_python)
     assert "EPOCH  1/1" in text and "VERDICT:" in text
 
 
@@ -164,3 +161,49 @@ def test_every_committed_run_exports(tmp_path):
         assert code == 0, (run, err)
         spec = ArchSpec.load(run / "spec.json")
         assert f"{count_params(build_model(spec)):,} parameters" in out.read_text()
+
+
+TEMPLATES = sorted(
+    p.stem for p in (ROOT / "mnist_challenge" / "export" / "templates").glob("*.py") if p.stem not in ("__init__",)
+)
+
+
+@pytest.mark.parametrize("template", [t for t in TEMPLATES if t != "generated"])
+def test_every_cell_template_has_its_cell_and_compiles(template):
+    from mnist_challenge.export.notebook import cell_source
+
+    code = cell_source(template)
+    compile(code, f"<cell {template}>", "exec")  # the cell alone is valid Python
+    assert "# --- cell ---" not in code and not code.startswith("\n")
+
+
+def test_the_training_helpers_template_matches_the_kit():
+    """The notebook's augmentation at zero strength is the identity, its EMA follows the kit's warm-up, and its
+    evaluation agrees with a plain loop: imported from the template file itself."""
+    import torch
+
+    from mnist_challenge.engine.ema import WeightEMA as KitEMA
+    from mnist_challenge.export.templates import training_helpers as cell
+
+    x = torch.randn(4, 1, 28, 28)
+    still = dict(rotation=0, translate=0, scale=0, shear=0)
+    assert torch.equal(cell.random_affine(x, torch.Generator().manual_seed(0), still), x)
+    moved = cell.random_affine(x, torch.Generator().manual_seed(0), still | {"rotation": 15})
+    assert moved.shape == x.shape and not torch.equal(moved, x)
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 10, 28), torch.nn.Flatten(), torch.nn.LogSoftmax(dim=1))
+    ours, kit = cell.WeightEMA(net, 0.9), KitEMA(net, 0.9)
+    for _ in range(3):
+        with torch.no_grad():
+            net[0].weight.add_(0.1)
+        ours.update()
+        kit.update()
+    assert torch.allclose(ours.shadow[0], kit.shadow[0])
+
+    labels = torch.randint(0, 10, (4,))
+    loss, acc = cell.evaluate(net, x, labels)
+    with torch.no_grad():
+        out = net(x)
+    assert acc == 100.0 * (out.argmax(1) == labels).float().mean().item()
+    assert loss == pytest.approx(torch.nn.functional.nll_loss(out, labels).item(), rel=1e-5)

@@ -24,9 +24,9 @@ import torch
 from optuna.trial import TrialState
 
 from mnist_challenge import load_spec
-from mnist_challenge.cli import main as kit
-from mnist_challenge.errors import UserError
-from search.cli import main as search
+from mnist_challenge.cli.main import main as kit
+from mnist_challenge.common.errors import UserError
+from search.commands.main import main as search
 
 from .conftest import ROOT, assert_one_error_line, call, run_cli
 from .test_contract import make_run
@@ -93,7 +93,7 @@ def test_without_spec_json_an_edited_param_count_cannot_pass(tmp_path):
 
 
 def test_a_checkpoint_of_another_network_fails_and_is_not_exported(tmp_path):
-    from mnist_challenge.model import build_model
+    from mnist_challenge.architecture.model import build_model
 
     run = make_run(tmp_path / "r", GOOD)
     other = load_spec("compact")
@@ -116,7 +116,7 @@ def test_a_checkpoint_of_another_network_fails_and_is_not_exported(tmp_path):
 
 # --- exclusive run directories and stage jobs ----------------------------------------------------------------
 def test_one_run_directory_cannot_be_written_by_two_runs(tmp_path):
-    from mnist_challenge.runlog import RunDir
+    from mnist_challenge.runs.runlog import RunDir
 
     first = RunDir(tmp_path / "r")
     with pytest.raises(UserError, match="being written by another command"):
@@ -140,8 +140,8 @@ def test_two_trains_with_one_name_never_interleave(tmp_path, mnist_dir):
 
 
 def test_a_second_command_on_a_running_stage_is_refused(tmp_path):
-    from mnist_challenge.files import try_lock
-    from mnist_challenge.train import TrainConfig
+    from mnist_challenge.common.files import try_lock
+    from mnist_challenge.engine.train import TrainConfig
     from search import stages
 
     job = stages.job_for(0, load_spec("tiny"), TrainConfig(), 2, 0, tmp_path / "rungs" / "e2")
@@ -314,7 +314,7 @@ def test_sigterm_to_a_two_worker_stage_pool_never_hangs(tmp_path, mnist_dir):
 def test_a_second_signal_is_ignored_and_a_third_exits_at_once():
     code = (
         "import os, signal, time\n"
-        "from mnist_challenge.errors import install_stop_handlers\n"
+        "from mnist_challenge.common.errors import install_stop_handlers\n"
         "install_stop_handlers()\n"
         "try:\n"
         "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(1)\n"
@@ -330,7 +330,7 @@ def test_a_second_signal_is_ignored_and_a_third_exits_at_once():
 def test_a_trial_stopped_by_a_full_disk_is_queued_again_and_exits_2(tmp_path, mnist_dir, monkeypatch):
     import errno
 
-    from mnist_challenge import runlog
+    from mnist_challenge.runs import runlog
 
     def disk_full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(self.path / "epochs.csv"))
@@ -418,7 +418,7 @@ def test_duplicate_and_unknown_keys_in_a_spec(tmp_path):
 
 
 def test_unreadable_data_and_a_diverging_recipe(tmp_path, mnist_dir, monkeypatch):
-    from mnist_challenge import data, train
+    from mnist_challenge.engine import data, train
 
     original = Path.read_bytes
 
@@ -435,7 +435,7 @@ def test_unreadable_data_and_a_diverging_recipe(tmp_path, mnist_dir, monkeypatch
     def diverging(*args, **kwargs):
         raise train.TrainingDiverged("training diverged in epoch 1 (loss nan); lower the learning rate")
 
-    import mnist_challenge.experiment as experiment
+    import mnist_challenge.runs.experiment as experiment
 
     monkeypatch.setattr(experiment, "train_model", diverging)
     args = ["train", "--spec", "tiny", "--epochs", "1", "--train-subset", "300", "--val-size", "100"]

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
 
-from mnist_challenge.spec import load_spec
-from mnist_challenge.train import TrainConfig
+from mnist_challenge.architecture.spec import load_spec
+from mnist_challenge.engine.train import TrainConfig
 from search.objective import SearchSettings, check_constraints
 from search.space import (
     CHANNELS,
@@ -287,7 +287,7 @@ def test_a_known_spec_turns_into_params_that_draw_it_again(preset):
 
 
 def test_enqueue_with_recipe_values():
-    from search.cli import enqueued_params
+    from search.plan import enqueued_params
 
     params = enqueued_params("compact:lr=0.1,schedule=step,step_size=4", TrainConfig(), 8_001)
     assert recipe_from_params(params, TrainConfig()) == TrainConfig(lr=0.1, schedule="step", step_size=4)

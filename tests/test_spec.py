@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mnist_challenge import ArchSpec, ConvBlock, UserError, build_model, count_params, load_spec
-from mnist_challenge.spec import BATCHNORM_CHOICES, BLOCK_KINDS, DILATION, DROPOUT_PLACES, HEAD_CHOICES
+from mnist_challenge.architecture.spec import BATCHNORM_CHOICES, BLOCK_KINDS, DILATION, DROPOUT_PLACES, HEAD_CHOICES
 
 
 @st.composite

@@ -8,10 +8,12 @@ import optuna
 import pytest
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 
+import mnist_challenge.runs.budgets as budgets
 import search.stages as stages
 from mnist_challenge import UserError
-from search.cli import main as search
-from search.stages import Budget, Entry, budget_from_args, promote, spearman, winner_of
+from mnist_challenge.runs.budgets import Budget, resolve_budget
+from search.commands.main import main as search
+from search.stages import Entry, promote, spearman, winner_of
 
 from .conftest import assert_one_error_line, call
 
@@ -46,10 +48,10 @@ def test_spearman_against_known_values():
 
 
 def test_budget_settings_are_checked():
-    assert budget_from_args("tiny", "3,6", 10, 2, 4).ladder == (3, 6, 15)
+    assert resolve_budget("tiny", "3,6", 10, 2, 4).ladder == (3, 6, 15)
     for rungs in ("6,3", "0", "15", "a,b"):
         with pytest.raises(UserError, match="--rungs"):
-            budget_from_args("tiny", rungs, None, None, None)
+            resolve_budget("tiny", rungs, None, None, None)
 
 
 @pytest.mark.parametrize(
@@ -69,7 +71,7 @@ def test_budget_flags_that_clash_are_refused_before_anything_is_written(tmp_path
 @pytest.fixture
 def short_budget(monkeypatch):
     """The tiny budget with a 2-epoch full schedule, so a whole staged search runs in seconds."""
-    monkeypatch.setitem(stages.BUDGETS, "tiny", Budget("tiny", 5_000, 2))
+    monkeypatch.setitem(budgets.BUDGETS, "tiny", Budget("tiny", 5_000, 2))
 
 
 def test_a_budget_screens_promotes_confirms_and_resumes(tmp_path, mnist_dir, short_budget):
@@ -161,10 +163,10 @@ def test_the_fidelity_study_scores_every_design_on_every_schedule(tmp_path, mnis
 
 
 def test_a_run_that_diverges_scores_zero_and_is_not_retried(tmp_path, monkeypatch):
-    import mnist_challenge.experiment as experiment
+    import mnist_challenge.runs.experiment as experiment
     from mnist_challenge import load_spec
-    from mnist_challenge.errors import TrainingDiverged
-    from mnist_challenge.train import TrainConfig
+    from mnist_challenge.common.errors import TrainingDiverged
+    from mnist_challenge.engine.train import TrainConfig
 
     calls = []
 

@@ -5,9 +5,9 @@ import csv
 import torch
 
 from mnist_challenge import load_spec
-from mnist_challenge.experiment import run_experiment
-from mnist_challenge.runlog import load_checkpoint
-from mnist_challenge.train import TrainConfig
+from mnist_challenge.engine.train import TrainConfig
+from mnist_challenge.runs.experiment import run_experiment
+from mnist_challenge.runs.runlog import load_checkpoint
 
 from .conftest import run_cli
 

@@ -1,0 +1,335 @@
+"""Receptive field, parameters and MACs of any ``nn.Module``, by watching one real forward pass.
+
+Why a forward pass and not ``nn.Sequential`` arithmetic: residual adds, concatenations, crops and
+functional calls (``F.max_pool2d``, ``torch.flatten``, ``x.mean((2, 3))``) all change what an output
+unit can see, and they only show up when the graph runs. A ``TorchFunctionMode`` sees every torch op
+as it is called; module hooks say which layer is running. Every tensor carries its *geometry*: for
+each spatial dimension, the interval of input pixels ``[lo, hi]`` that output unit 0 depends on, and
+the *jump* (input pixels between neighbouring units). Unit ``i`` then sees ``[lo + i*jump, hi + i*jump]``
+and the receptive field is ``hi - lo + 1``. Where paths merge (add, cat, multiply) the intervals are
+united, so the RF is the maximum over paths.
+
+Two receptive fields are reported:
+
+* ``receptive_field_head`` - one unit of the last feature map *before* global aggregation (the input of
+  GAP / flatten): how much of the image a single location of the final feature map sees. This is the
+  number the course asks for ("RF at the end should be >= the image size").
+* ``receptive_field`` - one unit of the model's output, *after* GAP: it spans every position of the
+  head's input map, so it is the head RF plus (map side - 1) x jump. Both are theoretical values and can
+  exceed the image side because zero padding is counted.
+
+Parameters are counted once per tensor (shared modules are not double counted, unlike torchsummary);
+parameters that never reach an op during ``forward`` are reported separately as unused. MACs count
+multiply-accumulates of convolutions, linear layers and matrix products, for one sample.
+
+The geometry is in ``geometry``; how each op changes it, and its MACs, in ``op_rules`` (a table of small
+functions); here, the tracer that applies them to every op of a forward pass, and the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+if TYPE_CHECKING:
+    from mnist_challenge.architecture.spec import ArchSpec
+
+from mnist_challenge.architecture.geometry import Axis, TensorMeta, as_int, tensors
+from mnist_challenge.architecture.op_rules import (
+    FC_OPS,
+    META_OPS,
+    QUIET_OPS,
+    OpCall,
+    follow_moved,
+    macs_of,
+    propagate,
+)
+
+
+@dataclass
+class LayerRow:
+    name: str
+    type: str
+    out_shape: list[int]
+    rf: int | float | None  # largest RF over the spatial axes of this layer's output
+    jump: int | float | None
+    params: int
+    macs: int
+    rf_axes: list[int | float] | None = None  # RF along each spatial axis (H, W), where they may differ
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Report:
+    """What ``inspect_module`` found; ``as_dict`` is the ``--json`` output."""
+
+    input_size: tuple[int, ...]
+    layers: list[LayerRow]
+    params: int  # parameters that take part in forward, each shared tensor once
+    params_unused: int  # parameters of the module that forward never touched
+    params_total: int
+    trainable_params: int
+    macs: int
+    receptive_field: int | float | None  # one output unit, after global pooling
+    receptive_field_head: int | float | None  # one unit of the map entering the head (before GAP/flatten)
+    has_linear: bool
+    linear_layers: list[str] = field(default_factory=list)
+    unused_modules: list[str] = field(default_factory=list)
+    rf_untracked_past: str | None = None  # the op the tracer could not follow: no RF is reported past it
+    receptive_field_head_axes: list[int | float] | None = None  # the head RF along each spatial axis (H, W)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["input_size"] = list(self.input_size)
+        d["layers"] = [row.as_dict() for row in self.layers]
+        return d
+
+
+class _Tracer(TorchFunctionMode):
+    """Propagates geometry through every op and attributes MACs and rows to the running layer."""
+
+    def __init__(self, model: nn.Module, spatial_dims: int) -> None:
+        super().__init__()
+        self.k = spatial_dims
+        self.geo: dict[int, TensorMeta] = {}
+        self.used_params: set[int] = set()
+        self.param_ids = {id(p) for p in model.parameters()}
+        self.stack: list[str] = []  # names of the modules currently running, outermost first
+        self.leaf_macs: list[int] = []  # MACs accumulated by the leaf module that is running
+        self.rows: list[LayerRow] = []
+        self.params_only: dict[int, torch.Tensor] = {}  # tensors computed from parameters alone (W.T, W * 2 ...)
+        self.fc_sites: list[str] = []  # where a parameter met activations in a matmul-like op
+
+    # --- tensor metadata ---------------------------------------------------------------------------
+    def mark(self, t: torch.Tensor, meta: TensorMeta) -> None:
+        self.geo[id(t)] = meta._replace(tensor=t)
+
+    def lookup(self, t: torch.Tensor) -> TensorMeta | None:
+        entry = self.geo.get(id(t))
+        return entry if entry is not None and entry.tensor is t else None
+
+    def rf_of(self, t: Any) -> tuple[int | float | None, int | float | None]:
+        """The largest RF and jump over the spatial axes (None past an op the tracer cannot follow)."""
+        axes = self.rf_axes(t)
+        if axes is None:
+            return None, None
+        found = self.lookup(t)
+        return max(axes), as_int(max(a.jump for a in found.geometry))
+
+    def rf_axes(self, t: Any) -> list[int | float] | None:
+        found = self.lookup(t) if isinstance(t, torch.Tensor) else None
+        if found is None or found.lost:
+            return None
+        return [as_int(a.rf) for a in found.geometry]
+
+    # --- the op hook ----------------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", str(func))
+        if name in META_OPS:
+            return out
+        operands = list(tensors((args, kwargs)))
+        for t in operands:
+            if id(t) in self.param_ids:
+                self.used_params.add(id(t))
+        from_params = [t for t in operands if self.is_param_like(t)]
+        if from_params and len(from_params) == len(operands):
+            for t in tensors(out):
+                self.params_only[id(t)] = t  # kept alive so that the id is not reused
+        elif from_params and name in FC_OPS:
+            self.fc_sites.append(f"{self.stack[-1]}.{name}" if self.stack else name)
+        if name == "__get__":  # W.T, W.data ...: followed above, no row of its own
+            return out
+        outputs = list(tensors(out))
+        if not outputs:
+            return out
+        first = outputs[0]
+        inputs = [(t, m) for t in tensors(args) if (m := self.lookup(t)) is not None]
+        if inputs:
+            lost = next((m for _, m in inputs if m.lost), None)
+            if lost is not None:
+                meta = lost
+            else:
+                x, first_meta = inputs[0]
+                call = OpCall(name, args, kwargs, x, first_meta, first, self.k)
+                meta = follow_moved(call, inputs) if any(m.moved for _, m in inputs) else propagate(call, inputs)
+            for t in outputs:
+                if t.dim() == first.dim():
+                    self.mark(t, meta)
+        macs = macs_of(name, args, kwargs, first)
+        if len(self.stack) and self.leaf_macs:
+            self.leaf_macs[-1] += macs
+        elif name not in QUIET_OPS:
+            rf, jump = self.rf_of(first)
+            where = self.stack[-1] + "." if self.stack else ""
+            self.rows.append(
+                LayerRow(f"{where}{name}", f"op:{name}", list(first.shape), rf, jump, 0, macs, self.rf_axes(first))
+            )
+        return out
+
+    def is_param_like(self, t: torch.Tensor) -> bool:
+        return id(t) in self.param_ids or self.params_only.get(id(t)) is t
+
+
+def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
+    """Run one sample of shape ``input_size`` (C, H, W) through ``model`` in eval mode and report."""
+    k = len(input_size) - 1
+    tracer = _Tracer(model, k)
+    names = {m: n or type(model).__name__ for n, m in model.named_modules()}
+    counted: set[int] = set()  # parameter tensors already shown in a row (shared ones count once)
+
+    def pre_hook(module: nn.Module, _inputs: Any) -> None:
+        tracer.stack.append(names[module])
+        if not any(True for _ in module.children()):
+            tracer.leaf_macs.append(0)
+
+    def post_hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+        tracer.stack.pop()
+        if any(True for _ in module.children()):
+            return
+        macs = tracer.leaf_macs.pop()
+        own = [p for p in module.parameters(recurse=False) if id(p) not in counted]
+        counted.update(id(p) for p in own)
+        first = next(iter(tensors(output)), None)
+        shape = list(first.shape) if first is not None else []
+        rf, jump = tracer.rf_of(first)
+        tracer.rows.append(
+            LayerRow(
+                names[module],
+                type(module).__name__,
+                shape,
+                rf,
+                jump,
+                sum(p.numel() for p in own),
+                macs,
+                tracer.rf_axes(first),
+            )
+        )
+
+    was_training = model.training
+    model.eval()
+    x = torch.randn(1, *input_size)
+    tracer.mark(x, TensorMeta(x, tuple(Axis(Fraction(0), Fraction(0), Fraction(1)) for _ in range(k)), True))
+    with ExitStack() as stack:
+        for module in model.modules():
+            stack.callback(module.register_forward_pre_hook(pre_hook).remove)
+            stack.callback(module.register_forward_hook(post_hook).remove)
+        with torch.no_grad(), tracer:
+            output = model(x)
+    model.train(was_training)
+
+    unique = {id(p): p for p in model.parameters()}
+    used = sum(p.numel() for i, p in unique.items() if i in tracer.used_params)
+    total = sum(p.numel() for p in unique.values())
+    out = next(iter(tensors(output)), None)
+    rf, _ = tracer.rf_of(out)
+    final = tracer.lookup(out) if isinstance(out, torch.Tensor) else None
+    untracked = final.lost if final is not None else None
+    # The head's input is the map the output's own path last aggregated (GAP, flatten); a net that ends
+    # in a map without aggregating (a valid conv down to 1x1) has its output unit's RF there.
+    if untracked or final is None:
+        head_axes = None
+    else:
+        head_axes = [as_int(h) for h in final.head] if final.head is not None else tracer.rf_axes(out)
+    head_rf = max(head_axes) if head_axes else None
+    linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Bilinear, nn.LazyLinear))]
+    linear += [
+        site for site in dict.fromkeys(tracer.fc_sites) if site.rsplit(".", 1)[0] not in linear
+    ]  # functional FC layers
+    unused_modules = [  # modules none of whose own parameters reached an op (used directly counts too)
+        n
+        for n, m in model.named_modules()
+        if any(True for _ in m.parameters(recurse=False))
+        and not any(id(p) in tracer.used_params for p in m.parameters(recurse=False))
+    ]
+    return Report(
+        input_size=tuple(input_size),
+        layers=tracer.rows,
+        params=used,
+        params_unused=total - used,
+        params_total=total,
+        trainable_params=sum(p.numel() for i, p in unique.items() if i in tracer.used_params and p.requires_grad),
+        macs=sum(r.macs for r in tracer.rows),
+        receptive_field=rf,
+        receptive_field_head=head_rf,
+        receptive_field_head_axes=head_axes,
+        has_linear=bool(linear),
+        linear_layers=linear,
+        unused_modules=unused_modules,
+        rf_untracked_past=untracked,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def inspect_spec(spec: ArchSpec) -> Report:
+    """The inspection of ``spec``'s network, built and inspected once per process and spec: a search trial's
+    rule check, its run's log and its verdict all read this one report (the weights never enter it). The
+    report is shared: read it, do not change it."""
+    from mnist_challenge.architecture.model import build_model
+
+    return inspect_module(build_model(spec), (spec.in_channels, spec.input_size, spec.input_size))
+
+
+def format_report(report: Report) -> str:
+    """The human-readable table printed by ``inspect``."""
+    header = f"{'layer':<32} {'type':<20} {'output shape':<18} {'RF':>6} {'jump':>5} {'params':>11} {'MACs':>13}"
+    lines = [header, "-" * len(header)]
+    for r in report.layers:
+        shape = "x".join(str(s) for s in r.out_shape)
+        rf = "-" if r.rf is None else _axes_text(r.rf_axes) if r.rf_axes and len(set(r.rf_axes)) > 1 else f"{r.rf:g}"
+        jump = "-" if r.jump is None else f"{r.jump:g}"
+        lines.append(f"{r.name[:32]:<32} {r.type[:20]:<20} {shape:<18} {rf:>6} {jump:>5} {r.params:>11,} {r.macs:>13,}")
+    lines.append("-" * len(header))
+    lines += [
+        f"input size (C, H, W):           {tuple(report.input_size)}",
+        f"parameters used in forward:     {report.params:,} (trainable {report.trainable_params:,})",
+        f"parameters never used:          {report.params_unused:,}"
+        + (f"  in {', '.join(report.unused_modules)}" if report.unused_modules else ""),
+        f"MACs per image:                 {report.macs:,}",
+        f"RF at the head's input:         {_head_text(report)}  (one unit of the last map before GAP/flatten)",
+        f"RF after GAP (model output):    {report.receptive_field}  (spans the whole head input map; padding counted)",
+        *(
+            [f"RF not tracked past {report.rf_untracked_past}: the tracer cannot map that op's geometry"]
+            if report.rf_untracked_past
+            else []
+        ),
+        "fully connected layer:          "
+        + (
+            f"YES - breaks the no-FC rule: {', '.join(report.linear_layers) or 'F.linear'}"
+            if report.has_linear
+            else "none"
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def _head_text(report: Report) -> str:
+    axes = report.receptive_field_head_axes
+    return _axes_text(axes) if axes and len(set(axes)) > 1 else str(report.receptive_field_head)
+
+
+def _axes_text(axes: list[int | float]) -> str:
+    """RFh x RFw, for a layer whose axes see different extents (a 2x4 pool, say)."""
+    return "x".join(f"{a:g}" for a in axes)
+
+
+def torchsummary_table(model: nn.Module, input_size: tuple[int, ...]) -> str:
+    """torchsummary's familiar table, captured as text (it prints straight to stdout)."""
+    import torchsummary
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        torchsummary.summary(model, input_size, device="cpu")
+    return buffer.getvalue()

@@ -1,0 +1,334 @@
+"""Benchmark: the kit's engine against the course pipeline, same spec, same batch size, one process.
+
+    python -m mnist_challenge.bench [--spec classic] [--steps 150] [--warmup 20] [--data-dir D] [--layouts]
+
+Both sides run the same number of optimizer steps after the same warm-up on real MNIST images; the
+kit's side is the real ``train_model`` loop (one epoch over exactly that many batches), so what is
+timed is what a run or a search trial runs. The last line is the speed ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from mnist_challenge.architecture.model import build_model
+from mnist_challenge.architecture.spec import load_spec
+from mnist_challenge.bench.reference import time_reference_steps
+from mnist_challenge.bench.suite import engine_seconds, run_suite
+from mnist_challenge.cli.flags import add_data_flags
+from mnist_challenge.common.contract import Parser, run_cli
+from mnist_challenge.common.errors import UserError
+from mnist_challenge.common.validate import int_flag, make_dir
+from mnist_challenge.engine.data import MnistData, load_mnist
+from mnist_challenge.engine.train import TrainConfig, evaluate, prepare_model, resolve_device, use_bf16
+
+
+def _runs(values: list[float]) -> str:
+    return ", ".join(f"{v:.0f}" for v in values)
+
+
+def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser, argv)
+
+
+def _layout_worker(spec_name: str, data_dir: str | None, steps: int, warmup: int, threads: int, queue) -> None:
+    """One process of the layout comparison: time the engine with ``threads`` threads."""
+    torch.set_num_threads(threads)
+    spec = load_spec(spec_name)
+    cfg = TrainConfig(epochs=1, threads=threads, val_size=0, device="cpu")
+    data = load_mnist(data_dir, val_size=0, train_subset=(steps + warmup) * cfg.batch_size)
+    seconds, _ = engine_seconds(spec, data, cfg, steps, warmup)
+    queue.put(steps * cfg.batch_size / seconds)
+
+
+def compare_layouts(spec_name: str, data_dir: str | None, steps: int, warmup: int) -> dict[str, float]:
+    """Images/s of one 2-thread process vs. two 1-thread processes training at the same time."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = {}
+    for label, processes, threads in (("one process x 2 threads", 1, 2), ("two processes x 1 thread", 2, 1)):
+        queue = ctx.Queue()
+        procs = [
+            ctx.Process(target=_layout_worker, args=(spec_name, data_dir, steps, warmup, threads, queue))
+            for _ in range(processes)
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        results[label] = sum(queue.get() for _ in procs)
+    return results
+
+
+# The engine's opt-out speed tricks (TrainConfig fields that are True by default), each with its flag.
+TRICKS = {
+    "fused_tail": "--no-fused-tail",
+    "cl_weight_grad": "--no-cl-weight-grad",
+    "pooled_dropout": "--no-pooled-dropout",
+    "fast_maxpool": "--no-fast-maxpool",
+}
+
+
+def ablate(
+    spec, data: MnistData, cfg: TrainConfig, steps: int, warmup: int, repeats: int, engine_ips: float
+) -> dict[str, float]:
+    """Engine images/s with each trick turned off in turn (medians of ``repeats``, the variants alternating)."""
+    timed_images = steps * cfg.batch_size
+    runs: dict[str, list[float]] = {trick: [] for trick in TRICKS}
+    for _ in range(repeats):
+        for trick in TRICKS:
+            seconds, _ = engine_seconds(spec, data, replace(cfg, **{trick: False}), steps, warmup)
+            runs[trick].append(timed_images / seconds)
+    result = {}
+    for trick, flag in TRICKS.items():
+        result[trick] = ips = statistics.median(runs[trick])
+        print(
+            f"engine {flag:<20}: {ips:8.0f} img/s  (median of {_runs(runs[trick])}; "
+            f"the default engine is {engine_ips / ips:.2f}x this)"
+        )
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="python -m mnist_challenge.bench", description="kit engine vs the course pipeline: images/s and ratio"
+    )
+    p.add_argument(
+        "--spec", default=None, help="spec file or preset (default classic; with --suite: one more spec to time)"
+    )
+    p.add_argument(
+        "--steps", type=int_flag(1, 100_000), default=150, help="timed optimizer steps per side (default 150)"
+    )
+    p.add_argument("--warmup", type=int_flag(1, 100_000), default=20, help="untimed steps first (default 20)")
+    p.add_argument(
+        "--repeats",
+        type=int_flag(1, 100),
+        default=3,
+        help="alternating engine/reference measurements; medians reported (default 3)",
+    )
+    p.add_argument("--batch-size", type=int_flag(2, 4096), default=128)
+    p.add_argument(
+        "--threads", type=int_flag(1, 1024), default=None, help="torch threads for both sides (default: torch's)"
+    )
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
+    p.add_argument(
+        "--channels-last", choices=("auto", "on", "off"), default="auto", help="engine layout (default auto)"
+    )
+    p.add_argument(
+        "--suite",
+        action="store_true",
+        help="time classic, compact, the tiny and micro winners and any --spec against the course pipeline and "
+        "an expert's plain loop, at 1 and 2 threads (ignores --threads and the trick flags)",
+    )
+    for trick, flag in TRICKS.items():
+        p.add_argument(flag, dest=trick, action="store_false")
+    p.add_argument("--skip-reference", action="store_true", help="time only the kit's engine (no ratio)")
+    p.add_argument(
+        "--ablate", action="store_true", help="also time the engine with each speed trick turned off in turn"
+    )
+    p.add_argument(
+        "--layouts", action="store_true", help="also compare one 2-thread process with two 1-thread processes"
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="only print where a training step of the engine spends its time (torch.profiler, shares by kind of op)",
+    )
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    add_data_flags(p)
+    p.set_defaults(handler=run_bench)
+    return p
+
+
+def write_json(path: Path, figures: dict) -> None:
+    """The figures as JSON; a path that cannot be written is the user's ``--json`` error."""
+    make_dir(path.resolve().parent, "--json")
+    try:
+        path.write_text(json.dumps(figures, indent=2) + "\n")
+    except OSError as exc:
+        raise UserError(f"--json {path}: cannot write it ({exc.strerror or exc})") from None
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if args.json:  # checked now, not after minutes of timing
+        write_json(Path(args.json), {})
+    if args.suite:
+        return run_bench_suite(args)
+    if args.profile:
+        return run_profile(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = load_spec(args.spec or "classic")
+    needed = (args.steps + args.warmup) * args.batch_size
+    cfg = TrainConfig(
+        epochs=1,
+        batch_size=args.batch_size,
+        bf16=args.bf16,
+        channels_last={"auto": "auto", "on": True, "off": False}[args.channels_last],
+        threads=args.threads,
+        **{trick: getattr(args, trick) for trick in TRICKS},
+        val_size=0,
+        device="cpu",
+    )
+    data = load_mnist(args.data_dir, val_size=0, train_subset=needed, allow_download=args.download)
+    threads = torch.get_num_threads()
+    print(
+        f"spec {spec.name} | batch {args.batch_size} | {args.steps} timed steps after {args.warmup} warm-up | "
+        f"torch {torch.__version__}, {threads} threads"
+    )
+    figures: dict = {
+        "spec": spec.name,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "threads": threads,
+        "torch": torch.__version__,
+    }
+
+    timed_images = args.steps * args.batch_size
+    if not args.skip_reference:
+        raw = torch.randperm(len(data.train))  # any order: the loader shuffles anyway
+        images = ((data.train.images[raw, 0] * 0.3081 + 0.1307) * 255).round().clamp(0, 255).to(torch.uint8)
+    engine_runs, reference_runs = [], []
+    # Engine and reference alternate, so a slow spell of a shared machine hits both; medians are reported.
+    for _ in range(args.repeats):
+        seconds, settings = engine_seconds(spec, data, cfg, args.steps, args.warmup)
+        engine_runs.append(timed_images / seconds)
+        if not args.skip_reference:
+            ref_seconds = time_reference_steps(
+                build_model(spec), images, data.train.labels[raw], args.steps, args.warmup, args.batch_size
+            )
+            reference_runs.append(timed_images / ref_seconds)
+    engine_ips = statistics.median(engine_runs)
+    figures.update(engine_images_per_s=engine_ips, engine_runs=engine_runs, engine_settings=settings)
+    print(
+        f"kit engine        : {engine_ips:8.0f} img/s  (median of {_runs(engine_runs)}; "
+        f"bf16={settings['bf16_autocast']}, swapped {settings['swapped_layers']}, "
+        f"channels_last={settings['channels_last']})"
+    )
+
+    model, device = build_model(spec), resolve_device("cpu")
+    cfg = cfg.resolved(device)
+    prepare_model(model, cfg, device)  # evaluated as the engine evaluates: its layers, its batch size
+    autocast = use_bf16(cfg, device)
+    evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last)  # warm-up
+    start = time.perf_counter()
+    evaluate(model, data.test, cfg.eval_batch_size, autocast, cfg.channels_last)
+    eval_s = time.perf_counter() - start
+    figures["eval_test_10k_seconds"] = eval_s
+    print(
+        f"evaluate 10k test : {eval_s:8.2f} s  "
+        f"(the engine's layers, batches of {cfg.eval_batch_size}, after one untimed pass)"
+    )
+    figures["peak_rss_mib_engine"] = peak_rss_mib()
+
+    if reference_runs:
+        ref_ips = statistics.median(reference_runs)
+        figures.update(reference_images_per_s=ref_ips, reference_runs=reference_runs, ratio=engine_ips / ref_ips)
+        print(
+            f"course pipeline   : {ref_ips:8.0f} img/s  (median of {_runs(reference_runs)}; "
+            "PIL RandomRotation + DataLoader(num_workers=2), fp32, nn.Dropout)"
+        )
+    figures["peak_rss_mib"] = peak_rss_mib()
+    figures["peak_rss_mib_workers"] = peak_rss_mib(resource.RUSAGE_CHILDREN)
+    print(
+        f"peak RSS          : {figures['peak_rss_mib_engine']:.0f} MiB after the engine, "
+        f"{figures['peak_rss_mib']:.0f} MiB overall (+ {figures['peak_rss_mib_workers']:.0f} MiB largest loader worker)"
+    )
+    if args.ablate:
+        figures["ablation_images_per_s"] = ablate(spec, data, cfg, args.steps, args.warmup, args.repeats, engine_ips)
+    if args.layouts:
+        layouts = compare_layouts(args.spec or "classic", args.data_dir, args.steps, args.warmup)
+        figures["layouts_images_per_s"] = layouts
+        for label, ips in layouts.items():
+            print(f"{label:<26}: {ips:8.0f} img/s in total")
+    if args.json:
+        write_json(Path(args.json), figures)
+    if "ratio" in figures:
+        print(f"RATIO engine / course pipeline: {figures['ratio']:.2f}x")
+    return 0
+
+
+# What each op of a training step is, for --profile: ATen's conv ops, the kit's C kernels (autograd Functions
+# named after their classes), the batched augmentation; the rest (adds, crops, loss, optimizer, EMA) is "other".
+PROFILE_KINDS = (
+    ("conv backward", ("aten::convolution_backward",)),
+    ("conv forward", ("aten::mkldnn_convolution", "aten::_convolution")),
+    ("fused tail (C)", ("_Tail",)),
+    ("max-pool (C)", ("_NativeMaxPool2x2", "_MaxPool2x2", "aten::max_pool2d")),
+    ("augmentation", ("aten::grid_sampler_2d", "aten::affine_grid_generator", "aten::bmm")),
+)
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    """Self time of ``--steps`` engine steps (after ``--warmup``) by kind of op, as shares of the step."""
+    import torch.nn.functional as F
+    from torch.profiler import profile
+
+    from mnist_challenge.engine.augment import random_affine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = load_spec(args.spec or "classic")
+    device = resolve_device("cpu")
+    cfg = TrainConfig(batch_size=args.batch_size, device="cpu").resolved(device)
+    data = load_mnist(args.data_dir, val_size=0, train_subset=args.batch_size, allow_download=args.download)
+    model = build_model(spec)
+    prepare_model(model, cfg, device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def step() -> None:
+        x = random_affine(data.train.images, cfg.augment).contiguous(memory_format=layout)
+        loss = F.cross_entropy(model(x), data.train.labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(args.warmup):
+        step()
+    with profile() as prof:
+        for _ in range(args.steps):
+            step()
+    kinds: dict[str, float] = {}
+    for event in prof.key_averages():
+        kind = next((k for k, names in PROFILE_KINDS if event.key.startswith(names)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + event.self_cpu_time_total
+    total = sum(kinds.values()) or 1.0
+    print(
+        f"spec {spec.name} | batch {args.batch_size} | {args.steps} profiled steps | {torch.get_num_threads()} threads"
+    )
+    for kind, micros in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"{kind:<16} {100 * micros / total:5.1f} %  ({micros / args.steps / 1000:.1f} ms per step)")
+    return 0
+
+
+def run_bench_suite(args: argparse.Namespace) -> int:
+    needed = (args.steps + args.warmup) * args.batch_size
+    data = load_mnist(args.data_dir, val_size=0, train_subset=needed, allow_download=args.download)
+    print(
+        f"suite | batch {args.batch_size} | {args.steps} timed steps after {args.warmup} warm-up, "
+        f"{args.repeats} alternating repeats (medians) | torch {torch.__version__}"
+    )
+    figures = run_suite(data, [args.spec] if args.spec else [], args.steps, args.warmup, args.repeats, args.batch_size)
+    if args.json:
+        write_json(Path(args.json), figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

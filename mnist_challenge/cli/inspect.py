@@ -1,0 +1,62 @@
+"""``mnist-challenge inspect``: receptive field, parameters and MACs of a spec, a user's module or a torchvision
+model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from mnist_challenge.common.errors import UserError
+from mnist_challenge.common.validate import int_flag
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="receptive field, parameters and MACs of a spec or any nn.Module")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spec", help="spec JSON file, or a preset name (classic, compact, tiny)")
+    source.add_argument("--module", help="FILE.py:Factory or package.module:Factory returning an nn.Module")
+    source.add_argument(
+        "--torchvision", metavar="NAME", help="a torchvision model name, e.g. resnet18 (random weights)"
+    )
+    p.add_argument(
+        "--input-size",
+        nargs=3,
+        type=int_flag(1, 1024),
+        metavar=("C", "H", "W"),
+        help="input shape without batch (default: the spec's, 1 28 28 for --module, 3 224 224 for --torchvision)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mnist_challenge.architecture.inspector import format_report, inspect_module, torchsummary_table
+    from mnist_challenge.architecture.loading import first_line, module_from_factory, run_forward, torchvision_model
+    from mnist_challenge.architecture.model import build_model
+    from mnist_challenge.architecture.spec import load_spec
+
+    given = next(flag for flag in ("spec", "module", "torchvision") if getattr(args, flag) is not None)
+    if not getattr(args, given).strip():
+        raise UserError(f"--{given} is empty: give a {'spec file or preset name' if given == 'spec' else 'name'}")
+    if args.spec is not None:
+        spec = load_spec(args.spec)
+        model = build_model(spec)
+        default_size = (spec.in_channels, spec.input_size, spec.input_size)
+    elif args.module is not None:
+        model, default_size = module_from_factory(args.module), (1, 28, 28)
+    else:
+        model, default_size = torchvision_model(args.torchvision), (3, 224, 224)
+    input_size = tuple(args.input_size) if args.input_size else default_size
+    if args.spec is None:  # the user's (or torchvision's) forward: what it raises is about that model or the input size
+        run_forward(model, input_size)
+    try:
+        report = inspect_module(model, input_size)
+    except RuntimeError as exc:  # e.g. an input too small for the model's pooling
+        raise UserError(f"the model cannot run on input size {input_size}: {first_line(exc)}") from None
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    if args.spec is not None:
+        print(torchsummary_table(model, input_size))
+    print(format_report(report))
+    return 0

@@ -1,0 +1,1 @@
+"""What leaves the kit: the self-contained submission notebook (``notebook``)."""

@@ -1,0 +1,255 @@
+"""From what a user asked (``SearchRequest``, the search command's flags) to what runs (``ResolvedSearch``):
+the budget's settings filled in, flags that clash with it refused, every setting checked before a study is
+created or opened for writing. No argparse here; ``search.commands.run`` only parses and prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnist_challenge.common.errors import UserError
+from mnist_challenge.common.validate import NAME_MAX, check_writable_dir
+from mnist_challenge.engine.train import TrainConfig
+from mnist_challenge.runs.budgets import BUDGETS, Budget, resolve_budget
+
+DEFAULT_STUDY = "mnist-gap"  # the plain (single-stage) search's study
+DEFAULT_EPOCHS = 15  # epochs per trial of a plain search
+DEFAULT_MAX_PARAMS = BUDGETS["assignment"].max_params
+MAX_EPOCHS = BUDGETS["assignment"].epochs  # the assignment's rule: fewer than 20 epochs
+# A study's name becomes its trials' spec names, "<study>-trial<N>", which must fit a name's NAME_MAX
+# characters with room for a trial number of six digits.
+STUDY_NAME_MAX = NAME_MAX - len("-trial") - 6
+GRACE_FACTOR = 2  # --grace must be at least this many heartbeats: a live trial is never taken for a dead one
+DEFAULT_GRACE_FACTOR = 3
+
+
+def default_workers() -> int:
+    """Two single-thread workers on a CPU box with >= 2 cores; one worker on a GPU."""
+    import torch
+
+    return 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
+
+
+def study_dir(logs: str | Path, study: str) -> Path:
+    return Path(logs) / study
+
+
+def storage_url(given: str | None, folder: Path) -> str:
+    from .storage import default_storage_url
+
+    return given or default_storage_url(folder)
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """The search command's flags as given (None: not given, the budget or a default decides)."""
+
+    study: str | None = None
+    storage: str | None = None
+    logs: str = "logs/search"
+    budget: str | None = None
+    rungs: str | None = None
+    screen: int | None = None
+    confirm: int | None = None
+    seeds: int | None = None
+    n_trials: int = 20
+    epochs: int | None = None
+    max_params: int | None = None
+    min_rf: int = 20
+    mode: str = "single"
+    pruner: str = "hyperband"
+    workers: int | None = None
+    threads: int | None = None
+    train_subset: int | None = None
+    val_size: int = 10_000
+    seed: int = 0
+    sampler_seed: int | None = None
+    timeout: float | None = None
+    device: str = "auto"
+    heartbeat: int = 60
+    grace: int | None = None
+    enqueue: tuple[str, ...] = ()
+    space: int | None = None
+    data_dir: str | None = None
+
+    @classmethod
+    def from_namespace(cls, args: object) -> SearchRequest:
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        return cls(**values | {"enqueue": tuple(values.get("enqueue") or ())})
+
+
+@dataclass(frozen=True)
+class ResolvedSearch:
+    """A request with every choice made: what the run plan, the stages and the summary lines read."""
+
+    request: SearchRequest
+    budget: Budget | None  # None: a plain single-stage search
+    study: str
+    study_dir: Path
+    storage_url: str
+    epochs: int  # epochs per trial (a staged search: its first rung)
+    max_params: int
+    pruner: str
+    workers: int
+    threads: int
+    grace: int
+    base: TrainConfig  # the recipe every trial starts from
+
+    def describe(self) -> str:
+        b = self.budget
+        if b is None:
+            return f"{self.request.n_trials} trials, {self.epochs} epochs each"
+        return (
+            f"budget {b.name}: < {b.max_params:,} params; {b.screen} designs screened on {b.ladder[0]} epochs, "
+            f"promoted through {', '.join(map(str, b.ladder[1:]))}, top {b.confirm} x {b.seeds} seeds"
+        )
+
+
+def resolve(request: SearchRequest) -> ResolvedSearch:
+    """Fill in what ``--budget`` sets (study name, cap, epochs of the first rung, no pruning), or the plain
+    search's defaults; a flag that a budget sets and the user also gave is refused."""
+    r = request
+    staged_flags = {"--rungs": r.rungs, "--screen": r.screen, "--confirm": r.confirm, "--seeds": r.seeds}
+    if r.budget is None:
+        given = [flag for flag, value in staged_flags.items() if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} only apply with --budget")
+        budget, study = None, r.study or DEFAULT_STUDY
+        epochs, max_params, pruner = r.epochs or DEFAULT_EPOCHS, r.max_params or DEFAULT_MAX_PARAMS, r.pruner
+    else:
+        clashing = [
+            flag
+            for flag, value in (
+                ("--epochs", r.epochs),
+                ("--max-params", r.max_params),
+                ("--enqueue", r.enqueue or None),
+                ("--mode multi", r.mode == "multi" or None),
+            )
+            if value is not None
+        ]
+        if clashing:
+            raise UserError(
+                f"--budget {r.budget} sets the cap, the epochs and the stages itself; drop {', '.join(clashing)}"
+            )
+        budget = resolve_budget(r.budget, r.rungs, r.screen, r.confirm, r.seeds)
+        study = r.study or f"budget-{budget.name}"
+        epochs, max_params, pruner = budget.ladder[0], budget.max_params, "none"
+    workers = r.workers or default_workers()
+    threads = r.threads or max(1, (os.cpu_count() or 1) // workers)
+    folder = study_dir(r.logs, study)
+    base = TrainConfig(
+        epochs=epochs, seed=r.seed, threads=threads, train_subset=r.train_subset, val_size=r.val_size, device=r.device
+    )
+    return ResolvedSearch(
+        request=r,
+        budget=budget,
+        study=study,
+        study_dir=folder,
+        storage_url=storage_url(r.storage, folder),
+        epochs=epochs,
+        max_params=max_params,
+        pruner=pruner,
+        workers=workers,
+        threads=threads,
+        grace=r.grace if r.grace is not None else DEFAULT_GRACE_FACTOR * r.heartbeat,
+        base=base,
+    )
+
+
+def validate(s: ResolvedSearch) -> None:
+    """Every setting, checked before a study is created or opened for writing: nothing is written when
+    any of them is wrong, so the corrected command finds no half-made study."""
+    from mnist_challenge.engine.data import check_split
+    from mnist_challenge.engine.train import resolve_device
+
+    from .runner import refuse_earlier_runs
+    from .space import smallest_params
+    from .storage import parse_storage_url
+
+    r = s.request
+    if s.epochs > MAX_EPOCHS:
+        raise UserError(f"--epochs must be < {MAX_EPOCHS + 1} (the assignment's rule), got {s.epochs}")
+    floor = smallest_params()
+    if s.max_params <= floor:
+        raise UserError(f"--max-params {s.max_params}: no spec in the search space has fewer than {floor} parameters")
+    if r.enqueue and r.space != 1:
+        raise UserError(
+            "--enqueue needs --space 1: a known spec has absolute widths, which only the version 1 space "
+            "draws (the fitted space scales relative widths to the cap)"
+        )
+    if s.grace < GRACE_FACTOR * r.heartbeat:
+        raise UserError(
+            f"--grace {s.grace} must be at least {GRACE_FACTOR}x --heartbeat {r.heartbeat}: a "
+            f"live trial would be taken for a dead one and run twice; leave --grace out to use "
+            f"{DEFAULT_GRACE_FACTOR}x"
+        )
+    check_split(s.base.val_size, s.base.train_subset, need_val=True)
+    resolve_device(s.base.device)
+    check_writable_dir(s.study_dir, "--logs")
+    parsed = parse_storage_url(s.storage_url)
+    if parsed.get_backend_name() == "sqlite":
+        check_writable_dir(Path(parsed.database).parent, "--storage folder")
+        if not Path(parsed.database).exists():  # a new database: refuse before creating it (runner checks others)
+            refuse_earlier_runs(s.study_dir)
+
+
+def enqueued_params(item: str, base: TrainConfig, max_params: int) -> dict:
+    """``SPEC`` or ``SPEC:lr=0.1,rotation=10``: the trial params of that spec with that recipe."""
+    from mnist_challenge.architecture.spec import load_spec
+
+    from .space import RECIPE_KEYS, params_from_spec
+
+    source, _, overrides = item.partition(":")
+    recipe = base
+    for pair in filter(None, overrides.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep or key not in RECIPE_KEYS:
+            raise UserError(
+                f"--enqueue {item!r}: expected KEY=VALUE with KEY one of {sorted(RECIPE_KEYS)}, got {pair!r}"
+            )
+        kind = type(getattr(base, key))
+        try:
+            recipe = dataclasses.replace(recipe, **{key: kind(value)})
+        except ValueError:
+            raise UserError(f"--enqueue {item!r}: {key} must be a {kind.__name__}, got {value!r}") from None
+    try:
+        return params_from_spec(load_spec(source), recipe, max_params)
+    except UserError as exc:
+        raise UserError(f"--enqueue {item!r}: {exc}") from None
+
+
+def run_plan(s: ResolvedSearch, sampler_seed: int, enqueue: tuple[dict, ...] = ()):
+    """The runner's plan for this search (``search.runner.RunPlan``)."""
+    from .objective import SearchSettings
+    from .runner import RunPlan
+
+    r = s.request
+    settings = SearchSettings(
+        study_name=s.study,
+        study_dir=s.study_dir,
+        base=s.base,
+        max_params=s.max_params,
+        min_rf=r.min_rf,
+        multi_objective=r.mode == "multi",
+        select_last=1 if s.budget else 3,
+        space_version=r.space,
+    )
+    return RunPlan(
+        settings=settings,
+        storage_url=s.storage_url,
+        n_trials=r.n_trials,
+        workers=s.workers,
+        pruner=s.pruner,
+        seed=r.seed,
+        data_dir=r.data_dir,
+        timeout=r.timeout,
+        heartbeat_interval=r.heartbeat,
+        grace_period=s.grace,
+        enqueue=enqueue,
+        sampler_seed=sampler_seed,
+        fill_to=s.budget.screen if s.budget else None,
+        budget=s.budget.record() if s.budget else None,
+    )
