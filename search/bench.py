@@ -64,7 +64,7 @@ def study_figures(study_dir: Path, study_name: str, full_epochs: int, seconds: f
 
 
 def run_one(label: str, flags: list[str], study: str, full_epochs: int) -> dict[str, Any]:
-    from .cli import main as search_main
+    from .commands.main import main as search_main
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
