@@ -24,16 +24,18 @@ def add_setting_flags(
     defaults: dict[str, Any] | None = None,
     only: tuple[str, ...] | None = None,
     helps: dict[str, str] | None = None,
+    help_prefix: str = "",
 ) -> None:
     """A flag for each declared field of ``cls`` (or each of ``only``), with ``defaults`` replacing the
-    field's default where a command has its own (``train`` trains 15 epochs, ``reproduce`` the study's)."""
+    field's default where a command has its own (``train`` trains 15 epochs; None: "not given", the caller
+    decides, and the help shows the field's default)."""
     defaults, helps = defaults or {}, helps or {}
     for field in dataclasses.fields(cls):
         meta = declared(field)
         if meta is None or not meta.flag or (only is not None and field.name not in only):
             continue
         default = defaults.get(field.name, field.default)
-        text = helps.get(field.name, meta.help)
+        text = help_prefix + helps.get(field.name, meta.help)
         flag = "--" + field.name.replace("_", "-")
         kind = base_type(field)
         if meta.choices is not None and kind != "str":  # auto / true / false
@@ -52,7 +54,8 @@ def add_setting_flags(
             make = int_flag(meta.lo, meta.hi) if kind == "int" else float_flag(
                 meta.lo, meta.hi, lo_open=meta.lo_open, hi_open=meta.hi_open
             )  # fmt: skip
-            shown = "" if default is None else f" (default {default:g})"
+            declared_default = field.default if default is None else default
+            shown = "" if declared_default is None else f" (default {declared_default:g})"
             parser.add_argument(flag, type=make, default=default, metavar=meta.metavar, help=text + shown)
 
 

@@ -269,9 +269,10 @@ def write_notebook(nb: Any, out: Path) -> None:
 
 
 def execute_notebook(nb: Any, out: Path, data_dir: Path | None, threads: int | None = None) -> None:
-    """Run every cell in ``out``'s folder (the kit is not on the kernel's path there), saving the outputs
-    into ``out``; a failing cell is one ``UserError`` naming it, the partial notebook saved. The kernel
-    inherits ``MNIST_DATA_DIR`` (no download) and, with ``threads``, ``OMP_NUM_THREADS``."""
+    """Run every cell in ``out``'s folder, saving the outputs into ``out``; a failing cell is one ``UserError``
+    naming it, the partial notebook saved. The notebook imports nothing of the kit (the tests run it where the
+    kit cannot be imported). The kernel inherits ``MNIST_DATA_DIR`` (no download) and, with ``threads``,
+    ``OMP_NUM_THREADS``."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mnist_challenge.common.errors import UserError
+from mnist_challenge.common.settings import check_settings, setting
 from mnist_challenge.runs.checker import Limits
 
 
@@ -25,10 +26,13 @@ class Budget:
     # Shorter complete schedules before the full one. The fidelity study (logs/search/fidelity/tiny) ranked 20
     # designs at 4 epochs with Spearman 0.96 against 15 (0.95 at 8, 0.89 at 2): one 4-epoch rung suffices.
     rungs: tuple[int, ...] = (4,)
-    screen: int = 60  # designs drawn and trained at the first rung
-    keep: float = 1 / 3  # fraction of each rung promoted to the next
-    confirm: int = 5  # designs retrained with more seeds at full fidelity
-    seeds: int = 3  # seeds per confirmed design, the full-fidelity run included
+    screen: int = setting(60, "designs drawn and trained at the first rung", lo=1, hi=100_000)
+    keep: float = setting(1 / 3, "fraction of each rung promoted to the next", lo=0, hi=1, lo_open=True, flag=False)
+    confirm: int = setting(5, "designs retrained with more seeds at full fidelity", lo=1, hi=1000)
+    seeds: int = setting(3, "seeds per confirmed design, the full-fidelity run included", lo=1, hi=100)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     @property
     def limits(self) -> Limits:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from mnist_challenge.cli.flags import add_data_flags
+from mnist_challenge.cli.flags import add_data_flags, add_setting_flags
 from mnist_challenge.common.contract import Parser
 from mnist_challenge.common.validate import float_flag, int_flag, positive_int, seed_flag
-from mnist_challenge.runs.budgets import BUDGETS
+from mnist_challenge.runs.budgets import BUDGETS, Budget
 
 from ..plan import DEFAULT_EPOCHS, DEFAULT_GRACE_FACTOR, DEFAULT_MAX_PARAMS, GRACE_FACTOR, MAX_EPOCHS
 from .flags import add_study_flags
@@ -29,18 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         "best through longer ones, confirm the top ones with seeds (sets the cap, epochs, pruning)",
     )
     p.add_argument("--rungs", default=None, help="with --budget: the shorter schedules before the full one, e.g. 4,8")
-    p.add_argument(
-        "--screen", type=int_flag(1, 100_000), default=None, help="with --budget: designs screened (default 60)"
-    )
-    p.add_argument(
-        "--confirm",
-        type=int_flag(1, 1000),
-        default=None,
-        help="with --budget: designs confirmed with seeds (default 5)",
-    )
-    p.add_argument(
-        "--seeds", type=int_flag(1, 100), default=None, help="with --budget: seeds per confirmed design (default 3)"
-    )
+    stage_flags = ("screen", "confirm", "seeds")
+    add_setting_flags(p, Budget, only=stage_flags, defaults=dict.fromkeys(stage_flags), help_prefix="with --budget: ")
     p.add_argument(
         "--n-trials",
         type=int_flag(1, 100_000),
