@@ -62,3 +62,14 @@ def test_no_module_is_long_without_saying_why(path):
     lines = len(path.read_text().splitlines())
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""
     assert lines <= MAX_LINES or "long because" in doc, f"{lines} lines: split it, or say why in its docstring"
+
+
+SEARCH_COMMANDS = ("commands", "bench.py", "__main__.py")  # the search's command layer
+
+
+@pytest.mark.parametrize("path", modules(ROOT / "search"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_search_library_imports_no_command_module(path):
+    if path.relative_to(ROOT / "search").parts[0] in SEARCH_COMMANDS:
+        return
+    names = imported(path)
+    assert not [n for n in names if layer_of(n) == "cli" or n.startswith("search.commands")]

@@ -12,6 +12,7 @@ import argparse
 from mnist_challenge.cli.flags import add_data_flags, add_setting_flags
 from mnist_challenge.common.contract import Parser
 from mnist_challenge.common.validate import float_flag, int_flag, positive_int, seed_flag
+from mnist_challenge.engine.train import TrainConfig
 from mnist_challenge.runs.budgets import BUDGETS, Budget
 
 from ..plan import DEFAULT_EPOCHS, DEFAULT_GRACE_FACTOR, DEFAULT_MAX_PARAMS, GRACE_FACTOR, MAX_EPOCHS
@@ -66,24 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes on this machine (default: 2 on CPU, 1 on GPU)",
     )
     p.add_argument(
-        "--threads", type=int_flag(1, 1024), default=None, help="torch threads per worker (default: cores / workers)"
-    )
-    p.add_argument(
-        "--train-subset",
-        type=int_flag(2, 60_000),
-        default=None,
-        help="train each trial on this many images (quick looks, tests)",
-    )
-    p.add_argument(
-        "--val-size",
-        type=int_flag(1, 59_998),
-        default=10_000,
-        help="validation images held out of the 60k (default 10000)",
-    )
-    p.add_argument(
-        "--seed", type=seed_flag, default=0, help="training seed of every trial, and part of each sampler's seed"
-    )
-    p.add_argument(
         "--sampler-seed",
         type=seed_flag,
         default=None,
@@ -96,7 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stop starting new trials after this many seconds",
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    # The base recipe's settings a search takes, declared in TrainConfig (the search requires --val-size >= 1).
+    add_setting_flags(
+        p,
+        TrainConfig,
+        only=("threads", "train_subset", "val_size", "seed", "device"),
+        defaults={"seed": 0},
+        helps={
+            "threads": "torch threads per worker (default: cores / workers)",
+            "train_subset": "train each trial on this many images (quick looks, tests)",
+            "seed": "training seed of every trial, and part of each sampler's seed",
+            "val_size": "validation images held out of the 60k (at least 1: the search selects on them)",
+        },
+    )
     p.add_argument(
         "--heartbeat", type=int_flag(1, 3600), default=60, help="seconds between trial heartbeats (default 60)"
     )
