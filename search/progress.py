@@ -23,7 +23,8 @@ class EpochBar:
     ends early: a rejected draw trains no epoch, a stuck one stops at epoch 2)."""
 
     def __init__(self, stage: str, planned: int) -> None:
-        self.bar = tqdm(total=planned, desc=stage, unit="epoch", dynamic_ncols=True)
+        # disable=None: on a terminal only (a log file gets the per-run lines, not a redrawn bar).
+        self.bar = tqdm(total=planned, desc=stage, unit="epoch", dynamic_ncols=True, disable=None)
         self.lock = threading.Lock()
 
     def show(self, done: int, planned: int | None = None) -> None:
