@@ -16,20 +16,20 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from mnist_challenge.architecture.model import build_model
 from mnist_challenge.architecture.spec import load_spec
+from mnist_challenge.bench.measure import TRICKS, ablate, compare_layouts, peak_rss_mib, profile_step
 from mnist_challenge.bench.reference import time_reference_steps
 from mnist_challenge.bench.suite import engine_seconds, run_suite
 from mnist_challenge.cli.flags import add_data_flags
 from mnist_challenge.common.contract import Parser, run_cli
 from mnist_challenge.common.errors import UserError
 from mnist_challenge.common.validate import int_flag, make_dir
-from mnist_challenge.engine.data import MnistData, load_mnist
+from mnist_challenge.engine.data import load_mnist
 from mnist_challenge.engine.train import TrainConfig, evaluate, prepare_model, resolve_device, use_bf16
 
 
@@ -37,71 +37,8 @@ def _runs(values: list[float]) -> str:
     return ", ".join(f"{v:.0f}" for v in values)
 
 
-def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(build_parser, argv)
-
-
-def _layout_worker(spec_name: str, data_dir: str | None, steps: int, warmup: int, threads: int, queue) -> None:
-    """One process of the layout comparison: time the engine with ``threads`` threads."""
-    torch.set_num_threads(threads)
-    spec = load_spec(spec_name)
-    cfg = TrainConfig(epochs=1, threads=threads, val_size=0, device="cpu")
-    data = load_mnist(data_dir, val_size=0, train_subset=(steps + warmup) * cfg.batch_size)
-    seconds, _ = engine_seconds(spec, data, cfg, steps, warmup)
-    queue.put(steps * cfg.batch_size / seconds)
-
-
-def compare_layouts(spec_name: str, data_dir: str | None, steps: int, warmup: int) -> dict[str, float]:
-    """Images/s of one 2-thread process vs. two 1-thread processes training at the same time."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    results = {}
-    for label, processes, threads in (("one process x 2 threads", 1, 2), ("two processes x 1 thread", 2, 1)):
-        queue = ctx.Queue()
-        procs = [
-            ctx.Process(target=_layout_worker, args=(spec_name, data_dir, steps, warmup, threads, queue))
-            for _ in range(processes)
-        ]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        results[label] = sum(queue.get() for _ in procs)
-    return results
-
-
-# The engine's opt-out speed tricks (TrainConfig fields that are True by default), each with its flag.
-TRICKS = {
-    "fused_tail": "--no-fused-tail",
-    "cl_weight_grad": "--no-cl-weight-grad",
-    "pooled_dropout": "--no-pooled-dropout",
-    "fast_maxpool": "--no-fast-maxpool",
-}
-
-
-def ablate(
-    spec, data: MnistData, cfg: TrainConfig, steps: int, warmup: int, repeats: int, engine_ips: float
-) -> dict[str, float]:
-    """Engine images/s with each trick turned off in turn (medians of ``repeats``, the variants alternating)."""
-    timed_images = steps * cfg.batch_size
-    runs: dict[str, list[float]] = {trick: [] for trick in TRICKS}
-    for _ in range(repeats):
-        for trick in TRICKS:
-            seconds, _ = engine_seconds(spec, data, replace(cfg, **{trick: False}), steps, warmup)
-            runs[trick].append(timed_images / seconds)
-    result = {}
-    for trick, flag in TRICKS.items():
-        result[trick] = ips = statistics.median(runs[trick])
-        print(
-            f"engine {flag:<20}: {ips:8.0f} img/s  (median of {_runs(runs[trick])}; "
-            f"the default engine is {engine_ips / ips:.2f}x this)"
-        )
-    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,7 +187,14 @@ def run_bench(args: argparse.Namespace) -> int:
         f"{figures['peak_rss_mib']:.0f} MiB overall (+ {figures['peak_rss_mib_workers']:.0f} MiB largest loader worker)"
     )
     if args.ablate:
-        figures["ablation_images_per_s"] = ablate(spec, data, cfg, args.steps, args.warmup, args.repeats, engine_ips)
+        runs = ablate(spec, data, cfg, args.steps, args.warmup, args.repeats)
+        figures["ablation_images_per_s"] = {trick: statistics.median(r) for trick, r in runs.items()}
+        for trick, flag in TRICKS.items():
+            ips = figures["ablation_images_per_s"][trick]
+            print(
+                f"engine {flag:<20}: {ips:8.0f} img/s  (median of {_runs(runs[trick])}; "
+                f"the default engine is {engine_ips / ips:.2f}x this)"
+            )
     if args.layouts:
         layouts = compare_layouts(args.spec or "classic", args.data_dir, args.steps, args.warmup)
         figures["layouts_images_per_s"] = layouts
@@ -263,51 +207,13 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# What each op of a training step is, for --profile: ATen's conv ops, the kit's C kernels (autograd Functions
-# named after their classes), the batched augmentation; the rest (adds, crops, loss, optimizer, EMA) is "other".
-PROFILE_KINDS = (
-    ("conv backward", ("aten::convolution_backward",)),
-    ("conv forward", ("aten::mkldnn_convolution", "aten::_convolution")),
-    ("fused tail (C)", ("_Tail",)),
-    ("max-pool (C)", ("_NativeMaxPool2x2", "_MaxPool2x2", "aten::max_pool2d")),
-    ("augmentation", ("aten::grid_sampler_2d", "aten::affine_grid_generator", "aten::bmm")),
-)
-
-
 def run_profile(args: argparse.Namespace) -> int:
     """Self time of ``--steps`` engine steps (after ``--warmup``) by kind of op, as shares of the step."""
-    import torch.nn.functional as F
-    from torch.profiler import profile
-
-    from mnist_challenge.engine.augment import random_affine
-
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = load_spec(args.spec or "classic")
-    device = resolve_device("cpu")
-    cfg = TrainConfig(batch_size=args.batch_size, device="cpu").resolved(device)
     data = load_mnist(args.data_dir, val_size=0, train_subset=args.batch_size, allow_download=args.download)
-    model = build_model(spec)
-    prepare_model(model, cfg, device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-
-    def step() -> None:
-        x = random_affine(data.train.images, cfg.augment).contiguous(memory_format=layout)
-        loss = F.cross_entropy(model(x), data.train.labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(args.warmup):
-        step()
-    with profile() as prof:
-        for _ in range(args.steps):
-            step()
-    kinds: dict[str, float] = {}
-    for event in prof.key_averages():
-        kind = next((k for k, names in PROFILE_KINDS if event.key.startswith(names)), "other")
-        kinds[kind] = kinds.get(kind, 0.0) + event.self_cpu_time_total
+    kinds = profile_step(spec, data, args.batch_size, args.steps, args.warmup)
     total = sum(kinds.values()) or 1.0
     print(
         f"spec {spec.name} | batch {args.batch_size} | {args.steps} profiled steps | {torch.get_num_threads()} threads"
