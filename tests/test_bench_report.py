@@ -4,8 +4,9 @@ import json
 
 from mnist_challenge import build_model, load_spec
 from mnist_challenge.architecture.model import count_params
+from mnist_challenge.cli.main import main as kit
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, assert_one_error_line, call, run_cli
 from .test_checker import GOOD, make_run
 
 
@@ -173,3 +174,25 @@ def test_profile_prints_each_kind_of_op_as_a_share(mnist_dir):
     lines = out.strip().splitlines()
     assert lines[0].startswith("spec tiny") and any(line.startswith("conv backward") for line in lines[1:])
     assert abs(sum(float(line.split("%")[0].split()[-1]) for line in lines[1:]) - 100) < 1
+
+
+def test_frontier_draws_every_confirmed_and_retrained_design(tmp_path, monkeypatch):
+    import statistics
+
+    from mnist_challenge.runs.runlog import read_epochs
+
+    monkeypatch.chdir(ROOT)  # the committed runs, named by their paths in the repository
+    out = tmp_path / "frontier.png"
+    code, stdout, err = call(kit, "report", "logs/search", "logs/submission", "--frontier", str(out))
+    assert code == 0, err
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = stdout.splitlines()
+    tiny = [line for line in lines if "retrained: logs/submission/tiny" in line]
+    runs = sorted((ROOT / "logs" / "submission" / "tiny").glob("seed*"))
+    seeds = [statistics.fmean(r["test_acc"] for r in read_epochs(run)[-3:]) for run in runs]
+    assert tiny and f"{statistics.fmean(seeds):.2f} ± {statistics.stdev(seeds):.2f} % over 3 seed(s)" in tiny[0]
+    assert any("search winner: budget-tiny trial 52" in line for line in lines)  # from the study's summary.json
+    assert_one_error_line(call(kit, "report", "logs/submission", "--frontier", str(tmp_path / "f.txt")), ".png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_error_line(call(kit, "report", str(empty), "--frontier", str(out)), "no confirmed search designs")

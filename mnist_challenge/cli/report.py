@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mnist_challenge.common.errors import UserError
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="results table (markdown) of every run directory under the ROOTs")
@@ -11,12 +13,21 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--update-readme", metavar="README", default=None, help="write the table between the README's results markers"
     )
+    p.add_argument(
+        "--frontier",
+        metavar="PNG",
+        default=None,
+        help="instead of the table: draw test accuracy against parameters (log axis) for every confirmed search "
+        "design and retrained seed<N> design under the ROOTs, e.g. logs/search logs/submission",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mnist_challenge.runs.report import results_table, update_readme
 
+    if args.frontier:
+        return draw(args)
     table = results_table(args.roots)
     if args.update_readme:
         update_readme(
@@ -27,4 +38,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"updated the results table in {args.update_readme}")
     else:
         print(table)
+    return 0
+
+
+def draw(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mnist_challenge.common.validate import check_writable_dir
+    from mnist_challenge.runs.frontier import draw_frontier, frontier_designs
+
+    out = Path(args.frontier)
+    if out.suffix != ".png" or out.is_dir():
+        raise UserError(f"--frontier {out}: give a .png file name")
+    check_writable_dir(out.resolve().parent, "--frontier folder")
+    if args.update_readme:
+        raise UserError("--frontier draws the picture; run --update-readme on its own for the table")
+    designs = frontier_designs([Path(r) for r in args.roots])
+    draw_frontier(designs, out)
+    for d in sorted(designs, key=lambda d: (d.budget, d.params)):
+        spread = f" ± {d.std:.2f}" if len(d.seeds) > 1 else ""
+        kind = "retrained" if d.retrained else ("search winner" if d.winner else "search")
+        seeds = f"{d.mean:.2f}{spread} % over {len(d.seeds)} seed(s)"
+        print(f"{d.budget:<10} {d.params:>7,} params  {seeds}  {kind}: {d.label}")
+    print(f"wrote {out}")
     return 0
