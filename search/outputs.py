@@ -32,6 +32,7 @@ TRIAL_FIELDS = [
     "duplicate_of",
     "sampler_seed",
     "worker",
+    "origin",
     "rung_val_acc",
     "confirmed",
     "hyperparameters",
@@ -73,8 +74,15 @@ def trial_row(t: FrozenTrial, staged: dict[str, str] | None = None) -> dict[str,
         "duplicate_of": attrs.get("duplicate_of", ""),
         "sampler_seed": attrs.get("sampler_seed", ""),
         "worker": attrs.get("worker", ""),
+        "origin": origin_of(t),
         "hyperparameters": json.dumps(t.params, sort_keys=True),
     }
+
+
+def origin_of(t: FrozenTrial) -> str:
+    """Whether a trial's design was drawn by the sampler or transferred from another study (``--transfer-from``)."""
+    source = t.user_attrs.get("transferred_from")
+    return f"transferred from {source}" if source else "drawn"
 
 
 def write_trials_csv(study: optuna.Study, path: Path) -> None:
@@ -146,6 +154,7 @@ def export(study: optuna.Study, study_dir: Path, multi_objective: bool) -> dict[
             "rf_head": best.user_attrs.get("rf_head"),
             "hyperparameters": best.params,
             "run_dir": best.user_attrs.get("run_dir"),
+            "origin": origin_of(best),
         }
     stages = study.user_attrs.get("stages")
     if stages:  # a staged search: the rungs' sizes, every confirmed design's seeds, the winner by mean

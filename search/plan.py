@@ -73,6 +73,8 @@ class SearchRequest:
     grace: int | None = None
     enqueue: tuple[str, ...] = ()
     space: int | None = None
+    transfer_from: str | None = None  # another staged study whose confirmed designs are enqueued first
+    transfer_top: int | None = None  # how many of them (default: all it confirmed)
     data_dir: str | None = None
 
     @classmethod
@@ -113,6 +115,7 @@ def resolve(request: SearchRequest) -> ResolvedSearch:
     search's defaults; a flag that a budget sets and the user also gave is refused."""
     r = request
     staged_flags = {"--rungs": r.rungs, "--screen": r.screen, "--confirm": r.confirm, "--seeds": r.seeds}
+    staged_flags |= {"--transfer-from": r.transfer_from, "--transfer-top": r.transfer_top}
     if r.budget is None:
         given = [flag for flag, value in staged_flags.items() if value is not None]
         if given:
@@ -221,7 +224,40 @@ def enqueued_params(item: str, base: TrainConfig, max_params: int) -> dict:
         raise UserError(f"--enqueue {item!r}: {exc}") from None
 
 
-def run_plan(s: ResolvedSearch, sampler_seed: int, enqueue: tuple[dict, ...] = ()):
+def transferred(s: ResolvedSearch) -> tuple[tuple[dict, str], ...]:
+    """The params of the top confirmed designs of ``--transfer-from``'s study, each with where it came from.
+
+    A fitted design's params are its topology and *relative* widths (and its recipe), so the same params in
+    this study draw the same design re-fitted to this budget's cap (``space.fitted_spec``)."""
+    r = s.request
+    if r.transfer_from is None:
+        return ()
+    if r.transfer_from == s.study:
+        raise UserError(f"--transfer-from {r.transfer_from}: that is this study; name another staged study")
+    from .space import SPACE_VERSIONS
+    from .storage import open_existing_study
+
+    folder = study_dir(r.logs, r.transfer_from)
+    other = open_existing_study(storage_url(r.storage, folder), r.transfer_from)
+    if other.user_attrs.get("space_version", 1) < 2 or other.user_attrs.get("space_version") not in SPACE_VERSIONS:
+        raise UserError(
+            f"--transfer-from {r.transfer_from}: its designs have absolute widths (space version 1); only a fitted "
+            f"study's relative widths can be re-fitted to another cap"
+        )
+    confirmed = (other.user_attrs.get("stages") or {}).get("confirmed") or []
+    if not confirmed:
+        raise UserError(f"--transfer-from {r.transfer_from}: the study has no confirmed designs yet (not staged?)")
+    trials = {t.number: t for t in other.get_trials(deepcopy=False)}
+    ranked = sorted(confirmed, key=lambda e: -e["mean"])[: r.transfer_top or len(confirmed)]
+    return tuple((trials[e["trial"]].params, f"{r.transfer_from} trial {e['trial']}") for e in ranked)
+
+
+def run_plan(
+    s: ResolvedSearch,
+    sampler_seed: int,
+    enqueue: tuple[dict, ...] = (),
+    transfer: tuple[tuple[dict, str], ...] = (),
+):
     """The runner's plan for this search (``search.runner.RunPlan``)."""
     from .objective import SearchSettings
     from .runner import RunPlan
@@ -249,6 +285,7 @@ def run_plan(s: ResolvedSearch, sampler_seed: int, enqueue: tuple[dict, ...] = (
         heartbeat_interval=r.heartbeat,
         grace_period=s.grace,
         enqueue=enqueue,
+        transfer=transfer,
         sampler_seed=sampler_seed,
         fill_to=s.budget.screen if s.budget else None,
         budget=s.budget.record() if s.budget else None,

@@ -48,6 +48,7 @@ class RunPlan:
     heartbeat_interval: int = 60
     grace_period: int = 180
     enqueue: tuple[dict, ...] = ()  # trial params to run first (known designs as a warm start)
+    transfer: tuple[tuple[dict, str], ...] = ()  # another study's designs (params, "study trial N") to run first
     sampler_seed: int = 0  # worker i seeds its sampler with sampler_seed + i (see process_sampler_seed)
     fill_to: int | None = None  # instead of adding n_trials: add what the study lacks of this many finished trials
     budget: dict | None = None  # a staged search's Budget.record(): part of what a resumed study must match
@@ -290,6 +291,8 @@ def run_search(plan: RunPlan) -> optuna.Study:
     set_crash_log(search_log(s))
     study = open_study(plan)  # creates it, or checks that the existing one matches, before any worker starts
     make_dir(s.study_dir, "--logs")  # only now: a storage that cannot be opened leaves no folder behind
+    for params, origin in plan.transfer:  # first; marked, so the results say a winner was transferred
+        study.enqueue_trial(params, user_attrs={"transferred_from": origin}, skip_if_exists=True)
     for params in plan.enqueue:  # skipped when a trial with these params exists (a resumed study)
         study.enqueue_trial(params, skip_if_exists=True)
     before = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED])

@@ -70,8 +70,9 @@ def test_budget_flags_that_clash_are_refused_before_anything_is_written(tmp_path
 
 @pytest.fixture
 def short_budget(monkeypatch):
-    """The tiny budget with a 2-epoch full schedule, so a whole staged search runs in seconds."""
+    """The tiny and micro budgets with a 2-epoch full schedule, so a whole staged search runs in seconds."""
     monkeypatch.setitem(budgets.BUDGETS, "tiny", Budget("tiny", 5_000, 2))
+    monkeypatch.setitem(budgets.BUDGETS, "micro", Budget("micro", 4_000, 2))
 
 
 def test_a_budget_screens_promotes_confirms_and_resumes(tmp_path, mnist_dir, short_budget):
@@ -134,6 +135,25 @@ def test_a_budget_screens_promotes_confirms_and_resumes(tmp_path, mnist_dir, sho
     assert [(k, v["runs"]) for k, v in digest["time"].items()] == [("screen", 3), ("rung 2 epochs", 1), ("confirm", 1)]
     assert digest["time"]["rung 2 epochs"]["epochs"] == 2 and digest["winner"]["trial"] == winner
     assert sum(digest["winner"]["params_by_stage"].values()) == winner_params and "winner: trial" in out
+
+    # Transfer: the micro budget starts from the tiny study's confirmed design, re-fitted under its own cap.
+    stages = ["--rungs", "1", "--screen", "2", "--confirm", "1", "--seeds", "2"]
+    common = ["--logs", str(tmp_path), "--data-dir", str(mnist_dir), *TINY]
+    assert_one_error_line(call(search, "--transfer-from", "budget-tiny", *common), "only apply with --budget")
+    assert_one_error_line(
+        call(search, "--budget", "micro", "--transfer-from", "nosuch", *stages, *common), "no study storage"
+    )
+    code, _, err = call(search, "--budget", "micro", "--transfer-from", "budget-tiny", *stages, *common)
+    assert code == 0, err[-3000:]
+    micro = optuna.load_study(study_name="budget-micro", storage=f"sqlite:///{tmp_path / 'budget-micro' / 'study.db'}")
+    first = micro.trials[0]
+    assert first.user_attrs["transferred_from"] == f"budget-tiny trial {winner}"
+    assert first.params == study.trials[winner].params  # the same topology, relative widths and recipe ...
+    assert first.user_attrs["params"] < 4_000  # ... fitted to this cap
+    rows = (tmp_path / "budget-micro" / "trials.csv").read_text()
+    assert f"transferred from budget-tiny trial {winner}" in rows and ",drawn," in rows
+    best = json.loads((tmp_path / "budget-micro" / "summary.json").read_text())["best"]
+    assert best["origin"] in ("drawn", f"transferred from budget-tiny trial {winner}")
 
 
 def test_the_fidelity_study_scores_every_design_on_every_schedule(tmp_path, mnist_dir, short_budget):

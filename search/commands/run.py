@@ -11,11 +11,18 @@ import argparse
 
 from mnist_challenge.cli.flags import add_data_flags, add_setting_flags
 from mnist_challenge.common.contract import Parser
-from mnist_challenge.common.validate import float_flag, int_flag, positive_int, seed_flag
+from mnist_challenge.common.validate import float_flag, int_flag, positive_int, seed_flag, short_name_flag
 from mnist_challenge.engine.train import TrainConfig
 from mnist_challenge.runs.budgets import BUDGETS, Budget
 
-from ..plan import DEFAULT_EPOCHS, DEFAULT_GRACE_FACTOR, DEFAULT_MAX_PARAMS, GRACE_FACTOR, MAX_EPOCHS
+from ..plan import (
+    DEFAULT_EPOCHS,
+    DEFAULT_GRACE_FACTOR,
+    DEFAULT_MAX_PARAMS,
+    GRACE_FACTOR,
+    MAX_EPOCHS,
+    STUDY_NAME_MAX,
+)
 from .flags import add_study_flags
 
 
@@ -32,6 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rungs", default=None, help="with --budget: the shorter schedules before the full one, e.g. 4,8")
     stage_flags = ("screen", "confirm", "seeds")
     add_setting_flags(p, Budget, only=stage_flags, defaults=dict.fromkeys(stage_flags), help_prefix="with --budget: ")
+    p.add_argument(
+        "--transfer-from",
+        type=short_name_flag(STUDY_NAME_MAX),
+        default=None,
+        metavar="STUDY",
+        help="with --budget: enqueue the confirmed designs of another staged study (under --logs) first, their "
+        "relative widths re-fitted to this budget's cap; trials.csv and the summary mark them as transferred",
+    )
+    p.add_argument(
+        "--transfer-top",
+        type=int_flag(1, 1000),
+        default=None,
+        help="with --transfer-from: only its N best confirmed designs (default: all)",
+    )
     p.add_argument(
         "--n-trials",
         type=int_flag(1, 100_000),
@@ -131,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from mnist_challenge.engine.data import load_raw
 
-    from ..plan import SearchRequest, enqueued_params, resolve, run_plan, validate
+    from ..plan import SearchRequest, enqueued_params, resolve, run_plan, transferred, validate
     from ..runner import export_study, finish, process_sampler_seed, run_search
     from ..stages import confirmed_table, run_stages
     from ..storage import shown_url
@@ -144,9 +165,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     validate(search)
     load_raw(r.data_dir, allow_download=args.download)  # fail on missing data before touching the study
-    plan = run_plan(
-        search, sampler_seed, tuple(enqueued_params(item, search.base, search.max_params) for item in r.enqueue)
-    )
+    enqueue = tuple(enqueued_params(item, search.base, search.max_params) for item in r.enqueue)
+    plan = run_plan(search, sampler_seed, enqueue, transferred(search))  # another study read before ours is written
     print(
         f"study {search.study!r}: {search.describe()}; {search.workers} worker(s) x {search.threads} thread(s), "
         f"storage {shown_url(plan.storage_url)}"  # never a password on the terminal
