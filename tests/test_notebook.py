@@ -26,6 +26,13 @@ VARIANTS = {
     "residual, projected and cropped": {
         "blocks": [{**BLOCK, "residual": True, "transition": 6}, {"channels": [6, 6], "padding": 1, "residual": True}]
     },
+    "pool-only transitions": {
+        "blocks": [
+            {**BLOCK, "transition": "pool"},
+            {"channels": [8, 10], "padding": 0, "transition": "pool"},
+            {**BLOCK, "padding": 1},
+        ]
+    },
     "conv_gap head, BN before ReLU": {"head": "conv_gap", "batchnorm": "before_relu"},
     "conv3_gap head, no BN": {"head": "conv3_gap", "batchnorm": "none"},
     "dropout at block ends": {"dropout": 0.1, "dropout_at": "block_end"},

@@ -7,7 +7,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mnist_challenge import ArchSpec, ConvBlock, UserError, build_model, count_params, load_spec
-from mnist_challenge.architecture.spec import BATCHNORM_CHOICES, BLOCK_KINDS, DILATION, DROPOUT_PLACES, HEAD_CHOICES
+from mnist_challenge.architecture.spec import (
+    BATCHNORM_CHOICES,
+    BLOCK_KINDS,
+    DILATION,
+    DROPOUT_PLACES,
+    HEAD_CHOICES,
+    POOL_ONLY,
+)
 
 
 @st.composite
@@ -23,7 +30,7 @@ def specs(draw, max_channels: int = 24, input_size: int = 28) -> ArchSpec:
             break
         channels = draw(st.lists(st.integers(1, max_channels), min_size=1, max_size=max_convs))
         side -= 0 if padding else 2 * DILATION[kind] * len(channels)
-        transition = draw(st.none() | st.integers(1, max_channels)) if side >= 2 else None
+        transition = draw(st.none() | st.integers(1, max_channels) | st.just(POOL_ONLY)) if side >= 2 else None
         side = side // 2 if transition else side
         blocks.append(ConvBlock(channels, padding, draw(st.booleans()), transition, kind))
     if not blocks:
@@ -100,3 +107,16 @@ def test_spec_is_frozen():
     spec = load_spec("classic")
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.stem_channels = 3  # type: ignore[misc]
+
+
+def test_a_pool_only_transition_keeps_the_channels_and_adds_no_parameters():
+    squeezed = ArchSpec(blocks=(ConvBlock([8, 8], 1, transition=8), ConvBlock([8], 1)))
+    pooled = ArchSpec(blocks=(ConvBlock([8, 8], 1, transition=POOL_ONLY), ConvBlock([8], 1)))
+    assert ArchSpec.from_dict(json.loads(pooled.to_json())) == pooled  # "transition": "pool" in JSON
+    assert [s for s in pooled.feature_sizes() if s[0] == "transition1"] == [("transition1", 8, 13)]  # 26 px / 2
+    model, with_squeeze = build_model(pooled), build_model(squeezed)
+    squeeze_params = sum(p.numel() for p in with_squeeze.transition1.parameters())
+    assert squeeze_params > 0 and count_params(with_squeeze) - count_params(model) == squeeze_params
+    assert list(model.transition1.parameters()) == []
+    with pytest.raises(UserError, match='"pool" for the pool alone'):
+        ConvBlock([8], 1, transition="squeeze")

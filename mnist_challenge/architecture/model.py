@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_challenge.architecture.spec import DILATION, ArchSpec, ConvBlock
+from mnist_challenge.architecture.spec import DILATION, POOL_ONLY, ArchSpec, ConvBlock
 
 
 def conv_unit(
@@ -83,10 +83,12 @@ class SpecNet(nn.Module):
         for i, block in enumerate(spec.blocks, start=1):
             self.add_module(f"block{i}", Block(spec, block, ch))
             ch = block.channels[-1]
-            if block.transition is not None:
+            if block.transition == POOL_ONLY:
+                self.add_module(f"transition{i}", nn.Sequential(nn.MaxPool2d(2)))
+            elif block.transition is not None:
                 squeeze = conv_unit(spec, ch, block.transition, 1, 0, every_conv)
                 self.add_module(f"transition{i}", nn.Sequential(nn.MaxPool2d(2), squeeze))
-                ch = block.transition
+            ch = block.out_channels
         kernel = 3 if spec.head == "conv3_gap" else 1
         to_classes = nn.Conv2d(ch, spec.num_classes, kernel, padding=kernel // 2, bias=False)
         gap = nn.AdaptiveAvgPool2d(1)

@@ -9,7 +9,8 @@ The network a spec describes is always::
   3x3 then a 1x1: 9c + c*c' weights instead of 9c*c') or a dilated 3x3 (dilation 2: RF +4 per conv);
 * a *block* is one or more conv units of one kind sharing a padding, optionally wrapped by a residual
   connection;
-* a *transition* (after any block) is MaxPool2d(2) followed by a 1x1 "squeeze" conv unit;
+* a *transition* (after any block) is MaxPool2d(2) followed by a 1x1 "squeeze" conv unit, or the pool
+  alone (``"transition": "pool"``: the channels go on unchanged, no parameters);
 * the *head* is global average pooling and a conv to the classes: GAP then 1x1, 1x1 then GAP, or a
   3x3 (padding 1) then GAP.
 
@@ -33,6 +34,7 @@ BATCHNORM_CHOICES = ("none", "before_relu", "after_relu")
 DROPOUT_PLACES = ("none", "every_conv", "block_end")
 HEAD_CHOICES = ("gap_conv", "conv_gap", "conv3_gap")
 BLOCK_KINDS = ("conv", "separable", "dilated")
+POOL_ONLY = "pool"  # a transition without the 1x1 squeeze
 DILATION = {"conv": 1, "separable": 1, "dilated": 2}  # of each block kind's 3x3
 # Bounds on sizes: far above anything useful on MNIST-sized inputs, low enough that a typo (80000
 # channels, a 4,000 px input) is an error and not gigabytes of activations.
@@ -65,7 +67,9 @@ class ConvBlock:
     channels: tuple[int, ...]  # output channels of each 3x3 conv in the block, in order
     padding: int = 0  # 0 shrinks the map by 2 per conv (cheap RF growth), 1 keeps its size
     residual: bool = False  # add the block input to its output (1x1 projection if channels differ)
-    transition: int | None = None  # if set: MaxPool2d(2) + 1x1 squeeze to this many channels after the block
+    # After the block: MaxPool2d(2) + a 1x1 squeeze to this many channels, POOL_ONLY ("pool": the pool alone), or
+    # None (no transition).
+    transition: int | str | None = None
     kind: str = "conv"  # one of BLOCK_KINDS: plain 3x3, depthwise-separable 3x3 + 1x1, or dilated (2) 3x3
 
     def __post_init__(self) -> None:
@@ -79,12 +83,18 @@ class ConvBlock:
             _check_channels(c, "block channels")
         _check_padding(self.padding, "block padding")
         _check(isinstance(self.residual, bool), f"residual must be true or false, got {self.residual!r}")
-        if self.transition is not None:
-            _check_channels(self.transition, "transition channels")
+        if self.transition is not None and self.transition != POOL_ONLY:
+            _check_channels(self.transition, f'transition channels (or "{POOL_ONLY}" for the pool alone)')
         _check(
             isinstance(self.kind, str) and self.kind in BLOCK_KINDS,
             f"block kind must be one of {BLOCK_KINDS}, got {self.kind!r}",
         )
+
+    @property
+    def out_channels(self) -> int:
+        """Channels after the block and its transition."""
+        squeezed = self.transition is not None and self.transition != POOL_ONLY
+        return self.transition if squeezed else self.channels[-1]
 
     @property
     def shrink(self) -> int:
@@ -147,7 +157,7 @@ class ArchSpec:
             for out in block.channels:
                 total, ch = total + (9 * ch + ch * out if block.kind == "separable" else 9 * ch * out), out
             total += block_in * ch if block.residual and block_in != ch else 0
-            if block.transition is not None:
+            if block.transition is not None and block.transition != POOL_ONLY:
                 total, ch = total + ch * block.transition, block.transition
         return total + ch * self.num_classes * (9 if self.head == "conv3_gap" else 1)
 
@@ -166,7 +176,7 @@ class ArchSpec:
             if block.transition is not None:
                 side //= 2
                 _check(side >= 1, f"the transition after block {i} pools a {side * 2 or 1}px map below 1x1")
-                sizes.append((f"transition{i}", block.transition, side))
+                sizes.append((f"transition{i}", block.out_channels, side))
         return sizes
 
     # --- JSON round trip -------------------------------------------------------------------------
