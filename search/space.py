@@ -7,8 +7,10 @@ Two versions of the architecture space exist; a study keeps the one it was creat
 (``space_version`` in its user attrs; studies from before the attribute are version 1):
 
 * 1: absolute channel widths from a list (narrowed under small caps); draws over the cap are rejected.
-* 2 (new studies): a topology with *relative* widths and block kinds, fitted to the cap
-  (``fitted_spec``, ``budget.fit_to_cap``), so every draw fits and lands just under the cap.
+* 2: a topology with *relative* widths and block kinds, fitted to the cap (``fitted_spec``,
+  ``budget.fit_to_cap``), so every draw fits and lands just under the cap.
+* 3 (new studies): version 2, and a transition may be the pool alone (no 1x1 squeeze: the family of the
+  smallest public nets) and the batch may be 32.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from typing import Any
 import optuna
 
 from mnist_challenge import ArchSpec, ConvBlock, UserError
-from mnist_challenge.architecture.spec import BLOCK_KINDS, DILATION, MAX_CHANNELS
+from mnist_challenge.architecture.spec import BLOCK_KINDS, DILATION, MAX_CHANNELS, POOL_ONLY
 from mnist_challenge.engine.train import TrainConfig
 
 from .budget import fit_to_cap, width
 
-SPACE_VERSION = 2  # the version new studies get
-SPACE_VERSIONS = (1, 2)
+SPACE_VERSION = 3  # the version new studies get
+SPACE_VERSIONS = (1, 2, 3)
 
 CHANNELS = [4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32]
 SQUEEZE = [6, 8, 10, 12, 16]
@@ -86,7 +88,9 @@ SQUEEZE_RATIO = (0.4, 1.0)  # a transition's squeeze width relative to its block
 STEM_RATIO = (0.3, 1.0)  # the stem's width relative to the first block's
 
 
-def fitted_spec(trial: optuna.Trial, name: str, max_params: int, min_rf: int = 0) -> ArchSpec:
+def fitted_spec(
+    trial: optuna.Trial, name: str, max_params: int, min_rf: int = 0, version: int = SPACE_VERSION
+) -> ArchSpec:
     """Draw a topology and relative widths, then scale the widths to the cap.
 
     Two repairs keep every draw a network worth training (both are replayed exactly from the params):
@@ -106,7 +110,8 @@ def fitted_spec(trial: optuna.Trial, name: str, max_params: int, min_rf: int = 0
         relative = trial.suggest_float(f"b{i}_width", *RELATIVE_WIDTH, log=True)
         squeeze = None
         if i < n_blocks and side >= 4 and (i == 1 or trial.suggest_categorical(f"b{i}_transition", [True, False])):
-            squeeze = trial.suggest_float(f"b{i}_squeeze", *SQUEEZE_RATIO)
+            pool_only = version >= 3 and trial.suggest_categorical(f"b{i}_pool_only", [False, True])
+            squeeze = POOL_ONLY if pool_only else trial.suggest_float(f"b{i}_squeeze", *SQUEEZE_RATIO)
             side //= 2
         shapes.append([convs, kind, padding, residual, relative, squeeze])
     stem_ratio = trial.suggest_float("stem_width", *STEM_RATIO)
@@ -131,7 +136,7 @@ def fitted_spec(trial: optuna.Trial, name: str, max_params: int, min_rf: int = 0
                 (width(scale, rel, MAX_CHANNELS),) * convs,
                 padding,
                 residual,
-                None if squeeze is None else width(scale, rel * squeeze, MAX_CHANNELS),
+                squeeze if squeeze in (None, POOL_ONLY) else width(scale, rel * squeeze, MAX_CHANNELS),
                 kind,
             )
             for convs, kind, padding, residual, rel, squeeze in shapes
@@ -164,7 +169,7 @@ def draw_spec(trial: optuna.Trial, name: str, max_params: int, min_rf: int, vers
     """The spec of a trial in a study of space ``version``."""
     if version == 1:
         return suggest_spec(trial, name, max_params)
-    return fitted_spec(trial, name, max_params, min_rf)
+    return fitted_spec(trial, name, max_params, min_rf, version)
 
 
 def spec_of_trial(trial: optuna.trial.FrozenTrial, study_name: str) -> ArchSpec:
@@ -228,17 +233,21 @@ def recipe_from_params(params: dict[str, Any], base: TrainConfig) -> TrainConfig
     return suggest_recipe(optuna.trial.FixedTrial(params), base)
 
 
-def fitted_recipe(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
+# Batch sizes of the fitted recipe, by space version: version 3 adds 32 (the smallest public nets' batch).
+FITTED_BATCHES = {2: [64, 128], 3: [32, 64, 128]}
+
+
+def fitted_recipe(trial: optuna.Trial, base: TrainConfig, version: int = SPACE_VERSION) -> TrainConfig:
     """Version 2's recipe, for tiny nets on complete schedules: OneCycle always (a staged search compares
-    complete schedules of several lengths), batch 64 or 128, label smoothing, and the ranges the first
-    searches found worth drawing (version 1's translation above 0.06 and learning rates under 0.02 all
-    finished last)."""
+    complete schedules of several lengths), batch 64 or 128 (version 3: also 32), label smoothing, and the
+    ranges the first searches found worth drawing (version 1's translation above 0.06 and learning rates
+    under 0.02 all finished last)."""
     return TrainConfig(
         **{
             **base.to_dict(),
             "schedule": "onecycle",
             "lr": trial.suggest_float("lr", 0.02, 0.2, log=True),
-            "batch_size": trial.suggest_categorical("batch_size", [64, 128]),
+            "batch_size": trial.suggest_categorical("batch_size", FITTED_BATCHES[min(version, 3)]),
             "label_smoothing": trial.suggest_categorical("label_smoothing", [0.0, 0.05, 0.1]),
             "rotation": trial.suggest_float("rotation", 0.0, 12.0),
             "translate": trial.suggest_float("translate", 0.0, 0.06),
@@ -248,7 +257,7 @@ def fitted_recipe(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
 
 
 def draw_recipe(trial: optuna.Trial, base: TrainConfig, version: int) -> TrainConfig:
-    return suggest_recipe(trial, base) if version == 1 else fitted_recipe(trial, base)
+    return suggest_recipe(trial, base) if version == 1 else fitted_recipe(trial, base, version)
 
 
 def recipe_of_trial(trial: optuna.trial.FrozenTrial, base: TrainConfig) -> TrainConfig:

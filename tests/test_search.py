@@ -331,7 +331,7 @@ def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
         (["--workers", "0"], "must be an integer in [1, 256], got 0"),
         (["--space", "1", "--enqueue", "nosuchpreset"], "no preset named"),
         (["--space", "1", "--enqueue", "compact:momentum=0.5"], "expected KEY=VALUE"),
-        (["--space", "1"], "exists with different settings (space (the study's is 2))"),
+        (["--space", "1"], "exists with different settings (space (the study's is 3))"),
     ]
     for extra, fragment in cases:  # in this process: the same contract, without an interpreter start each
         assert_one_error_line(call(search, *base[1:], *extra), fragment)
@@ -636,4 +636,29 @@ def test_a_fitted_trial_stores_the_spec_and_recipe_it_trained(tmp_path, monkeypa
     assert len(trained) == 3
     for trial, (spec, cfg) in zip(study.trials, trained):
         assert spec_of_trial(trial, "v2") == spec and recipe_of_trial(trial, base) == cfg
-        assert cfg.schedule == "onecycle" and cfg.batch_size in (64, 128) and cfg.label_smoothing in (0.0, 0.05, 0.1)
+        assert (
+            cfg.schedule == "onecycle" and cfg.batch_size in (32, 64, 128) and cfg.label_smoothing in (0.0, 0.05, 0.1)
+        )
+
+
+def test_space_3_draws_pool_only_transitions_and_batch_32_and_space_2_draws_as_before():
+    from search.space import fitted_recipe, fitted_spec
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    pools, batches = 0, set()
+    for _ in range(40):
+        trial = study.ask()
+        spec = fitted_spec(trial, "f", 4_001, min_rf=20, version=3)
+        figures, broken = check_constraints(spec, SearchSettings("f", None, TrainConfig(), max_params=4_001, min_rf=20))
+        assert figures["params"] < 4_001
+        pools += sum(b.transition == "pool" for b in spec.blocks)
+        batches.add(fitted_recipe(trial, TrainConfig(), version=3).batch_size)
+        study.tell(trial, 0.0)
+    assert pools > 0 and batches == {32, 64, 128}
+    old = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(20):  # a version 2 study resumed by this code draws from version 2's choices only
+        trial = old.ask()
+        spec = fitted_spec(trial, "f", 4_001, min_rf=20, version=2)
+        assert all(b.transition != "pool" for b in spec.blocks) and not any("pool_only" in k for k in trial.params)
+        assert fitted_recipe(trial, TrainConfig(), version=2).batch_size in (64, 128)
+        old.tell(trial, 0.0)

@@ -134,10 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--space",
         type=int,
-        choices=(1, 2),
+        choices=(1, 2, 3),
         default=None,
-        help="architecture space: 2 fits each drawn topology's widths to --max-params (the default for a new "
-        "study); 1 draws absolute widths (needed by --enqueue). A study keeps the one it was made with",
+        help="architecture space: 3 (the default for a new study) fits each drawn topology's widths to "
+        "--max-params and may draw pool-only transitions and batch 32; 2 the same without those; 1 draws "
+        "absolute widths (needed by --enqueue). A study keeps the one it was made with",
     )
     p.add_argument(
         "--export-only",
