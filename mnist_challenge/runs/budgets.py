@@ -61,6 +61,7 @@ BUDGETS = {
     "compact": Budget("compact", 8_000, 15),
     "tiny": Budget("tiny", 5_000, 15),
     "micro": Budget("micro", 4_000, 15),
+    "nano": Budget("nano", 3_000, 15),  # under the smallest public nets (3,762 and 4,968 parameters, one seed each)
 }
 
 
