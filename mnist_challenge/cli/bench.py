@@ -22,6 +22,7 @@ import torch
 
 from mnist_challenge.architecture.model import build_model
 from mnist_challenge.architecture.spec import load_spec
+from mnist_challenge.bench.grouped import time_grouped
 from mnist_challenge.bench.measure import TRICKS, ablate, compare_layouts, peak_rss_mib, profile_step
 from mnist_challenge.bench.reference import time_reference_steps
 from mnist_challenge.bench.suite import engine_seconds, run_suite
@@ -86,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only print where a training step of the engine spends its time (torch.profiler, shares by kind of op)",
     )
+    p.add_argument(
+        "--grouped",
+        type=int_flag(2, 16),
+        default=None,
+        metavar="K",
+        help="only time K seeds of --spec trained as one grouped network against K separate nets and the engine, "
+        "at 1 and 2 threads (a measurement: the engine trains one seed per run)",
+    )
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     add_data_flags(p)
     p.set_defaults(handler=run_bench)
@@ -108,6 +117,8 @@ def run_bench(args: argparse.Namespace) -> int:
         return run_bench_suite(args)
     if args.profile:
         return run_profile(args)
+    if args.grouped:
+        return run_grouped(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = load_spec(args.spec or "classic")
@@ -220,6 +231,38 @@ def run_profile(args: argparse.Namespace) -> int:
     )
     for kind, micros in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"{kind:<16} {100 * micros / total:5.1f} %  ({micros / args.steps / 1000:.1f} ms per step)")
+    return 0
+
+
+def run_grouped(args: argparse.Namespace) -> int:
+    """K seeds as one grouped network vs K separate ones vs the engine, at 1 and 2 threads (seed-images/s)."""
+    spec = load_spec(args.spec or "classic")
+    k = args.grouped
+    needed = (args.steps + args.warmup) * args.batch_size
+    data = load_mnist(args.data_dir, val_size=0, train_subset=needed, allow_download=args.download)
+    print(
+        f"grouped | spec {spec.name} | {k} seeds | batch {args.batch_size} per seed | {args.steps} timed steps after "
+        f"{args.warmup} warm-up, {args.repeats} alternating repeats (medians) | torch {torch.__version__}"
+    )
+    print("seed-images/s: images trained per second summed over the seeds; stock = build_model's nn layers")
+    rows = []
+    for threads in (1, 2):
+        row = time_grouped(spec, data, k, threads, args.steps, args.warmup, args.repeats, args.batch_size)
+        rows.append(row)
+        m = row["medians"]
+        print(
+            f"{threads} thread(s): stock separate {row['separate']:.0f} (nchw {m['separate_nchw']:.0f}, cl "
+            f"{m['separate_channels_last']:.0f}), stock grouped {row['grouped']:.0f} (nchw {m['grouped_nchw']:.0f}, "
+            f"cl {m['grouped_channels_last']:.0f}), engine {row['engine']:.0f}",
+            flush=True,
+        )
+    for row in rows:
+        print(
+            f"GROUPED {spec.name} k={k} {row['threads']} thr: grouped = {row['grouped_vs_separate']:.2f}x stock "
+            f"separate, {row['grouped_vs_engine']:.2f}x the engine"
+        )
+    if args.json:
+        write_json(Path(args.json), {"spec": spec.name, "k": k, "batch_size": args.batch_size, "rows": rows})
     return 0
 
 
