@@ -1,4 +1,5 @@
-"""MNIST architecture-search challenge kit: specs, models, inspector, data, training, run records, exports.
+"""MNIST architecture-search challenge kit: specs, models, inspector, data, training, run records, exports,
+notebook grading.
 
 The layers, each importing only those above it:
 
@@ -7,6 +8,7 @@ The layers, each importing only those above it:
     engine/        MNIST as tensors, batched augmentation, the training loop and its fast kernels
     runs/          run directories, one run from spec to verdict, the checker, budgets, the results table
     export/        the self-contained submission notebook and its cell templates
+    grading/       anyone's notebook: the model its cells define (built in a subprocess), its epoch log, its grade
     bench/         the engine's benchmarks (suite, reference loops)
     cli/           the commands (``mnist-challenge``, ``python -m mnist_challenge``); nothing imports it
 

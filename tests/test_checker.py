@@ -96,3 +96,30 @@ def test_cli_exit_codes(tmp_path):
     assert missing.returncode == 2 and "run directory not found" in missing.stderr
     (good / "epochs.csv").unlink()
     assert run_cli("mnist_challenge", "check", str(good)).returncode == 2
+
+
+def test_rule_sets_set_the_limits_and_the_required_layers(tmp_path):
+    """``check --rules NAME``: the set's limits (a flag still overrides one) and, for bn-dropout-gap, the layers the
+    forward must call; the search's budgets take their caps and epochs from the same table."""
+    import dataclasses
+
+    from mnist_challenge.cli.main import main as kit
+    from mnist_challenge.runs.budgets import BUDGETS, RULES
+
+    from .conftest import call
+
+    classic = load_spec("classic")  # 12,738 params, BN and dropout, GAP head
+    no_dropout = dataclasses.replace(classic, dropout=0.0)
+    good = make_run(tmp_path / "good", build_model(classic), classic, GOOD)
+    dry = make_run(tmp_path / "dry", build_model(no_dropout), no_dropout, GOOD)
+    code, out, _ = call(kit, "check", str(good), "--rules", "10k")
+    assert code == 1 and "[FAIL] parameters < 10,000: 12,738" in out and "epochs <= 15" in out
+    assert call(kit, "check", str(good), "--rules", "10k", "--max-params", "13000")[0] == 0
+    code, out, _ = call(kit, "check", str(good), "--rules", "bn-dropout-gap")
+    assert code == 0 and "[PASS] uses Dropout" in out and "[PASS] uses global average pooling" in out
+    code, out, _ = call(kit, "check", str(dry), "--rules", "bn-dropout-gap")
+    assert code == 1 and "[FAIL] uses Dropout: never called in forward" in out and "[PASS] uses BatchNorm" in out
+    assert call(kit, "check", str(dry))[0] == 0  # the original rules do not ask for dropout
+    for name, budget in BUDGETS.items():
+        rules = RULES[{"assignment": "original", "compact": "8k"}.get(name, name)]
+        assert (budget.max_params, budget.epochs) == (rules.limits.max_params, rules.limits.max_epochs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mnist_challenge.cli.flags import add_limit_flags, settings_from_args
+from mnist_challenge.cli.flags import add_limit_flags, limits_from_args
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -15,8 +15,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnist_challenge.runs.checker import Limits, check_run
+    from mnist_challenge.runs.checker import check_run
 
-    verdict = check_run(args.run_dir, settings_from_args(Limits, args))
+    rules, limits = limits_from_args(args)
+    verdict = check_run(args.run_dir, limits, rules.requires)
     print(verdict.format())
     return 0 if verdict.passed else 1

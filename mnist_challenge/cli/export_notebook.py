@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from mnist_challenge.cli.flags import add_data_flags, add_limit_flags, settings_from_args
+from mnist_challenge.cli.flags import add_data_flags, add_limit_flags, limits_from_args
 from mnist_challenge.common.validate import int_flag
 
 
@@ -38,11 +38,10 @@ def run(args: argparse.Namespace) -> int:
         outputs_text,
         read_run,
     )
-    from mnist_challenge.runs.checker import Limits
 
     spec, _ = read_run(args.run_dir)
     out = notebook_path(args.out, spec.name)
-    limits = settings_from_args(Limits, args)
+    _, limits = limits_from_args(args)
     if args.execute:
         load_raw(args.data_dir, allow_download=args.download)  # fail on missing data before writing anything
     nb = export_notebook(args.run_dir, out, limits)

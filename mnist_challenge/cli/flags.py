@@ -85,6 +85,24 @@ def add_train_config_flags(p: argparse.ArgumentParser, epochs_default: int = 15)
 
 
 def add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """``--rules NAME`` (a rule set of ``runs.budgets.RULES``) and a flag per limit, each overriding the set's."""
+    from mnist_challenge.runs.budgets import RULES
     from mnist_challenge.runs.checker import Limits
 
-    add_setting_flags(p, Limits)
+    listed = "; ".join(f"{name}: {rules.about}" for name, rules in RULES.items())
+    p.add_argument("--rules", default="original", metavar="NAME", help=f"the rule set (default original). {listed}")
+    fields = [f.name for f in dataclasses.fields(Limits)]
+    add_setting_flags(
+        p, Limits, defaults=dict.fromkeys(fields), helps={"max_params": "parameters must be fewer than this"}
+    )
+
+
+def limits_from_args(args: argparse.Namespace):
+    """The rule set ``--rules`` names, with the limits any flag gives replacing the set's: ``(Rules, Limits)``."""
+    from mnist_challenge.runs.budgets import rules_named
+
+    rules = rules_named(args.rules)
+    given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(rules.limits) if getattr(args, f.name) is not None
+    }
+    return rules, dataclasses.replace(rules.limits, **given)

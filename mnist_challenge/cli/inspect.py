@@ -18,6 +18,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--torchvision", metavar="NAME", help="a torchvision model name, e.g. resnet18 (random weights)"
     )
+    source.add_argument(
+        "--notebook",
+        metavar="FILE.ipynb[:NAME]",
+        help="the model a notebook defines (only its imports, classes, functions and constants run, in a "
+        "subprocess); NAME picks a class or variable, default: the model the notebook trains",
+    )
     p.add_argument(
         "--input-size",
         nargs=3,
@@ -35,9 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from mnist_challenge.architecture.model import build_model
     from mnist_challenge.architecture.spec import load_spec
 
-    given = next(flag for flag in ("spec", "module", "torchvision") if getattr(args, flag) is not None)
+    given = next(flag for flag in ("spec", "module", "torchvision", "notebook") if getattr(args, flag) is not None)
     if not getattr(args, given).strip():
         raise UserError(f"--{given} is empty: give a {'spec file or preset name' if given == 'spec' else 'name'}")
+    if args.notebook is not None:
+        return run_notebook(args)
     if args.spec is not None:
         spec = load_spec(args.spec)
         model = build_model(spec)
@@ -59,4 +67,16 @@ def run(args: argparse.Namespace) -> int:
     if args.spec is not None:
         print(torchsummary_table(model, input_size))
     print(format_report(report))
+    return 0
+
+
+def run_notebook(args: argparse.Namespace) -> int:
+    """``--notebook``: the report of the model the notebook defines, as ``--module`` prints it."""
+    import sys
+
+    from mnist_challenge.grading.build import notebook_model
+
+    built = notebook_model(args.notebook, tuple(args.input_size) if args.input_size else (1, 28, 28))
+    print(f"note: {built.notebook.path}: the model is {built.source.chosen}", file=sys.stderr)
+    print(json.dumps(built.report, indent=2) if args.json else built.text)
     return 0

@@ -1,4 +1,4 @@
-"""``mnist-challenge`` (``python -m mnist_challenge``): inspect, train, check, report, export-notebook.
+"""``mnist-challenge`` (``python -m mnist_challenge``): inspect, train, check, check-notebook, report, export-notebook.
 
 Each command is one module of this package with ``add(subparsers)`` and ``run(args)``; the exit codes are
 the contract in ``mnist_challenge.common.contract``.
@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from mnist_challenge.cli import check, export_notebook, inspect, report, train
+from mnist_challenge.cli import check, check_notebook, export_notebook, inspect, report, train
 from mnist_challenge.common.contract import Parser, run_cli
 
-COMMANDS = (inspect, train, check, report, export_notebook)
+COMMANDS = (inspect, train, check, check_notebook, report, export_notebook)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -140,9 +140,60 @@ def checked_rows(run_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
-def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
-    """The verdict on one run directory; a file the rules need that is missing, unreadable or malformed is
-    a ``UserError`` naming it (exit 2), never a verdict."""
+def params_rule(params: int, limits: Limits) -> dict[str, Any]:
+    return {
+        "rule": f"parameters < {limits.max_params:,}",
+        "passed": params < limits.max_params,
+        "figure": f"{params:,}",
+    }
+
+
+def linear_rule(has_linear: bool, sites: list[str]) -> dict[str, Any]:
+    figure = f"fully connected layer at {', '.join(sites) or 'a functional call'}" if has_linear else "none"
+    return {"rule": "no fully connected layer", "passed": not has_linear, "figure": figure}
+
+
+def epochs_rule(epochs: int, limits: Limits, planned: int | None = None) -> dict[str, Any]:
+    """At most ``max_epochs`` epochs run (and planned, where the plan is known)."""
+    within = 1 <= epochs <= limits.max_epochs and (planned is None or planned <= limits.max_epochs)
+    figure = f"{epochs}" + (f" (planned {planned})" if planned is not None and planned != epochs else "")
+    return {"rule": f"epochs <= {limits.max_epochs}", "passed": within, "figure": figure}
+
+
+def accuracy_rule(test_accs: list[float], limits: Limits) -> dict[str, Any]:
+    """Each of the last ``last_k`` epochs reaches ``min_acc`` ("consistently, not once")."""
+    tail = test_accs[-limits.last_k :]
+    enough = len(tail) == limits.last_k
+    figure = ", ".join(f"{a:.2f}%" for a in tail) if tail else "no epochs"
+    if not enough:
+        figure += f" (only {len(tail)} epoch(s), need {limits.last_k})"
+    return {
+        "rule": f"test accuracy >= {limits.min_acc}% in each of the last {limits.last_k} epochs",
+        "passed": enough and all(a >= limits.min_acc for a in tail),
+        "figure": figure,
+    }
+
+
+REQUIREMENT_NAMES = {"batchnorm": "BatchNorm", "dropout": "Dropout", "gap": "global average pooling"}
+
+
+def requirement_rules(usage: dict[str, list[str]], requires: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One rule per required layer kind: the forward uses it (``architecture.usage.layers_used``)."""
+    return [
+        {
+            "rule": f"uses {REQUIREMENT_NAMES[kind]}",
+            "passed": bool(usage.get(kind)),
+            "figure": ", ".join(usage[kind][:3]) + (" ..." if len(usage[kind]) > 3 else "")
+            if usage.get(kind)
+            else "never called in forward",
+        }
+        for kind in requires
+    ]
+
+
+def check_run(run_dir: str | Path, limits: Limits = Limits(), requires: tuple[str, ...] = ()) -> Verdict:
+    """The verdict on one run directory (``requires``: layer kinds the model must use, from a rule set); a file the
+    rules need that is missing, unreadable or malformed is a ``UserError`` naming it (exit 2), never a verdict."""
     from mnist_challenge.architecture.inspector import inspect_spec
     from mnist_challenge.architecture.model import build_model
     from mnist_challenge.architecture.spec import ArchSpec
@@ -175,39 +226,20 @@ def check_run(run_dir: str | Path, limits: Limits = Limits()) -> Verdict:
             "figure": mismatch or "the spec's network, tensor for tensor",
         }
     )
-    params = int(inspection["params"])
-    rules.append(
-        {"rule": f"parameters < {limits.max_params:,}", "passed": params < limits.max_params, "figure": f"{params:,}"}
-    )
-    linear = inspection.get("linear_layers") or []
-    rules.append(
-        {
-            "rule": "no fully connected layer",
-            "passed": not inspection["has_linear"],
-            "figure": f"fully connected layer at {', '.join(linear) or 'a functional call'}"
-            if inspection["has_linear"]
-            else "none",
-        }
-    )
-    within = 1 <= len(rows) <= limits.max_epochs and planned <= limits.max_epochs
-    figure = f"{len(rows)}" + (f" (planned {planned})" if planned != len(rows) else "")
-    rules.append({"rule": f"epochs <= {limits.max_epochs}", "passed": within, "figure": figure})
+    rules.append(params_rule(int(inspection["params"]), limits))
+    rules.append(linear_rule(inspection["has_linear"], inspection.get("linear_layers") or []))
+    rules.append(epochs_rule(len(rows), limits, planned))
     numbers = [int(r["epoch"]) for r in rows]
     complete = numbers == list(range(1, planned + 1))
     figure = f"{len(rows)} of {planned} planned epochs logged"
     if not complete and len(rows) == planned:
         figure += " (the epoch column is not 1..N in order)"
     rules.append({"rule": "run complete (every planned epoch logged)", "passed": complete, "figure": figure})
-    tail = [r["test_acc"] for r in rows[-limits.last_k :]]
-    enough = len(tail) == limits.last_k
-    figure = ", ".join(f"{a:.2f}%" for a in tail) if tail else "no epochs"
-    if not enough:
-        figure += f" (only {len(tail)} epoch(s), need {limits.last_k})"
-    rules.append(
-        {
-            "rule": f"test accuracy >= {limits.min_acc}% in each of the last {limits.last_k} epochs",
-            "passed": enough and all(a >= limits.min_acc for a in tail),
-            "figure": figure,
-        }
-    )
+    rules.append(accuracy_rule([r["test_acc"] for r in rows], limits))
+    if requires:
+        from mnist_challenge.architecture.usage import layers_used
+
+        rules.extend(
+            requirement_rules(layers_used(model, (spec.in_channels, spec.input_size, spec.input_size)), requires)
+        )
     return Verdict(all(r["passed"] for r in rules), rules)

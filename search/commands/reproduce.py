@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mnist_challenge.cli.flags import add_data_flags, add_limit_flags, settings_from_args
+from mnist_challenge.cli.flags import add_data_flags, add_limit_flags, limits_from_args
 from mnist_challenge.common.contract import Parser
 from mnist_challenge.common.validate import int_flag, seed_flag
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from mnist_challenge.common.errors import set_crash_log
-    from mnist_challenge.runs.checker import Limits, check_run
+    from mnist_challenge.runs.checker import check_run
     from mnist_challenge.runs.experiment import run_experiment
     from mnist_challenge.runs.runlog import check_new_run_dir
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     spec, cfg = reproduction(
         study, name, trial, epochs=args.epochs, seed=args.seed, train_subset=args.train_subset, threads=args.threads
     )
-    limits = settings_from_args(Limits, args)
+    rules, limits = limits_from_args(args)
     default_out = folder / "reproduce" / f"trial{trial.number}-seed{args.seed}"
     out = check_new_run_dir(Path(args.out) if args.out else default_out)
     print(f"reproducing trial {trial.number} of {name!r} ({cfg.epochs} epochs, seed {args.seed}) -> {out}")
@@ -55,4 +55,4 @@ def run(args: argparse.Namespace) -> int:
     run_experiment(
         spec, cfg, out, data_dir=args.data_dir, limits=limits, extra_config={"study": name, "trial": trial.number}
     )
-    return 0 if check_run(out, limits).passed else 1
+    return 0 if check_run(out, limits, rules.requires).passed else 1

@@ -1,0 +1,2 @@
+"""Reading anyone's notebook: the model it defines (``inspect --notebook``) and its executed logs graded against the
+rules (``check-notebook``)."""
