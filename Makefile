@@ -28,7 +28,7 @@ search: $(STAMP)
 	$(PY) -m search --budget assignment $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=25 $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -384,6 +384,8 @@ def test_bad_notebooks_are_one_error_line(tmp_path):
     ):
         assert_one_error_line(call(kit, "inspect", "--notebook", str(target)), needle)
     assert_one_error_line(call(kit, "check-notebook", str(tmp_path / "bad.ipynb"), "--rules", "nope"), "--rules 'nope'")
+    broken = write_notebook(tmp_path / "typo.ipynb", [code(IMPORTS), code("class Net(nn.Module:\n    pass")])
+    assert_one_error_line(call(kit, "inspect", "--notebook", str(broken)), "cells [2] are not valid Python")
 
 
 def test_a_batch_gives_a_table_and_csv_and_goes_on_past_a_bad_file(tmp_path, inline_worker):

@@ -54,6 +54,7 @@ class ModelSource:
     functions: set[str]
     constructions: list[tuple[str, str, int, int]] = field(default_factory=list)  # (variable, expr, cell, line)
     foreign: dict[str, str] = field(default_factory=dict)  # name -> module, for imports that were not kept
+    unparsed: list[int] = field(default_factory=list)  # cells Python cannot parse (not even with magics blanked)
     trained: str | None = None  # the variable an optimizer is given the parameters of
     expression: str = ""  # the chosen model's construction
     chosen: str = ""  # what was chosen, in words
@@ -178,7 +179,8 @@ def parse_model_source(notebook: Notebook) -> ModelSource:
         try:
             tree = ast.parse(text)
         except SyntaxError:
-            continue  # a cell Python cannot parse cannot define the model either
+            source.unparsed.append(cell.index)  # it cannot define the model either; named if none is found
+            continue
         source.trained = _trained_variable(tree) or source.trained
         for node in tree.body:
             keep = False
@@ -303,6 +305,8 @@ def choose_model(source: ModelSource, name: str | None, path: str) -> ModelSourc
     if not source.module_classes:
         imported = [n for n in source.foreign if n[:1].isupper()]
         hint = f" (it imports {', '.join(imported)} from outside the notebook)" if imported else ""
+        if source.unparsed:
+            hint += f" (cells {source.unparsed} are not valid Python and were skipped)"
         raise UserError(f"{path}: no nn.Module class or model construction found in the notebook's code{hint}")
     raise UserError(
         f"{path}: several nn.Module classes ({', '.join(source.module_classes)}) and none built as the model; "
