@@ -5,6 +5,7 @@ readers of an op's arguments that the per-op rules (``op_rules``) share.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,7 +24,9 @@ class Axis:
 
     @property
     def rf(self) -> Fraction:
-        return self.hi - self.lo + 1
+        """Whole pixels: where units sit at fractional positions (after upsampling, or adaptive pooling) the
+        window of unit 0 spans ``hi - lo``, and some unit's window covers ``ceil(hi - lo) + 1`` pixels."""
+        return Fraction(math.ceil(self.hi - self.lo) + 1)
 
     def through(self, kernel: int, stride: Fraction, padding: Fraction, dilation: int = 1) -> Axis:
         """After a sliding window (conv or pool): unit u reads input units u*stride - padding + t*dilation."""
@@ -56,6 +59,7 @@ class TensorMeta(NamedTuple):
     head: tuple[Fraction, ...] | None = None  # per-axis RF of the map its path last aggregated (the head's input)
     moved: tuple[int, ...] | None = None  # where the spatial axes are, when a permute moved them off the end
     lost: str | None = None  # the op past which its RF could not be followed
+    flattened: bool = False  # its features include a map's positions (flatten / view of a map wider than 1x1)
 
 
 def arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:

@@ -45,9 +45,12 @@ if TYPE_CHECKING:
 
 from mnist_challenge.architecture.geometry import Axis, TensorMeta, as_int, tensors
 from mnist_challenge.architecture.op_rules import (
+    CONV_OPS,
     FC_OPS,
     META_OPS,
+    PRODUCT_OPS,
     QUIET_OPS,
+    REDUCE_OPS,
     OpCall,
     follow_moved,
     macs_of,
@@ -88,6 +91,7 @@ class Report:
     unused_modules: list[str] = field(default_factory=list)
     rf_untracked_past: str | None = None  # the op the tracer could not follow: no RF is reported past it
     receptive_field_head_axes: list[int | float] | None = None  # the head RF along each spatial axis (H, W)
+    output_used: str | None = None  # which of several outputs (a dict's key, a tuple's index) the RF is of
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -108,8 +112,10 @@ class _Tracer(TorchFunctionMode):
         self.stack: list[str] = []  # names of the modules currently running, outermost first
         self.leaf_macs: list[int] = []  # MACs accumulated by the leaf module that is running
         self.rows: list[LayerRow] = []
-        self.params_only: dict[int, torch.Tensor] = {}  # tensors computed from parameters alone (W.T, W * 2 ...)
+        # tensors computed from parameters and constants, never from the input (W.T, W * mask, a parametrization)
+        self.params_only: dict[int, torch.Tensor] = {}
         self.fc_sites: list[str] = []  # where a parameter met activations in a matmul-like op
+        self.weighted: dict[int, torch.Tensor] = {}  # features times a parameter matrix, before their sum
 
     # --- tensor metadata ---------------------------------------------------------------------------
     def mark(self, t: torch.Tensor, meta: TensorMeta) -> None:
@@ -138,21 +144,16 @@ class _Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", str(func))
-        if name in META_OPS:
-            return out
+        outputs = list(tensors(out))
+        if name in META_OPS or (name == "__get__" and not outputs):
+            return out  # questions about a tensor (.shape, .device, .dtype, .requires_grad), not uses of it
         operands = list(tensors((args, kwargs)))
         for t in operands:
             if id(t) in self.param_ids:
                 self.used_params.add(id(t))
-        from_params = [t for t in operands if self.is_param_like(t)]
-        if from_params and len(from_params) == len(operands):
-            for t in tensors(out):
-                self.params_only[id(t)] = t  # kept alive so that the id is not reused
-        elif from_params and name in FC_OPS:
-            self.fc_sites.append(f"{self.stack[-1]}.{name}" if self.stack else name)
+        self.note_fc(name, args, operands, outputs)
         if name == "__get__":  # W.T, W.data ...: followed above, no row of its own
             return out
-        outputs = list(tensors(out))
         if not outputs:
             return out
         first = outputs[0]
@@ -182,9 +183,73 @@ class _Tracer(TorchFunctionMode):
     def is_param_like(self, t: torch.Tensor) -> bool:
         return id(t) in self.param_ids or self.params_only.get(id(t)) is t
 
+    def note_fc(self, name: str, args: tuple, operands: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+        """Track what is computed from parameters alone, and record a fully connected layer however it is
+        written: a matmul-like op of activations and parameters; a conv over features that hold a flattened
+        map's positions (``view(N, 784, 1, 1)`` into a 1x1 conv, a ``Conv1d`` as wide as the flattened map);
+        features times a parameter matrix, then summed."""
+        activations = [t for t in operands if self.lookup(t) is not None]
+        from_params = [t for t in operands if self.is_param_like(t)]
+        where = f"{self.stack[-1]}.{name}" if self.stack else name
+        if from_params and not activations:
+            for t in outputs:
+                self.params_only[id(t)] = t  # kept alive so that the id is not reused
+            return
+        if not from_params:
+            if name in REDUCE_OPS and operands and self.weighted.get(id(operands[0])) is operands[0]:
+                self.fc_sites.append(where)
+            return
+        if name in FC_OPS:
+            self.fc_sites.append(where)
+        elif name in CONV_OPS and args and isinstance(args[0], torch.Tensor):
+            meta = self.lookup(args[0])
+            if meta is not None and meta.flattened:
+                self.fc_sites.append(f"{where} (over a flattened map)")
+        elif name in PRODUCT_OPS and outputs:
+            x = activations[0]
+            meta = self.lookup(x)
+            if meta is not None and not meta.spatial and max(t.dim() for t in from_params) >= 2:
+                if outputs[0].numel() > x.numel():  # each feature meets a row of weights per output
+                    self.weighted[id(outputs[0])] = outputs[0]
 
-def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
-    """Run one sample of shape ``input_size`` (C, H, W) through ``model`` in eval mode and report."""
+
+def scripted_modules(model: nn.Module) -> list[str]:
+    """Names of TorchScript modules in ``model``: their ops run inside the TorchScript interpreter, where the
+    tracer cannot see them, and they take no hooks."""
+    return [n or type(model).__name__ for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+
+
+def pick_output(output: Any, choice: str | None) -> tuple[Any, str | None]:
+    """The output the RF is reported for, and its name when the model returns several: a dict's key or a tuple's
+    index, ``choice`` if given (a ``ValueError`` naming the choices when it is not one), else the first."""
+    if isinstance(output, dict):
+        keys = [str(k) for k in output]
+        if choice is not None and choice not in keys:
+            raise ValueError(f"the model's output has no key {choice!r}; its keys: {', '.join(keys)}")
+        key = choice if choice is not None else keys[0]
+        value = next(v for k, v in output.items() if str(k) == key)
+        return value, f"key {key!r} of the output dict ({', '.join(keys)})"
+    if isinstance(output, (tuple, list)) and len(output) > 1:
+        if choice is not None and not (choice.isdigit() and int(choice) < len(output)):
+            raise ValueError(
+                f"the model returns {len(output)} outputs; --output is an index from 0 to {len(output) - 1}"
+            )
+        index = int(choice) if choice is not None else 0
+        return output[index], f"output {index} of {len(output)}"
+    if choice is not None:
+        raise ValueError("--output picks one of several outputs; this model returns one tensor")
+    return output, None
+
+
+def inspect_module(model: nn.Module, input_size: tuple[int, ...], output_choice: str | None = None) -> Report:
+    """Run one sample of shape ``input_size`` (C, H, W) through ``model`` in eval mode and report. A model that
+    returns several outputs (a dict, a tuple) is reported for the first, or the one ``output_choice`` names."""
+    scripted = scripted_modules(model)
+    if scripted:
+        raise ValueError(
+            f"TorchScript modules are not supported ({', '.join(scripted[:3])}): their ops run inside the TorchScript "
+            "interpreter, where the inspector cannot watch them; inspect the model before torch.jit.script"
+        )
     k = len(input_size) - 1
     tracer = _Tracer(model, k)
     names = {m: n or type(model).__name__ for n, m in model.named_modules()}
@@ -233,7 +298,8 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
     unique = {id(p): p for p in model.parameters()}
     used = sum(p.numel() for i, p in unique.items() if i in tracer.used_params)
     total = sum(p.numel() for p in unique.values())
-    out = next(iter(tensors(output)), None)
+    chosen, output_used = pick_output(output, output_choice)
+    out = next(iter(tensors(chosen)), None)
     rf, _ = tracer.rf_of(out)
     final = tracer.lookup(out) if isinstance(out, torch.Tensor) else None
     untracked = final.lost if final is not None else None
@@ -269,6 +335,7 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...]) -> Report:
         linear_layers=linear,
         unused_modules=unused_modules,
         rf_untracked_past=untracked,
+        output_used=output_used,
     )
 
 
@@ -294,6 +361,11 @@ def format_report(report: Report) -> str:
     lines.append("-" * len(header))
     lines += [
         f"input size (C, H, W):           {tuple(report.input_size)}",
+        *(
+            [f"RF reported for:                {report.output_used} (--output picks another)"]
+            if report.output_used
+            else []
+        ),
         f"parameters used in forward:     {report.params:,} (trainable {report.trainable_params:,})",
         f"parameters never used:          {report.params_unused:,}"
         + (f"  in {', '.join(report.unused_modules)}" if report.unused_modules else ""),

@@ -67,7 +67,10 @@ REDUCE_OPS = {"mean", "sum", "amax", "amin", "max", "min", "logsumexp", "std", "
 MATMUL_OPS = {"matmul", "mm", "bmm", "addmm", "baddbmm", "__matmul__"}
 # A fully connected layer is what these do when one operand holds parameters and the other activations,
 # however it is written (nn.Linear, F.linear, x @ W.T, einsum ...); a 1x1 conv is a conv, not one of them.
-FC_OPS = MATMUL_OPS | {"linear", "einsum", "bilinear", "tensordot", "inner", "__rmatmul__", "matmul_"}
+FC_OPS = MATMUL_OPS | {"linear", "einsum", "bilinear", "tensordot", "inner", "__rmatmul__", "matmul_", "mv", "dot",
+                       "vdot", "linalg_multi_dot", "chain_matmul"}  # fmt: skip
+# An elementwise product of features and a parameter matrix, then a sum over the features, is a matrix product.
+PRODUCT_OPS = {"mul", "__mul__", "__rmul__", "multiply"}
 PERMUTE_OPS = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t"}
 RESHAPE_OPS = {"view", "reshape", "flatten", "unflatten", "unsqueeze", "squeeze", "contiguous", "expand", "repeat"}
 # Ops that merge the spatial axes into features or reduce over them: the map they read is the head's input.
@@ -94,7 +97,8 @@ AGGREGATE_OPS = {
 }
 INTERPOLATION_TAPS = {"nearest": 1, "nearest-exact": 1, "linear": 2, "bilinear": 2, "trilinear": 2, "bicubic": 4}
 # Questions about a tensor, not uses of it: the hooks' own numel() must not mark a parameter as used.
-META_OPS = {"numel", "nelement", "dim", "size", "stride", "element_size", "data_ptr", "is_contiguous", "__len__"}
+META_OPS = {"numel", "nelement", "dim", "size", "stride", "element_size", "data_ptr", "is_contiguous", "__len__",
+            "is_floating_point", "is_complex", "get_device", "is_shared", "is_pinned", "ndimension"}  # fmt: skip
 
 
 class OpCall(NamedTuple):
@@ -170,8 +174,8 @@ def adaptive_pool(c: OpCall) -> TensorMeta:
     in_sizes, out_sizes = c.in_sizes, list(c.out.shape[-c.k :])
     if all(o == 1 for o in out_sizes):
         return globalise(c.meta, in_sizes, True)
-    # Adaptive windows vary in width; the widest one is ceil(n/o) (+1 when n is not a multiple of o).
-    widths = [math.ceil(n / o) + (1 if n % o else 0) for n, o in zip(in_sizes, out_sizes)]
+    # Output i pools input [floor(i*n/o), ceil((i+1)*n/o)): windows vary in width; the widest one counts.
+    widths = [max(-((-(i + 1) * n) // o) - (i * n) // o for i in range(o)) for n, o in zip(in_sizes, out_sizes)]
     g = c.meta.geometry
     return c.meta._replace(
         geometry=tuple(a.through(w, Fraction(n, o), 0) for a, w, n, o in zip(g, widths, in_sizes, out_sizes))
@@ -195,14 +199,22 @@ def getitem(c: OpCall) -> TensorMeta | None:
 
 
 def interpolate(c: OpCall) -> TensorMeta:
-    # An output pixel reads 1 input pixel per axis (nearest), 2 (bilinear) or 4 (bicubic).
+    """An output pixel reads 1 input pixel per resized axis (nearest), 2 (bilinear) or 4 (bicubic); with
+    ``antialias`` a downscale by s widens that kernel to taps / s; an axis kept at its size reads one pixel;
+    ``area`` is adaptive average pooling."""
     mode = arg(c.args, c.kwargs, 3, "mode", "nearest" if c.name != "upsample_bilinear2d" else "bilinear")
-    taps = INTERPOLATION_TAPS.get(mode, 1)
+    if mode == "area":
+        return adaptive_pool(c)
+    antialias = bool(arg(c.args, c.kwargs, 6, "antialias", False))
     scales = [Fraction(o, n) for o, n in zip(c.out.shape[-c.k :], c.in_sizes)]
-    g = c.meta.geometry
-    return c.meta._replace(
-        geometry=tuple(Axis(a.lo, a.hi + (taps - 1) * a.jump, a.jump / s) for a, s in zip(g, scales))
-    )
+    axes = []
+    for a, s in zip(c.meta.geometry, scales):
+        taps = INTERPOLATION_TAPS.get(mode, 1) if s != 1 else 1
+        if antialias and s < 1 and taps > 1:
+            taps = math.ceil(taps / s)
+        lead = Fraction(taps - 2, 2) if taps > 2 else Fraction(0)  # a wide kernel starts before the centre pixel
+        axes.append(Axis(a.lo - lead * a.jump, a.hi + (taps - 1 - lead) * a.jump, a.jump / s))
+    return c.meta._replace(geometry=tuple(axes))
 
 
 def pixel_shuffle(c: OpCall) -> TensorMeta:
@@ -226,6 +238,27 @@ def reshape(c: OpCall) -> TensorMeta | None:
     return None  # the spatial axes were merged: ``merge`` aggregates them
 
 
+def moves_pixels(c: OpCall) -> TensorMeta | None:
+    """Ops that keep the map's shape but move its pixels (roll, flip, rot90, grid_sample, a gather or an index
+    along a spatial axis, a deformable conv): which pixel lands where depends on the op's arguments or its input,
+    which one interval per axis cannot hold, so no RF is reported past it. Along the channel axis only, the map's
+    geometry is unchanged."""
+    dims = {"roll": (2, "dims"), "flip": (1, "dims"), "rot90": (2, "dims"), "index_select": (1, "dim"),
+            "gather": (1, "dim"), "take_along_dim": (2, "dim")}.get(c.name)  # fmt: skip
+    if dims is not None:
+        default = (0, 1) if c.name == "rot90" else None
+        given = arg(c.args, c.kwargs, dims[0], dims[1], default)
+        given = [given] if isinstance(given, int) else list(given) if given is not None else None
+        spatial = set(range(c.x.dim() - c.k, c.x.dim()))
+        if given is not None and not {d % c.x.dim() for d in given} & spatial:
+            return c.meta
+    return c.meta._replace(lost=c.name)
+
+
+PIXEL_MOVERS = ("roll", "flip", "fliplr", "flipud", "rot90", "grid_sample", "grid_sampler", "deform_conv2d",
+                "gather", "index_select", "take_along_dim", "fold")  # fmt: skip
+
+
 def _table(*pairs: tuple[set[str] | tuple[str, ...], Rule]) -> dict[str, Rule]:
     return {name: rule for names, rule in pairs for name in names}
 
@@ -242,6 +275,7 @@ SPATIAL_RULES: dict[str, Rule] = _table(
     (("pixel_shuffle", "pixel_unshuffle"), pixel_shuffle),
     (PERMUTE_OPS, permute),
     (RESHAPE_OPS, reshape),
+    (PIXEL_MOVERS, moves_pixels),
 )
 
 
@@ -262,12 +296,14 @@ def merge(c: OpCall, inputs: list[tuple[torch.Tensor, TensorMeta]]) -> TensorMet
     inputs = sorted(inputs, key=lambda item: list(item[0].shape[-k:]) != out_sizes)
     x, meta = inputs[0]
     in_sizes = list(x.shape[-k:])
-    merged = meta.geometry
+    merged, head = meta.geometry, meta.head
     for t, other in inputs[1:]:
         if t.dim() >= k and all(n == 1 for n in t.shape[-k:]) and any(o > 1 for o in out_sizes):
             continue
         merged = tuple(a.union(b) for a, b in zip(merged, other.geometry))
-    meta = meta._replace(geometry=merged)
+        if other.head is not None:  # two heads meet (cat of two GAPs): the output sees what both saw
+            head = other.head if head is None else tuple(max(a, b) for a, b in zip(head, other.head))
+    meta = meta._replace(geometry=merged, head=head, flattened=any(m.flattened for _, m in inputs))
     still_spatial = all(m.spatial for _, m in inputs)
     broadcast = all(
         t.dim() == out.dim() and all(n in (o, 1) for n, o in zip(t.shape[-k:], out_sizes)) for t, _ in inputs
@@ -278,10 +314,15 @@ def merge(c: OpCall, inputs: list[tuple[torch.Tensor, TensorMeta]]) -> TensorMet
         return globalise(meta, in_sizes, True)  # mean(..., keepdim=True) style GAP
     if still_spatial and c.name in AGGREGATE_OPS:
         # Spatial axes merged away (flatten, view, mean over them ...): each output may see every position.
-        return globalise(meta, in_sizes, False)
+        # A reshape keeps the positions as features (a layer on them is fully connected); a reduction does not.
+        positions = c.name in RESHAPE_OPS and any(n > 1 for n in in_sizes)
+        return globalise(meta, in_sizes, False)._replace(flattened=positions)
     if still_spatial:
         return meta._replace(lost=c.name)  # an op the tracer cannot map: no RF is reported past it
     return meta._replace(spatial=False)
+
+
+WINDOW_OPS = CONV_OPS | CONV_T_OPS | POOL_OPS
 
 
 def follow_moved(c: OpCall, inputs: list[tuple[torch.Tensor, TensorMeta]]) -> TensorMeta:
@@ -295,6 +336,17 @@ def follow_moved(c: OpCall, inputs: list[tuple[torch.Tensor, TensorMeta]]) -> Te
         if moved is None:
             return meta._replace(lost=c.name)
         return meta._replace(moved=None if moved == tuple(range(out.dim() - c.k, out.dim())) else moved)
+    if c.name in WINDOW_OPS and sorted(dims) == list(range(x.dim() - c.k, x.dim())):
+        # A conv or pool between two transposes: its kernel's axes are the original axes in swapped order.
+        order = [dims.index(d) for d in range(x.dim() - c.k, x.dim())]  # the original axis at each position
+        shown = meta._replace(geometry=tuple(meta.geometry[i] for i in order), moved=None)
+        found = SPATIAL_RULES[c.name](c._replace(meta=shown))
+        if found is None or found.lost:
+            return meta._replace(lost=c.name)
+        back = [None] * c.k
+        for position, axis in enumerate(order):
+            back[axis] = found.geometry[position]
+        return found._replace(geometry=tuple(back), moved=dims)
     keeps_spatial = out.dim() == x.dim() and all(out.shape[d] == x.shape[d] for d in dims)
     if same_layout and keeps_spatial and (out.shape == x.shape or x.dim() - 1 not in dims):
         merged = meta.geometry
@@ -336,8 +388,59 @@ def _sdpa_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
 
 
 def _matmul_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
-    mats = [t for t in tensors(args) if t.dim() >= 2]
-    return out.numel() * mats[-1].shape[-2] if mats else 0
+    """Every output is a dot product over the first factor's last axis (1-D factors included)."""
+    operands = list(tensors(args))
+    first = operands[1] if len(operands) == 3 else operands[0]  # addmm / baddbmm: (input, mat1, mat2)
+    return out.numel() * (first.shape[-1] if first.dim() else 1)
+
+
+def _rmatmul_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
+    return out.numel() * args[1].shape[-1]  # W.__rmatmul__(x) is x @ W
+
+
+def _tensordot_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
+    a, b = args[0], args[1]
+    # out = free(a) x free(b) and a x b = out x contracted^2: MACs = out x contracted
+    return out.numel() * math.isqrt(a.numel() * b.numel() // max(out.numel(), 1))
+
+
+def _einsum_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
+    """Operands contracted left to right, as torch does without opt_einsum: each pairwise step costs the product
+    of the sizes of every index of its two operands."""
+    equation = args[0].replace(" ", "")
+    operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+    inputs, _, output = equation.partition("->")
+    terms = inputs.split(",")
+    if "." in equation or len(terms) != len(operands) or len(terms) < 2:
+        return 0
+    sizes = {letter: n for term, t in zip(terms, operands) for letter, n in zip(term, t.shape)}
+    output = output or "".join(sorted(letter for letter in sizes if inputs.count(letter) == 1))
+    total, current = 0, terms[0]
+    for i, term in enumerate(terms[1:], start=1):
+        letters = set(current) | set(term)
+        total += math.prod(sizes[letter] for letter in letters)
+        later = set(output).union(*terms[i + 1 :])
+        current = "".join(letter for letter in letters if letter in later)
+    return total
+
+
+def _multi_dot_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
+    """The cheapest order of the chain (as ``torch.linalg.multi_dot`` picks it), 1-D ends as rows / columns."""
+    mats = list(args[0])
+    dims = [mats[0].shape[0] if mats[0].dim() == 2 else 1] + [m.shape[-1] if m.dim() == 2 else 1 for m in mats]
+    n = len(mats)
+    cost = [[0] * n for _ in range(n)]
+    for length in range(1, n):
+        for i in range(n - length):
+            j = i + length
+            cost[i][j] = min(cost[i][s] + cost[s + 1][j] + dims[i] * dims[s + 1] * dims[j + 1] for s in range(i, j))
+    return cost[0][n - 1]
+
+
+def _bilinear_macs(args: tuple, kwargs: dict, out: torch.Tensor) -> int:
+    """``x1^T W_o x2`` for each output o: W_o x2 (in1 x in2), then the dot with x1 (in1)."""
+    weight = arg(args, kwargs, 2, "weight")
+    return out.numel() * weight.shape[1] * (weight.shape[2] + 1)
 
 
 MacRule = Callable[[tuple, dict, torch.Tensor], int]
@@ -349,6 +452,16 @@ MAC_RULES: dict[str, MacRule] = {
     "multi_head_attention_forward": lambda args, kwargs, out: attention_macs(args, kwargs),
     "scaled_dot_product_attention": _sdpa_macs,
     **{name: _matmul_macs for name in MATMUL_OPS},
+    "__rmatmul__": _rmatmul_macs,
+    "mv": _matmul_macs,
+    "dot": _matmul_macs,
+    "vdot": _matmul_macs,
+    "inner": _matmul_macs,
+    "tensordot": _tensordot_macs,
+    "einsum": _einsum_macs,
+    "linalg_multi_dot": _multi_dot_macs,
+    "bilinear": _bilinear_macs,
+    "deform_conv2d": _conv_macs,  # a conv whose taps are sampled at learned offsets (bilinear sampling not counted)
 }
 
 

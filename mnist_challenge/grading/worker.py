@@ -54,7 +54,7 @@ def build(program_path: Path, input_size: tuple[int, ...]) -> dict:
         run_forward(model, input_size)
         report = inspect_module(model, input_size)
         usage = layers_used(model, input_size)
-    except UserError as exc:
+    except (UserError, ValueError) as exc:  # ValueError: a scripted module (the inspector says why)
         return {"error": str(exc)}
     except Exception as exc:
         return {"error": f"the model cannot run on input size {input_size}: {first_line(exc)}"}
