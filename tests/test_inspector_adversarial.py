@@ -329,3 +329,47 @@ def test_prints_scripted_modules_and_dict_outputs(tmp_path):
     assert_one_error_line(
         call(kit, "inspect", "--module", f"{source}:Scripted"), "TorchScript modules are not supported"
     )
+
+
+# --- 5. a flatten and a reshape back ----------------------------------------------------------------------------------
+class RoundTrip(nn.Module):
+    """3x3 conv, then the map flattened (``flatten(2)``) and brought back in one of several ways, then two 3x3."""
+
+    def __init__(self, how) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.c = nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3), nn.Conv2d(2, 2, 3)
+        self.theta, self.phi = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        if self.how == "view":
+            y = (y.flatten(2) * 2).view(n, c, h, w)
+        elif self.how == "unflatten":
+            y = torch.relu(y.flatten(2)).unflatten(2, (h, w))
+        elif self.how == "channel softmax":  # along channels: the positions stay where they are
+            y = torch.softmax(y.flatten(2), 1).view(n, c, h, w)
+        elif self.how == "fold":
+            y = F.fold(y.flatten(2), (h, w), 1)
+        elif self.how == "gather":
+            index = torch.arange(h * w).flip(0).expand(n, c, h * w)
+            y = y.flatten(2).gather(2, index).view(n, c, h, w)
+        else:  # a non-local block: every position attends to every other
+            attention = torch.softmax(self.theta(y).flatten(2).transpose(1, 2) @ self.phi(y).flatten(2), -1)
+            y = y + (y.flatten(2) @ attention.transpose(1, 2)).view(n, c, h, w)
+        return self.c(self.b(y))
+
+
+@pytest.mark.parametrize("how", ["view", "unflatten", "channel softmax"])
+def test_a_round_trip_that_restores_the_map_is_followed(how):
+    model = RoundTrip(how)
+    report = inspect_module(model, (1, 28, 28))
+    assert report.rf_untracked_past is None
+    assert [report.layers[-1].rf] * 2 == footprint_axes(model, 1, 28) == [7, 7]
+
+
+@pytest.mark.parametrize("how, op", [("fold", "fold"), ("gather", "gather"), ("non-local", "matmul")])
+def test_a_map_rebuilt_from_mixed_positions_is_reported_not_tracked(how, op):
+    report = inspect_module(RoundTrip(how), (1, 28, 28))
+    assert report.rf_untracked_past == op and report.receptive_field_head is None

@@ -60,6 +60,8 @@ class TensorMeta(NamedTuple):
     moved: tuple[int, ...] | None = None  # where the spatial axes are, when a permute moved them off the end
     lost: str | None = None  # the op past which its RF could not be followed
     flattened: bool = False  # its features include a map's positions (flatten / view of a map wider than 1x1)
+    folded: tuple[int, ...] | None = None  # the map's spatial sizes, when only they were flattened into the last axis
+    mixed: str | None = None  # the first op that mixed those flattened positions (a round trip back is then lost)
 
 
 def arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:

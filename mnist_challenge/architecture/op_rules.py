@@ -100,6 +100,14 @@ INTERPOLATION_TAPS = {"nearest": 1, "nearest-exact": 1, "linear": 2, "bilinear":
 META_OPS = {"numel", "nelement", "dim", "size", "stride", "element_size", "data_ptr", "is_contiguous", "__len__",
             "is_floating_point", "is_complex", "get_device", "is_shared", "is_pinned", "ndimension"}  # fmt: skip
 
+# Ops that keep a map's shape but move its pixels (their rule: ``moves_pixels``).
+PIXEL_MOVERS = ("roll", "flip", "fliplr", "flipud", "rot90", "grid_sample", "grid_sampler", "deform_conv2d",
+                "gather", "index_select", "take_along_dim", "fold")  # fmt: skip
+# Ops that keep a tensor's shape but combine or reorder values along an axis: along flattened positions, they mix
+# them.
+POSITION_MIXERS = {*PIXEL_MOVERS, "softmax", "log_softmax", "sort", "argsort", "cumsum", "cumprod", "cummax",
+                   "cummin", "logcumsumexp", "scatter", "scatter_add", "index_add", "normalize"}  # fmt: skip
+
 
 class OpCall(NamedTuple):
     """One op as a rule sees it: its name and arguments, its first tracked input and that input's metadata,
@@ -235,7 +243,54 @@ def permute(c: OpCall) -> TensorMeta:
 def reshape(c: OpCall) -> TensorMeta | None:
     if c.out.dim() >= c.k and list(c.out.shape[-c.k :]) == c.in_sizes:
         return c.meta  # only the leading axes were split or merged (a channel shuffle, say)
-    return None  # the spatial axes were merged: ``merge`` aggregates them
+    sizes = c.in_sizes
+    if (
+        c.out.dim() == c.x.dim() - c.k + 1
+        and c.out.shape[:-1] == c.x.shape[: -c.k]
+        and c.out.shape[-1] == math.prod(sizes)
+        and any(n > 1 for n in sizes)
+    ):
+        # Only the spatial axes were flattened into the last one (``flatten(2)``, ``view(n, c, -1)``): the
+        # positions are still there, in order; ``through_folded`` follows them until a reshape restores the map.
+        return c.meta._replace(spatial=False, folded=tuple(sizes))
+    return None  # the spatial axes were merged with others: ``merge`` aggregates them
+
+
+def _along_last(c: OpCall) -> bool:
+    """The op works along the last axis (its ``dim`` argument, where it has one, names it or is absent)."""
+    dim = arg(c.args, c.kwargs, 1, "dim", None)
+    if c.name in ("roll", "take_along_dim"):
+        dim = arg(c.args, c.kwargs, 2, "dims" if c.name == "roll" else "dim", None)
+    if isinstance(dim, (list, tuple)):
+        return any(isinstance(d, int) and d % c.x.dim() == c.x.dim() - 1 for d in dim)
+    return not isinstance(dim, int) or dim % c.x.dim() == c.x.dim() - 1
+
+
+def through_folded(c: OpCall, inputs: list[tuple[torch.Tensor, TensorMeta]]) -> TensorMeta:
+    """An op on a map whose positions were flattened into the last axis. Elementwise ops keep the positions and a
+    reshape back to the map restores its geometry; any other op mixes them (a matmul over positions, a gather, a
+    softmax, a transpose into tokens) and is taken as aggregating the map, as a flatten head is; a map rebuilt after
+    that is not tracked (a non-local block, ``F.fold``)."""
+    meta, out, sizes = c.meta, c.out, list(c.meta.folded)
+    restores = out.dim() >= c.k and list(out.shape[-c.k :]) == sizes and out.numel() == c.x.numel()
+    if restores:
+        if meta.mixed is not None or c.name not in RESHAPE_OPS:
+            return meta._replace(lost=meta.mixed or c.name)
+        return meta._replace(spatial=True, folded=None, flattened=False)
+    if meta.mixed is not None:
+        return meta
+    elementwise = (
+        out.shape == c.x.shape
+        and c.name not in FC_OPS
+        and not (c.name in POSITION_MIXERS and _along_last(c))
+        and all(m.mixed is None and (m.folded == meta.folded or t.shape[-1] == 1) for t, m in inputs)
+    )
+    if elementwise:
+        merged = meta.geometry
+        for _, other in inputs[1:]:
+            merged = tuple(a.union(b) for a, b in zip(merged, other.geometry))
+        return meta._replace(geometry=merged)
+    return globalise(meta, sizes, False)._replace(flattened=True, mixed=c.name)
 
 
 def moves_pixels(c: OpCall) -> TensorMeta | None:
@@ -253,10 +308,6 @@ def moves_pixels(c: OpCall) -> TensorMeta | None:
         if given is not None and not {d % c.x.dim() for d in given} & spatial:
             return c.meta
     return c.meta._replace(lost=c.name)
-
-
-PIXEL_MOVERS = ("roll", "flip", "fliplr", "flipud", "rot90", "grid_sample", "grid_sampler", "deform_conv2d",
-                "gather", "index_select", "take_along_dim", "fold")  # fmt: skip
 
 
 def _table(*pairs: tuple[set[str] | tuple[str, ...], Rule]) -> dict[str, Rule]:
@@ -291,6 +342,8 @@ def merge(c: OpCall, inputs: list[tuple[torch.Tensor, TensorMeta]]) -> TensorMet
     and its head. A path broadcast from a 1x1 map (squeeze-excitation's scale) is channel attention: it adds
     no window of its own (its global mean would make every later unit "see" the whole image, and the RF of
     an SE net meaningless), and its own GAP is not the network's head."""
+    if c.meta.folded is not None:
+        return through_folded(c, inputs)
     k, out = c.k, c.out
     out_sizes = list(out.shape[-k:])
     inputs = sorted(inputs, key=lambda item: list(item[0].shape[-k:]) != out_sizes)
