@@ -315,7 +315,8 @@ def test_prints_scripted_modules_and_dict_outputs(tmp_path):
         "        self.a, self.b = nn.Conv2d(1, 10, 3), nn.Conv2d(1, 10, 5)\n"
         "    def forward(self, x):\n"
         "        return {'aux': self.a(x).mean((2, 3)), 'logits': self.b(x).mean((2, 3))}\n\n"
-        "def Scripted():\n    return nn.Sequential(torch.jit.script(nn.Conv2d(1, 10, 3)), nn.Flatten())\n"
+        "def Scripted():\n    return nn.Sequential(torch.jit.script(nn.Conv2d(1, 10, 3)), nn.Flatten())\n\n"
+        "def ScriptedWhole():\n    return torch.jit.script(nn.Sequential(nn.Conv2d(1, 10, 3), nn.Flatten()))\n"
     )
     result = run_cli("mnist_challenge", "inspect", "--module", f"{source}:Noisy", "--json")
     assert result.returncode == 0 and json.loads(result.stdout)["params"] == 100 and "shape" in result.stderr
