@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from mnist_challenge.architecture.spec import ArchSpec
 
 from mnist_challenge.architecture.geometry import Axis, TensorMeta, as_int, tensors
+from mnist_challenge.architecture.loading import pick_output, scripted_modules
+from mnist_challenge.architecture.macs import macs_of
 from mnist_challenge.architecture.op_rules import (
     CONV_OPS,
     FC_OPS,
@@ -53,7 +55,6 @@ from mnist_challenge.architecture.op_rules import (
     REDUCE_OPS,
     OpCall,
     follow_moved,
-    macs_of,
     propagate,
 )
 
@@ -211,34 +212,6 @@ class _Tracer(TorchFunctionMode):
             if meta is not None and not meta.spatial and max(t.dim() for t in from_params) >= 2:
                 if outputs[0].numel() > x.numel():  # each feature meets a row of weights per output
                     self.weighted[id(outputs[0])] = outputs[0]
-
-
-def scripted_modules(model: nn.Module) -> list[str]:
-    """Names of TorchScript modules in ``model``: their ops run inside the TorchScript interpreter, where the
-    tracer cannot see them, and they take no hooks."""
-    return [n or type(model).__name__ for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
-
-
-def pick_output(output: Any, choice: str | None) -> tuple[Any, str | None]:
-    """The output the RF is reported for, and its name when the model returns several: a dict's key or a tuple's
-    index, ``choice`` if given (a ``ValueError`` naming the choices when it is not one), else the first."""
-    if isinstance(output, dict):
-        keys = [str(k) for k in output]
-        if choice is not None and choice not in keys:
-            raise ValueError(f"the model's output has no key {choice!r}; its keys: {', '.join(keys)}")
-        key = choice if choice is not None else keys[0]
-        value = next(v for k, v in output.items() if str(k) == key)
-        return value, f"key {key!r} of the output dict ({', '.join(keys)})"
-    if isinstance(output, (tuple, list)) and len(output) > 1:
-        if choice is not None and not (choice.isdigit() and int(choice) < len(output)):
-            raise ValueError(
-                f"the model returns {len(output)} outputs; --output is an index from 0 to {len(output) - 1}"
-            )
-        index = int(choice) if choice is not None else 0
-        return output[index], f"output {index} of {len(output)}"
-    if choice is not None:
-        raise ValueError("--output picks one of several outputs; this model returns one tensor")
-    return output, None
 
 
 def inspect_module(model: nn.Module, input_size: tuple[int, ...], output_choice: str | None = None) -> Report:

@@ -7,7 +7,9 @@ import importlib.util
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
 from mnist_challenge.common.errors import UserError
@@ -86,3 +88,31 @@ def run_forward(model: nn.Module, input_size: tuple[int, ...]) -> None:
             model(torch.zeros(1, *input_size))
     except Exception as exc:
         raise UserError(f"the model's forward fails on input size {input_size}: {first_line(exc)}") from None
+
+
+def scripted_modules(model: nn.Module) -> list[str]:
+    """Names of TorchScript modules in ``model``: their ops run inside the TorchScript interpreter, where the
+    tracer cannot see them, and they take no hooks."""
+    return [n or type(model).__name__ for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+
+
+def pick_output(output: Any, choice: str | None) -> tuple[Any, str | None]:
+    """The output the RF is reported for, and its name when the model returns several: a dict's key or a tuple's
+    index, ``choice`` if given (a ``ValueError`` naming the choices when it is not one), else the first."""
+    if isinstance(output, dict):
+        keys = [str(k) for k in output]
+        if choice is not None and choice not in keys:
+            raise ValueError(f"the model's output has no key {choice!r}; its keys: {', '.join(keys)}")
+        key = choice if choice is not None else keys[0]
+        value = next(v for k, v in output.items() if str(k) == key)
+        return value, f"key {key!r} of the output dict ({', '.join(keys)})"
+    if isinstance(output, (tuple, list)) and len(output) > 1:
+        if choice is not None and not (choice.isdigit() and int(choice) < len(output)):
+            raise ValueError(
+                f"the model returns {len(output)} outputs; --output is an index from 0 to {len(output) - 1}"
+            )
+        index = int(choice) if choice is not None else 0
+        return output[index], f"output {index} of {len(output)}"
+    if choice is not None:
+        raise ValueError("--output picks one of several outputs; this model returns one tensor")
+    return output, None
