@@ -466,3 +466,23 @@ def test_layers_used_sees_functional_calls_and_ignores_layers_never_called():
     assert used["batchnorm"] == [] and used["dropout"] == ["model (dropout)"] and used["gap"] == ["model (mean)"]
     used = layers_used(Pooled(), (1, 28, 28))
     assert used["batchnorm"] and used["dropout"] == [] and len(used["gap"]) == 1
+
+
+def test_output_picks_one_of_a_notebook_models_outputs(tmp_path, inline_worker):
+    both = """\
+    class Both(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 10, 3), nn.Conv2d(1, 10, 5)
+
+        def forward(self, x):
+            return self.a(x).mean((2, 3)), self.b(x).mean((2, 3))
+    """
+    path = write_notebook(tmp_path / "both.ipynb", [code(IMPORTS), code(textwrap.dedent(both))])
+    code_, out, _ = call(kit, "inspect", "--notebook", str(path), "--output", "1", "--json")
+    assert (
+        code_ == 0
+        and json.loads(out)["receptive_field_head"] == 5
+        and json.loads(out)["output_used"] == "output 1 of 2"
+    )
+    assert_one_error_line(call(kit, "inspect", "--notebook", str(path), "--output", "7"), "index from 0 to 1")

@@ -92,7 +92,8 @@ def run_notebook(args: argparse.Namespace) -> int:
     """``--notebook``: the report of the model the notebook defines, as ``--module`` prints it."""
     from mnist_challenge.grading.build import notebook_model
 
-    built = notebook_model(args.notebook, tuple(args.input_size) if args.input_size else (1, 28, 28))
+    size = tuple(args.input_size) if args.input_size else (1, 28, 28)
+    built = notebook_model(args.notebook, size, output_choice=args.output)
     print(f"note: {built.notebook.path}: the model is {built.source.chosen}", file=sys.stderr)
     print(json.dumps(built.report, indent=2) if args.json else built.text)
     return 0

@@ -55,16 +55,25 @@ def split_target(target: str) -> tuple[Path, str | None]:
 
 
 def notebook_model(
-    target: str | Path, input_size: tuple[int, ...] = (1, 28, 28), timeout: float = BUILD_TIMEOUT
+    target: str | Path,
+    input_size: tuple[int, ...] = (1, 28, 28),
+    timeout: float = BUILD_TIMEOUT,
+    output_choice: str | None = None,
 ) -> NotebookModel:
-    """The model a notebook defines, built and inspected in a subprocess; any failure is a ``UserError``."""
+    """The model a notebook defines, built and inspected in a subprocess (``output_choice``: which of several
+    outputs the RF is reported for, as ``inspect --output``); any failure is a ``UserError``."""
     path, name = split_target(str(target))
     notebook = read_notebook(path)
     source = choose_model(parse_model_source(notebook), name, str(path))
     with tempfile.TemporaryDirectory(prefix="kit-notebook-") as tmp:
         program, result = Path(tmp) / "notebook_model.py", Path(tmp) / "result.json"
         program.write_text(source.program())
-        arguments = [str(program), str(result), *map(str, input_size)]
+        arguments = [
+            str(program),
+            str(result),
+            ",".join(map(str, input_size)),
+            *([output_choice] if output_choice else []),
+        ]
         try:
             done = run_worker(arguments, tmp, timeout)
         except subprocess.TimeoutExpired:

@@ -1,6 +1,6 @@
 """The subprocess that builds a notebook's model and inspects it (``python -m mnist_challenge.grading.worker``).
 
-    python -m mnist_challenge.grading.worker PROGRAM.py RESULT.json C H W
+    python -m mnist_challenge.grading.worker PROGRAM.py RESULT.json C,H,W [OUTPUT]
 
 Runs the program ``model_source`` wrote (the notebook's model-defining code and a factory), builds the model, runs
 the inspector and the usage probe, and writes one JSON object to RESULT.json: the report, its text as
@@ -29,7 +29,7 @@ def notebook_line(program: str, lineno: int) -> str:
     return f"line {lineno}"
 
 
-def build(program_path: Path, input_size: tuple[int, ...]) -> dict:
+def build(program_path: Path, input_size: tuple[int, ...], output_choice: str | None = None) -> dict:
     from torch import nn
 
     from mnist_challenge.architecture.inspector import format_report, inspect_module
@@ -52,7 +52,7 @@ def build(program_path: Path, input_size: tuple[int, ...]) -> dict:
         return {"error": f"the model is a {type(model).__name__}, not an nn.Module"}
     try:
         run_forward(model, input_size)
-        report = inspect_module(model, input_size)
+        report = inspect_module(model, input_size, output_choice)
         usage = layers_used(model, input_size)
     except (UserError, ValueError) as exc:  # ValueError: a scripted module (the inspector says why)
         return {"error": str(exc)}
@@ -62,9 +62,9 @@ def build(program_path: Path, input_size: tuple[int, ...]) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    program, result, *size = argv
+    program, result, size, *choice = argv
     with contextlib.redirect_stdout(sys.stderr):
-        outcome = build(Path(program), tuple(int(v) for v in size))
+        outcome = build(Path(program), tuple(int(v) for v in size.split(",")), choice[0] if choice else None)
     Path(result).write_text(json.dumps(outcome))
     return 0
 
