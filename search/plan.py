@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mnist_challenge.common.errors import UserError
-from mnist_challenge.common.validate import NAME_MAX, check_writable_dir
+from mnist_challenge.common.validate import (
+    NAME_MAX,
+    check_writable_dir,
+    float_flag,
+    int_flag,
+    positive_int,
+    seed_flag,
+    short_name_flag,
+)
 from mnist_challenge.engine.train import TrainConfig
 from mnist_challenge.runs.budgets import BUDGETS, Budget, resolve_budget
 
@@ -24,6 +32,7 @@ MAX_EPOCHS = BUDGETS["assignment"].epochs  # the assignment's rule: fewer than 2
 STUDY_NAME_MAX = NAME_MAX - len("-trial") - 6
 GRACE_FACTOR = 2  # --grace must be at least this many heartbeats: a live trial is never taken for a dead one
 DEFAULT_GRACE_FACTOR = 3
+PRUNERS = ("hyperband", "median", "sha", "none")
 
 
 def default_workers() -> int:
@@ -43,38 +52,94 @@ def storage_url(given: str | None, folder: Path) -> str:
     return given or default_storage_url(folder)
 
 
+def option(default, help: str, **argparse_keywords):
+    """A field that is also a flag of the search command: its help and parsing (``type``, ``choices`` ...) are
+    declared here, once, and ``search.commands.run`` makes the flag from them (``--field-name``)."""
+    return field(default=default, metadata={"option": {"help": help, **argparse_keywords}})
+
+
 @dataclass(frozen=True)
 class SearchRequest:
-    """The search command's flags as given (None: not given, the budget or a default decides)."""
+    """The search command's flags as given (None: not given, the budget or a default decides). Fields made with
+    ``option`` are declared here; the others are the flags of shared declarations: the study's place
+    (``commands.flags``), a budget's stages (``Budget``), the base recipe (``TrainConfig``) and the data."""
 
     study: str | None = None
     storage: str | None = None
     logs: str = "logs/search"
-    budget: str | None = None
-    rungs: str | None = None
+    budget: str | None = option(
+        None,
+        "run a budget's whole staged search: screen designs on a short complete schedule, promote the best "
+        "through longer ones, confirm the top ones with seeds (sets the cap, epochs, pruning)",
+        choices=sorted(BUDGETS),
+    )
+    rungs: str | None = option(None, "with --budget: the shorter schedules before the full one, e.g. 4,8")
     screen: int | None = None
     confirm: int | None = None
     seeds: int | None = None
-    n_trials: int = 20
-    epochs: int | None = None
-    max_params: int | None = None
-    min_rf: int = 20
-    mode: str = "single"
-    pruner: str = "hyperband"
-    workers: int | None = None
+    transfer_from: str | None = option(
+        None,
+        "with --budget: enqueue the confirmed designs of another staged study (under --logs) first, their "
+        "relative widths re-fitted to this budget's cap; trials.csv and the summary mark them as transferred",
+        type=short_name_flag(STUDY_NAME_MAX),
+        metavar="STUDY",
+    )
+    transfer_top: int | None = option(
+        None, "with --transfer-from: only its N best confirmed designs (default: all)", type=int_flag(1, 1000)
+    )
+    n_trials: int = option(20, "trials to add in this run, over all workers (default 20)", type=int_flag(1, 100_000))
+    epochs: int | None = option(
+        None, f"epochs per trial; must be < {MAX_EPOCHS + 1} (default {DEFAULT_EPOCHS})", type=positive_int
+    )
+    max_params: int | None = option(
+        None, f"parameter cap, strictly fewer (default {DEFAULT_MAX_PARAMS})", type=int_flag(1, 10**8)
+    )
+    min_rf: int = option(20, "minimum receptive field at the head in px (default 20)", type=int_flag(1, 10_000))
+    mode: str = option(
+        "single",
+        "single: max val acc under the cap; multi: (val acc, params) Pareto front",
+        choices=("single", "multi"),
+    )
+    pruner: str = option("hyperband", "how trials are stopped early (default hyperband)", choices=PRUNERS)
+    workers: int | None = option(
+        None, "worker processes on this machine (default: 2 on CPU, 1 on GPU)", type=int_flag(1, 256)
+    )
     threads: int | None = None
     train_subset: int | None = None
     val_size: int = 10_000
     seed: int = 0
-    sampler_seed: int | None = None
-    timeout: float | None = None
+    sampler_seed: int | None = option(
+        None,
+        "seed worker i's sampler with this + i, to replay a recorded run (default: drawn per process, so that every "
+        "command and machine draws differently; recorded as each trial's sampler_seed)",
+        type=seed_flag,
+    )
+    timeout: float | None = option(
+        None, "stop starting new trials after this many seconds", type=float_flag(0, None, lo_open=True)
+    )
     device: str = "auto"
-    heartbeat: int = 60
-    grace: int | None = None
-    enqueue: tuple[str, ...] = ()
-    space: int | None = None
-    transfer_from: str | None = None  # another staged study whose confirmed designs are enqueued first
-    transfer_top: int | None = None  # how many of them (default: all it confirmed)
+    heartbeat: int = option(60, "seconds between trial heartbeats (default 60)", type=int_flag(1, 3600))
+    grace: int | None = option(
+        None,
+        f"a RUNNING trial silent this long is failed and retried; at least {GRACE_FACTOR}x --heartbeat "
+        f"(default {DEFAULT_GRACE_FACTOR}x --heartbeat)",
+        type=int_flag(1, 86_400),
+    )
+    enqueue: tuple[str, ...] = option(
+        (),
+        "run this spec (preset name or spec.json) first, with the default recipe or the given recipe values "
+        "(e.g. compact:lr=0.1,rotation=10); repeatable; skipped if the study already has the same trial",
+        action="append",
+        metavar="SPEC[:KEY=VALUE,...]",
+    )
+    space: int | None = option(
+        None,
+        "architecture space: 3 (the default for a new study) fits each drawn topology's widths to --max-params "
+        "and may draw pool-only transitions and batch 32; 2 the same without those; 1 draws absolute widths "
+        "(needed by --enqueue). A study keeps the one it was made with",
+        type=int,
+        choices=(1, 2, 3),
+    )
     data_dir: str | None = None
 
     @classmethod
