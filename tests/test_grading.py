@@ -486,3 +486,11 @@ def test_output_picks_one_of_a_notebook_models_outputs(tmp_path, inline_worker):
         and json.loads(out)["output_used"] == "output 1 of 2"
     )
     assert_one_error_line(call(kit, "inspect", "--notebook", str(path), "--output", "7"), "index from 0 to 1")
+
+
+@pytest.mark.parametrize("command", ["check", "check-notebook", "inspect"])
+def test_help_of_the_commands_that_take_rule_sets_and_notebooks(command):
+    code_, out, _ = call(kit, command, "--help")
+    assert code_ == 0 and ("--rules" in out or "--notebook" in out)
+    if command != "inspect":
+        assert "bn-dropout-gap: the original, and the model must use BatchNorm" in " ".join(out.split())

@@ -89,7 +89,7 @@ def add_limit_flags(p: argparse.ArgumentParser) -> None:
     from mnist_challenge.runs.budgets import RULES
     from mnist_challenge.runs.checker import Limits
 
-    listed = "; ".join(f"{name}: {rules.about}" for name, rules in RULES.items())
+    listed = "; ".join(f"{name}: {rules.about}" for name, rules in RULES.items()).replace("%", "%%")  # argparse
     p.add_argument("--rules", default="original", metavar="NAME", help=f"the rule set (default original). {listed}")
     fields = [f.name for f in dataclasses.fields(Limits)]
     add_setting_flags(
