@@ -59,11 +59,12 @@ def notebook_model(
     input_size: tuple[int, ...] = (1, 28, 28),
     timeout: float = BUILD_TIMEOUT,
     output_choice: str | None = None,
+    notebook: Notebook | None = None,
 ) -> NotebookModel:
     """The model a notebook defines, built and inspected in a subprocess (``output_choice``: which of several
     outputs the RF is reported for, as ``inspect --output``); any failure is a ``UserError``."""
     path, name = split_target(str(target))
-    notebook = read_notebook(path)
+    notebook = notebook if notebook is not None else read_notebook(path)  # a grader has read it already
     source = choose_model(parse_model_source(notebook), name, str(path))
     with tempfile.TemporaryDirectory(prefix="kit-notebook-") as tmp:
         program, result = Path(tmp) / "notebook_model.py", Path(tmp) / "result.json"

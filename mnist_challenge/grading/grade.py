@@ -213,7 +213,7 @@ def grade_notebook(
         return grade
     built, why = None, ""
     try:
-        built = notebook_model(target, timeout=timeout)
+        built = notebook_model(target, timeout=timeout, notebook=notebook)
         grade.model = built.source.chosen
     except UserError as exc:
         why = f"the model cannot be built from the notebook: {exc}"
