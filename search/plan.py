@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,6 +265,24 @@ def validate(s: ResolvedSearch) -> None:
             refuse_earlier_runs(s.study_dir)
 
 
+def recipe_with(base: TrainConfig, overrides: str, keys: Collection[str], what: str) -> TrainConfig:
+    """``base`` with ``KEY=VALUE,...`` on top, each KEY one of ``keys``; one error line naming ``what`` for a
+    bad pair or a value out of the setting's bounds."""
+    recipe = base
+    for pair in filter(None, overrides.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep or key not in keys:
+            raise UserError(f"{what}: expected KEY=VALUE with KEY one of {sorted(keys)}, got {pair!r}")
+        kind = type(getattr(base, key))
+        try:
+            recipe = dataclasses.replace(recipe, **{key: kind(value)})
+        except ValueError:
+            raise UserError(f"{what}: {key} must be of type {kind.__name__}, got {value!r}") from None
+        except UserError as exc:
+            raise UserError(f"{what}: {exc}") from None
+    return recipe
+
+
 def enqueued_params(item: str, base: TrainConfig, max_params: int) -> dict:
     """``SPEC`` or ``SPEC:lr=0.1,rotation=10``: the trial params of that spec with that recipe."""
     from mnist_challenge.architecture.spec import load_spec
@@ -271,18 +290,7 @@ def enqueued_params(item: str, base: TrainConfig, max_params: int) -> dict:
     from .space import RECIPE_KEYS, params_from_spec
 
     source, _, overrides = item.partition(":")
-    recipe = base
-    for pair in filter(None, overrides.split(",")):
-        key, sep, value = pair.partition("=")
-        if not sep or key not in RECIPE_KEYS:
-            raise UserError(
-                f"--enqueue {item!r}: expected KEY=VALUE with KEY one of {sorted(RECIPE_KEYS)}, got {pair!r}"
-            )
-        kind = type(getattr(base, key))
-        try:
-            recipe = dataclasses.replace(recipe, **{key: kind(value)})
-        except ValueError:
-            raise UserError(f"--enqueue {item!r}: {key} must be a {kind.__name__}, got {value!r}") from None
+    recipe = recipe_with(base, overrides, RECIPE_KEYS, f"--enqueue {item!r}")
     try:
         return params_from_spec(load_spec(source), recipe, max_params)
     except UserError as exc:

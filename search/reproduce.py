@@ -29,12 +29,11 @@ def choose_trial(study: optuna.Study, name: str, number: int | None) -> optuna.t
     return trial
 
 
-def reproduction(
-    study: optuna.Study, name: str, trial: optuna.trial.FrozenTrial, **changes: object
+def rebuilt(
+    study: optuna.Study, name: str, trial: optuna.trial.FrozenTrial, epochs: int | None = None
 ) -> tuple[ArchSpec, TrainConfig]:
-    """The trial's spec, and its recipe on the study's full schedule (a staged study's last rung) with all 60k
-    training images (no validation hold-out: selection is over, the test set is reported) and ``changes``
-    (seed, epochs when given, subset, threads) on top."""
+    """The trial's spec, and its recipe on the study's full schedule (a staged study's last rung; ``epochs``
+    instead when given) with the study's split; one error line for a trial that cannot be rebuilt."""
     try:
         spec = spec_of_trial(trial, name)
         base = base_config_from_study(study)
@@ -45,5 +44,14 @@ def reproduction(
             f"missing or malformed; pick a completed trial"
         ) from None
     stages = study.user_attrs.get("stages") or {}
-    epochs = changes.pop("epochs", None) or stages.get("budget", {}).get("epochs") or base.epochs
-    return spec, dataclasses.replace(recipe, epochs=epochs, val_size=0, **changes)
+    epochs = epochs or stages.get("budget", {}).get("epochs") or base.epochs
+    return spec, dataclasses.replace(recipe, epochs=epochs)
+
+
+def reproduction(
+    study: optuna.Study, name: str, trial: optuna.trial.FrozenTrial, **changes: object
+) -> tuple[ArchSpec, TrainConfig]:
+    """``rebuilt``, trained on all 60k training images (no validation hold-out: selection is over, the test set
+    is reported), with ``changes`` (seed, epochs when given, subset, threads) on top."""
+    spec, recipe = rebuilt(study, name, trial, changes.pop("epochs", None))
+    return spec, dataclasses.replace(recipe, val_size=0, **changes)

@@ -62,7 +62,7 @@ def test_the_installed_commands_work_from_another_directory(installed, tmp_path)
 
     helped = run(installed, "mnist-search", "--help", cwd=tmp_path)
     assert helped.returncode == 0 and "--budget" in helped.stdout, helped.stderr
-    for command in ("reproduce", "fidelity", "digest"):
+    for command in ("reproduce", "fidelity", "digest", "ablate"):
         sub = run(installed, "mnist-search", command, "--help", cwd=tmp_path)
         assert sub.returncode == 0 and sub.stdout.startswith(f"usage: mnist-search {command}"), sub.stderr
 

@@ -512,7 +512,7 @@ def test_storage_mistakes_leave_nothing_behind(tmp_path, mnist_dir):
         assert code == 2 and fragment in err and "secret" not in err, err
         assert not (logs / "s").exists(), url
     new = tmp_path / "new.db"
-    for argv in (["--export-only"], ["digest"], ["reproduce"]):
+    for argv in (["--export-only"], ["digest"], ["reproduce"], ["ablate", "--change", "lr=0.1"]):
         lead, rest = (argv, []) if argv[0] != "--export-only" else ([], argv)
         assert_one_error_line(call(search, *lead, "--study", "s", "--storage", f"sqlite:///{new}", *rest), "no study")
         assert not new.exists()

@@ -392,6 +392,38 @@ def test_reproduce_retrains_on_all_training_images(mnist_dir, tmp_path):
     assert run_cli(*args).returncode == 0
     trials = trials_of(tmp_path / "r" / "study.db", "r")
     assert len(trials) == 2 and sum(t.params == trial.params for t in trials) == 1
+    _ablation_of_the_same_trial(mnist_dir, tmp_path, trial.number)
+
+
+def _ablation_of_the_same_trial(mnist_dir, tmp_path, number):
+    """``ablate``: both arms with the same seeds on the study's split (validation kept), then resumed without
+    training again; bad changes are one error line."""
+    folder = tmp_path / "abl"
+    where = ["--study", "r", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--trial", str(number)]
+    ablate = [*where, "--epochs", "1", "--seeds", "2", "--workers", "1", "--train-subset", "600", "--out", str(folder)]
+    result = run_cli("search", "ablate", *ablate, "--change", "rotation=0,brightness=0.2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((folder / "ablation.json").read_text())
+    assert {arm: list(s["seeds"]) for arm, s in summary["arms"].items()} == {"base": ["1", "2"], "changed": ["1", "2"]}
+    assert len(summary["arms"]["changed"]["minus_base"]["seeds"]) == 2 and "minus base" in result.stdout
+    base, changed = (json.loads((folder / arm / "seed2" / "config.json").read_text()) for arm in ("base", "changed"))
+    assert base["val_size"] == 500 and base["seed"] == changed["seed"] == 2  # the study's split, paired seeds
+    assert (changed["rotation"], changed["brightness"], base["brightness"]) == (0.0, 0.2, 0.0)
+    assert {k: v for k, v in changed.items() if base.get(k) != v}.keys() <= {"rotation", "brightness", "started_at",
+                                                                           "wall_seconds", "runtime"}  # fmt: skip
+    log = folder / "base" / "seed1" / "epochs.csv"
+    before = log.stat().st_mtime_ns
+    again = run_cli("search", "ablate", *ablate, "--change", "rotation=0,brightness=0.2")
+    assert again.returncode == 0 and log.stat().st_mtime_ns == before  # finished runs are kept
+    assert json.loads((folder / "ablation.json").read_text()) == summary
+    for change, fragment in [
+        ("rotation", "expected KEY=VALUE"),
+        ("seed=3", "expected KEY=VALUE"),
+        ("lr=-1", "lr"),
+        ("batch_size=x", "must be of type int"),
+        (f"rotation={base['rotation']}", "nothing to compare"),
+    ]:
+        assert_one_error_line(call(search, "ablate", *where, "--change", change), fragment)
 
 
 def test_trial_stuck_at_chance_is_stopped_after_two_epochs(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from mnist_challenge.common.errors import TrainingDiverged, UserError, check_interrupted
 from mnist_challenge.common.settings import check_settings, recipe_fields, setting
 from mnist_challenge.common.validate import SEED_MAX, require
-from mnist_challenge.engine.augment import AugmentConfig, random_affine
+from mnist_challenge.engine.augment import AugmentConfig, augment
 from mnist_challenge.engine.data import MnistData, Split
 from mnist_challenge.engine.ema import WeightEMA
 from mnist_challenge.engine.fast import bf16_pays, bf16_supported, speed_up
@@ -64,6 +64,10 @@ class TrainConfig:
     )  # fmt: skip
     scale: float = setting(0.0, "random zoom range +/-", lo=0.0, hi=1.0, hi_open=True, recipe=True)
     shear: float = setting(0.0, "max random shear in degrees", lo=0.0, hi=60.0, what="shear (degrees)", recipe=True)
+    brightness: float = setting(
+        0.0, "max random brightness shift, fraction of black-to-white", lo=0.0, hi=1.0, recipe=True
+    )
+    contrast: float = setting(0.0, "random contrast factor range +/-", lo=0.0, hi=1.0, hi_open=True, recipe=True)
     # The weights' EMA comes before the seed so that a recipe lists what shapes the result, then its seed.
     ema_decay: float = setting(
         0.999, "exponential moving average of the weights, evaluated and saved as the model (0: off)", lo=0.0,
@@ -110,7 +114,7 @@ class TrainConfig:
 
     @property
     def augment(self) -> AugmentConfig:
-        return AugmentConfig(self.rotation, self.translate, self.scale, self.shear)
+        return AugmentConfig(self.rotation, self.translate, self.scale, self.shear, self.brightness, self.contrast)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -286,7 +290,7 @@ def train_epoch(t: Training, epoch: int, progress: bool) -> dict[str, float]:
     bar = tqdm(range(t.steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=shown, unit="batch")
     for step in bar:
         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-        x, y = random_affine(images[idx], cfg.augment, t.generator), t.data.train.labels[idx]
+        x, y = augment(images[idx], cfg.augment, t.generator), t.data.train.labels[idx]
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.autocast):

@@ -5,6 +5,7 @@ mnist-search [--study NAME] [--n-trials N] [--epochs 15] ...   # a plain single-
 mnist-search reproduce [--study NAME] [--seed S]        # retrain a study's best on all 60k images
 mnist-search fidelity --budget tiny [--designs 20]      # how well short schedules rank designs
 mnist-search digest [--study NAME]                      # what a staged search learned
+mnist-search ablate --study NAME --change KEY=VALUE      # does a recipe change help the study's design?
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from collections.abc import Sequence
 
 from mnist_challenge.common.contract import run_cli
 
-from . import digest, fidelity, reproduce
+from . import ablate, digest, fidelity, reproduce
 from . import run as search
 
 # The search itself takes no command word (``mnist-search --budget tiny``), so the first argument names a
 # command only when it is one of these.
-COMMANDS = {"reproduce": reproduce, "fidelity": fidelity, "digest": digest}
+COMMANDS = {"reproduce": reproduce, "fidelity": fidelity, "digest": digest, "ablate": ablate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

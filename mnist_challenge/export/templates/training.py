@@ -5,7 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from mnist_challenge.export.templates.setup import DEVICE, SMOKE
-from mnist_challenge.export.templates.training_helpers import WeightEMA, evaluate, random_affine
+from mnist_challenge.export.templates.training_helpers import (
+    WeightEMA,
+    evaluate,
+    random_affine,
+    random_brightness_contrast,
+)
 
 if TYPE_CHECKING:  # the data and model cells, which load MNIST and build the network
     from mnist_challenge.export.templates.data import test_x, test_y, train_x, train_y
@@ -40,7 +45,8 @@ for epoch in range(1, epochs + 1):
     loss_sum, correct = torch.zeros((), device=DEVICE), torch.zeros((), device=DEVICE, dtype=torch.int64)
     for step in range(steps):
         idx = order[step * c["batch_size"] : (step + 1) * c["batch_size"]]
-        x, y = random_affine(train_x[idx], generator, c), train_y[idx]
+        x = random_brightness_contrast(random_affine(train_x[idx], generator, c), generator, c)
+        y = train_y[idx]
         out = model(x)
         loss = F.cross_entropy(out, y, label_smoothing=c["label_smoothing"])  # log-probs in: label smoothing
         opt.zero_grad(set_to_none=True)

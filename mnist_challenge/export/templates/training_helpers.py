@@ -6,7 +6,7 @@ import torch.nn.functional as F
 MEAN, STD = 0.1307, 0.3081  # as the data cell defines them (importing that cell would load MNIST)
 
 # --- cell ---
-BACKGROUND = (0.0 - MEAN) / STD  # a black pixel after normalisation
+BACKGROUND, WHITE = (0.0 - MEAN) / STD, (1.0 - MEAN) / STD  # black and white pixels after normalisation
 
 
 def random_affine(x, generator, config):
@@ -31,6 +31,18 @@ def random_affine(x, generator, config):
     theta[:, 1, 2] = uniform(2 * c["translate"])
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x - BACKGROUND, grid, align_corners=False) + BACKGROUND  # zero padding = background
+
+
+def random_brightness_contrast(x, generator, config):
+    """Each image's pixel values v (0 to 1) become clamp(factor * v + shift, 0, 1), drawn per image; computed on
+    the normalised values."""
+    c = config
+    if not (c["brightness"] > 0 or c["contrast"] > 0):
+        return x
+    shape = (x.shape[0], 1, 1, 1)
+    factor = 1 + (torch.rand(shape, generator=generator, device=x.device) * 2 - 1) * c["contrast"]
+    shift = (torch.rand(shape, generator=generator, device=x.device) * 2 - 1) * c["brightness"]
+    return (x * factor + ((factor - 1) * MEAN + shift) / STD).clamp(BACKGROUND, WHITE)
 
 
 @torch.no_grad()
