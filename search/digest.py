@@ -2,15 +2,18 @@
 
 Where the time went (runs, epochs and hours of training plus evaluation per stage, read from every run's
 ``epochs.csv``), how well the short screening schedule ranked the designs that went on to the full one
-(Spearman), which choices mattered (``param_importances.json``, written by the search), and what the
-winner looks like (its parameters per stage of the network and receptive field at the head). Printed,
+(Spearman), which choices mattered (``param_importances.json``, written by the search), whether the designs
+transferred from another study (``--transfer-from``) did better than the drawn ones (``trials.csv``), and what
+the winner looks like (its parameters per stage of the network and receptive field at the head). Printed,
 and written to ``digest.json`` in the study folder; the README's figures come from it.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,39 @@ def params_by_stage(spec: ArchSpec) -> dict[str, int]:
     """Parameters per top-level part of the network (stem, block1, transition1, ..., head)."""
     model = build_model(spec)
     return {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+
+
+def transfer_effect(study_dir: Path) -> dict[str, Any] | None:
+    """How the transferred designs fared against the drawn ones, from ``trials.csv``: screening scores (best,
+    median, each transferred design's rank among all screened), and how many went on to the full schedule and
+    to confirmation. None for a study without transferred designs."""
+    path = study_dir / "trials.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("state") == "COMPLETE" and r.get("val_acc")]
+    moved = [r for r in rows if (r.get("origin") or "drawn") != "drawn"]
+    drawn = [float(r["val_acc"]) for r in rows if (r.get("origin") or "drawn") == "drawn"]
+    if not moved or not drawn:
+        return None
+    ranked = sorted(rows, key=lambda r: -float(r["val_acc"]))
+    rank = {r["number"]: i + 1 for i, r in enumerate(ranked)}
+    scores = [float(r["val_acc"]) for r in moved]
+
+    def went_on(r: dict[str, str]) -> bool:  # trained on a rung after the screening one
+        return len(json.loads(r.get("rung_val_acc") or "{}")) > 1
+
+    return {
+        "screened": len(rows),
+        "transferred": len(moved),
+        "best_transferred": max(scores),
+        "median_transferred": statistics.median(scores),
+        "best_drawn": max(drawn),
+        "median_drawn": statistics.median(drawn),
+        "transferred_ranks": sorted(rank[r["number"]] for r in moved),
+        "transferred_promoted": sum(went_on(r) for r in moved),
+        "transferred_confirmed": sum(bool(r.get("confirmed")) for r in moved),
+    }
 
 
 def digest(study_dir: Path, stages: dict[str, Any] | None) -> dict[str, Any]:
@@ -70,6 +106,9 @@ def digest(study_dir: Path, stages: dict[str, Any] | None) -> dict[str, Any]:
         "screen_vs_full_spearman": None if rho != rho else round(rho, 3),  # NaN: too few designs to rank
         "screen_vs_full_designs": len(both),
     }
+    transfer = transfer_effect(study_dir)
+    if transfer is not None:
+        result["transfer"] = transfer
     importances = study_dir / "param_importances.json"
     if importances.is_file():
         values = read_json_file(importances)
@@ -85,8 +124,10 @@ def digest(study_dir: Path, stages: dict[str, Any] | None) -> dict[str, Any]:
     if winner and best_spec.is_file():
         spec = ArchSpec.load(best_spec)
         report = inspect_module(build_model(spec), (spec.in_channels, spec.input_size, spec.input_size))
+        best = summary.get("best") if isinstance(summary.get("best"), dict) else {}
         result["winner"] = {
             **winner,
+            "origin": best.get("origin") if best.get("trial") == winner.get("trial") else None,
             "rf_head": report.receptive_field_head,
             "macs": report.macs,
             "params_by_stage": params_by_stage(spec),
@@ -112,13 +153,21 @@ def format_digest(d: dict[str, Any]) -> str:
             f"screen vs full schedule: Spearman {d['screen_vs_full_spearman']:+.3f} "
             f"over the {d['screen_vs_full_designs']} designs trained on both"
         )
+    if "transfer" in d:
+        t = d["transfer"]
+        lines.append(
+            f"transferred designs: {t['transferred']} of {t['screened']} screened, screening score best "
+            f"{t['best_transferred']:.2f} / median {t['median_transferred']:.2f}% (drawn: {t['best_drawn']:.2f} / "
+            f"{t['median_drawn']:.2f}%), ranks {t['transferred_ranks']}; {t['transferred_promoted']} promoted, "
+            f"{t['transferred_confirmed']} confirmed"
+        )
     if "importances_top" in d:
         lines.append("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in d["importances_top"].items()))
     if "winner" in d:
         w = d["winner"]
         lines.append(
             f"winner: trial {w['trial']}, {w['params']:,} params, val acc {w['mean']:.2f} ± {w['std']:.2f}%, "
-            f"RF {w['rf_head']} at the head, {w['macs']:,} MACs"
+            f"RF {w['rf_head']} at the head, {w['macs']:,} MACs" + (f", {w['origin']}" if w.get("origin") else "")
         )
         lines.append("  params by stage: " + ", ".join(f"{k} {v:,}" for k, v in w["params_by_stage"].items()))
     return "\n".join(lines)

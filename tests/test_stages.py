@@ -1,6 +1,7 @@
 """The staged search: promotion and winner rules, rank correlation, and a whole budget on a tiny subset
 (screen, promote, confirm with seeds, resume) plus the fidelity study, run in this process."""
 
+import csv
 import json
 import math
 
@@ -45,6 +46,34 @@ def test_spearman_against_known_values():
     assert (
         math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(spearman([], [])) and math.isnan(spearman([1], [2]))
     )
+
+
+def test_the_digest_compares_transferred_designs_with_drawn_ones(tmp_path):
+    from search.digest import transfer_effect
+
+    rows = [  # number, state, screening score, origin, rungs, confirmed
+        (0, "COMPLETE", 99.0, "transferred from budget-tiny trial 52", '{"4": 99.0, "15": 99.3}', ""),
+        (1, "COMPLETE", 98.5, "transferred from budget-tiny trial 55", '{"4": 98.5}', ""),
+        (2, "PRUNED", "", "drawn", "", ""),
+        (3, "COMPLETE", 99.2, "drawn", '{"4": 99.2, "15": 99.4}', "99.35 ± 0.03 (3 seeds)"),
+        (4, "COMPLETE", 98.9, "drawn", '{"4": 98.9}', ""),
+        (5, "COMPLETE", 98.7, "drawn", '{"4": 98.7}', ""),
+    ]
+    with (tmp_path / "trials.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("number", "state", "val_acc", "origin", "rung_val_acc", "confirmed"), *rows])
+    assert transfer_effect(tmp_path) == {
+        "screened": 5,
+        "transferred": 2,
+        "best_transferred": 99.0,
+        "median_transferred": 98.75,
+        "best_drawn": 99.2,
+        "median_drawn": 98.9,
+        "transferred_ranks": [2, 5],
+        "transferred_promoted": 1,
+        "transferred_confirmed": 0,
+    }
+    (tmp_path / "trials.csv").write_text("number,state,val_acc,origin\n0,COMPLETE,99.0,drawn\n")
+    assert transfer_effect(tmp_path) is None
 
 
 def test_budget_settings_are_checked():
