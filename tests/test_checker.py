@@ -10,27 +10,31 @@ from mnist_challenge.runs.runlog import RunDir
 from .conftest import run_cli
 
 
-def make_run(path, model, spec, test_accs):
-    """A run directory with the real inspection of ``model`` and the given per-epoch test accuracies."""
+def make_run(path, model, spec, test_accs, planned=None):
+    """A run directory with the real inspection of ``model`` and the given per-epoch test accuracies (of
+    ``planned`` epochs: more than logged is a run that was stopped)."""
     run = RunDir(path)
-    run.start(spec, {"epochs": len(test_accs)}, model, "", inspect_module(model, (1, 28, 28)).as_dict())
+    run.start(spec, {"epochs": planned or len(test_accs)}, model, "", inspect_module(model, (1, 28, 28)).as_dict())
     for i, acc in enumerate(test_accs, start=1):
-        row = {
-            "epoch": i,
-            "lr": 0.01,
-            "train_loss": 0.1,
-            "train_acc": 98.0,
-            "val_loss": 0.02,
-            "val_acc": acc,
-            "test_loss": 0.02,
-            "test_acc": acc,
-            "seconds": 1.0,
-            "eval_seconds": 0.1,
-            "images_per_second": 1.0,
-        }
-        run.log_epoch(row, model, spec)
+        run.log_epoch(epoch_row(i, acc), model, spec)
     run.close()
     return path
+
+
+def epoch_row(epoch, acc):
+    return {
+        "epoch": epoch,
+        "lr": 0.01,
+        "train_loss": 0.1,
+        "train_acc": 98.0,
+        "val_loss": 0.02,
+        "val_acc": acc,
+        "test_loss": 0.02,
+        "test_acc": acc,
+        "seconds": 1.0,
+        "eval_seconds": 0.1,
+        "images_per_second": 1.0,
+    }
 
 
 GOOD = [98.0] * 12 + [99.41, 99.45, 99.43]
@@ -123,3 +127,27 @@ def test_rule_sets_set_the_limits_and_the_required_layers(tmp_path):
     for name, budget in BUDGETS.items():
         rules = RULES[{"assignment": "original", "compact": "8k"}.get(name, name)]
         assert (budget.max_params, budget.epochs) == (rules.limits.max_params, rules.limits.max_epochs)
+
+
+def test_curves_are_redrawn_after_the_first_and_last_epoch_and_when_a_run_stops_early(tmp_path, monkeypatch):
+    """A drawing takes about a second: a run of quick epochs draws its first and last, not every one, and a run
+    stopped early still gets a drawing of every epoch it logged."""
+    import mnist_challenge.runs.runlog as runlog
+
+    drawn = []
+    monkeypatch.setattr(runlog, "plot_curves", lambda rows, path: drawn.append(len(rows)))
+    spec = load_spec("tiny")
+    make_run(tmp_path / "whole", build_model(spec), spec, GOOD)
+    assert drawn == [1, len(GOOD)]
+    drawn.clear()
+    monkeypatch.setattr(runlog, "CURVES_EVERY", 0.0)  # a slow run: every epoch
+    make_run(tmp_path / "slow", build_model(spec), spec, GOOD[:3])
+    assert drawn == [1, 2, 3]
+    drawn.clear()
+    monkeypatch.setattr(runlog, "CURVES_EVERY", 1e9)
+    run = RunDir(tmp_path / "stopped")
+    run.start(spec, {"epochs": 15}, build_model(spec), "", {})
+    for epoch in (1, 2, 3):
+        run.log_epoch(epoch_row(epoch, 99.0), build_model(spec), spec)
+    run.close()
+    assert drawn == [1, 3]

@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from mnist_challenge import UserError, build_model, load_spec
-from mnist_challenge.architecture.inspector import inspect_module
 from mnist_challenge.cli.main import main as kit
 from mnist_challenge.common.contract import Parser, run_cli
 from mnist_challenge.common.errors import EXIT_INTERNAL, set_crash_log
 from mnist_challenge.engine.data import download
-from mnist_challenge.runs.runlog import RunDir, load_checkpoint
+from mnist_challenge.runs.runlog import load_checkpoint
 from search.commands.main import main as search
 
 from .conftest import assert_one_error_line, call
+from .test_checker import make_run as make_checked_run
 
 GOOD_SPEC = load_spec("tiny").to_dict()
 
@@ -130,29 +130,7 @@ def test_bench_checks_its_json_path_first():
 # --- check and report ------------------------------------------------------------------------------------
 def make_run(path, test_accs, planned=None):
     spec = load_spec("tiny")
-    model = build_model(spec)
-    run = RunDir(path)
-    run.start(spec, {"epochs": planned or len(test_accs)}, model, "", inspect_module(model, (1, 28, 28)).as_dict())
-    for i, acc in enumerate(test_accs, start=1):
-        run.log_epoch(
-            {
-                "epoch": i,
-                "lr": 0.01,
-                "train_loss": 0.1,
-                "train_acc": 98.0,
-                "val_loss": 0.02,
-                "val_acc": acc,
-                "test_loss": 0.02,
-                "test_acc": acc,
-                "seconds": 1.0,
-                "eval_seconds": 0.1,
-                "images_per_second": 1.0,
-            },
-            model,
-            spec,
-        )
-    run.close()
-    return path
+    return make_checked_run(path, build_model(spec), spec, test_accs, planned)
 
 
 def test_a_run_killed_before_its_planned_epochs_fails(tmp_path):
@@ -395,3 +373,38 @@ def test_a_train_stopped_with_sigterm_exits_130_and_keeps_its_finished_epochs(tm
             proc.kill()
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err[-2000:]
     assert len((run / "epochs.csv").read_text().splitlines()) >= 2  # the header and at least one finished epoch
+
+
+@pytest.mark.parametrize(
+    ("stop_first", "code", "last_line"),
+    [(True, 130, "interrupted"), (False, EXIT_INTERNAL, "internal error")],
+)
+def test_a_start_up_import_that_fails_is_the_contracts_exit_code_not_a_traceback(tmp_path, stop_first, code, last_line):
+    """A stop signal during the start-up imports, which a library swallows half-way and turns into an
+    ImportError on the half-made module (numpy's "cannot load module more than once per process", seen in CI
+    under load), is exit 130; the same ImportError without a stop is a bug: one line, exit 3."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    (tmp_path / "half_made.py").write_text(
+        "import os, signal\n"
+        f"if {stop_first}:\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    except KeyboardInterrupt:\n"
+        "        pass  # swallowed, as a library's import may\n"
+        "raise ImportError('cannot load module more than once per process')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "from mnist_challenge.common.contract import run_main; run_main('half_made')"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == code and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(last_line), result.stderr

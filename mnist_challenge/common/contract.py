@@ -48,6 +48,8 @@ def run_main(module: str, argv: Sequence[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         exit_with(EXIT_INTERRUPTED)
+    except Exception as exc:
+        exit_with(_failure_code(exc))
     exit_with(main(argv))
 
 
@@ -59,18 +61,24 @@ def run_cli(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | 
         args = build().parse_args(argv)
         return args.handler(args) or 0
     except Exception as exc:
-        if not stopping():
-            return _report_failure(exc)
-        # After a stop signal, whatever fails is the stop's doing: a library may have swallowed the
-        # KeyboardInterrupt half-way through an import and left a half-made module behind.
-        record_internal_error(exc)  # kept in the log for whoever wonders, not reported as a bug
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _failure_code(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         restore_stop_handlers(previous)
+
+
+def _failure_code(exc: Exception) -> int:
+    """The exit code of a command (or of its start-up imports) that ``exc`` ended."""
+    if not stopping():
+        return _report_failure(exc)
+    # After a stop signal, whatever fails is the stop's doing: a library may have swallowed the
+    # KeyboardInterrupt half-way through an import and left a half-made module behind (numpy then fails
+    # the next import of it with "cannot load module more than once per process").
+    record_internal_error(exc)  # kept in the log for whoever wonders, not reported as a bug
+    print("interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _report_failure(exc: Exception) -> int:

@@ -7,13 +7,15 @@ logs/runs/<name>/
   inspection.json  the inspector's report of the trained model (the checker reads it)
   epochs.csv       per epoch: train / val / test loss and accuracy, lr, seconds
   train.log        the same, one human-readable line per epoch, as the course notebook prints it
-  curves.png       loss and accuracy per epoch
+  curves.png       loss and accuracy per epoch (redrawn after the first and the last epoch, at most every
+                   CURVES_EVERY seconds between, and when a run stops early: a drawing takes about a second)
   model.pt         {"state_dict", "spec"}: loadable alone with ``load_checkpoint``
   verdict.json     the constraint checker's verdict (written at the end)
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -32,6 +34,8 @@ from mnist_challenge.architecture.spec import ArchSpec
 from mnist_challenge.common.errors import UserError
 from mnist_challenge.common.files import append_text, try_lock, write_atomic, write_text_atomic
 from mnist_challenge.common.validate import check_writable_dir, make_dir
+
+CURVES_EVERY = 30.0  # seconds; at one redraw per epoch, a short epoch would spend ~5 % of its time on the plot
 
 EPOCH_FIELDS = [
     "epoch",
@@ -138,10 +142,15 @@ class RunDir:
         self._lock: int | None = _claim(self.path)
         self.rows: list[dict[str, Any]] = []
         self.total_epochs = 0
+        self._drawn = 0  # rows that curves.png shows
+        self._drawn_at = -math.inf  # time.monotonic() of its last redraw
 
     def close(self) -> None:
-        """Release the run directory (the lock file goes first, so nothing of it is left behind)."""
+        """Draw the epochs curves.png does not show yet (a run stopped early), then release the run directory
+        (the lock file goes first, so nothing of it is left behind)."""
         if self._lock is not None:
+            with contextlib.suppress(OSError):  # curves.png is redrawn from epochs.csv; never mask what stopped us
+                self.draw_curves()
             (self.path / LOCK_NAME).unlink(missing_ok=True)
             os.close(self._lock)
             self._lock = None
@@ -179,8 +188,14 @@ class RunDir:
         text = format_epoch(row, self.total_epochs)
         self.log_text(text)
         self.save_model(model, spec)
-        plot_curves(self.rows, self.path / "curves.png")
+        if row["epoch"] >= self.total_epochs or time.monotonic() - self._drawn_at >= CURVES_EVERY:
+            self.draw_curves()
         return text
+
+    def draw_curves(self) -> None:
+        if len(self.rows) > self._drawn:
+            plot_curves(self.rows, self.path / "curves.png")
+            self._drawn, self._drawn_at = len(self.rows), time.monotonic()
 
     def log_text(self, text: str) -> None:
         append_text(self.path / "train.log", text.rstrip("\n") + "\n")
@@ -290,7 +305,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.985, bottom=0.12, top=0.92, wspace=0.2)  # tight_layout: 0.4 s more
     try:
         write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     finally:
