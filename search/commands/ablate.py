@@ -13,7 +13,7 @@ from mnist_challenge.common.contract import Parser
 from mnist_challenge.common.errors import UserError
 from mnist_challenge.common.validate import check_writable_dir, int_flag
 
-from .flags import add_study_flags, open_named_study
+from .flags import add_study_flags, add_trial_flags, open_named_trial
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,17 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="train a study's design with its recipe and with a change, same seeds, compared on validation",
     )
     add_study_flags(p)
-    p.add_argument("--trial", type=int_flag(0), default=None, help="a trial number instead of the best")
+    add_trial_flags(p)
     p.add_argument(
         "--change", required=True, metavar="KEY=VALUE[,...]", help="recipe settings of the changed arm, e.g. "
         "brightness=0.2,contrast=0.2 (any setting of `train` but epochs and seed)",
     )  # fmt: skip
     p.add_argument("--seeds", type=int_flag(1, 100), default=3, help="seeds 1..N for each arm (default 3)")
-    p.add_argument("--epochs", type=int_flag(1, 1000), default=None, help="epochs (default: the study's full schedule)")
     p.add_argument("--workers", type=int_flag(1, 256), default=None, help="worker processes (default: 2 on CPU)")
-    p.add_argument(
-        "--train-subset", type=int_flag(2, 60_000), default=None, help="train on only this many images (smoke tests)"
-    )
     p.add_argument("--out", default=None, help="output folder (default logs/ablation/<study>-trial<N>-<change>)")
     add_data_flags(p)
     p.set_defaults(handler=run)
@@ -48,11 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..ablation import BASE, ablation_jobs, format_summary, summarise, write_summary
     from ..plan import default_workers, recipe_with
-    from ..reproduce import choose_trial, rebuilt
+    from ..reproduce import rebuilt
     from ..stages import run_jobs
 
-    study, name, _ = open_named_study(args)
-    trial = choose_trial(study, name, args.trial)
+    study, name, _, trial = open_named_trial(args)
     spec, recipe = rebuilt(study, name, trial, args.epochs)
     recipe = dataclasses.replace(recipe, threads=1, train_subset=args.train_subset)
     changed = recipe_with(recipe, args.change, set(RECIPE_KEYS) - {"epochs", "seed"}, f"--change {args.change!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mnist_challenge.common.validate import short_name_flag
+from mnist_challenge.common.validate import int_flag, short_name_flag
 
 from ..plan import DEFAULT_STUDY, STUDY_NAME_MAX, storage_url, study_dir
 
@@ -33,3 +33,20 @@ def open_named_study(args: argparse.Namespace):
     name = args.study or DEFAULT_STUDY
     folder = study_dir(args.logs, name)
     return open_existing_study(storage_url(args.storage, folder), name), name, folder
+
+
+def add_trial_flags(p: argparse.ArgumentParser) -> None:
+    """Which trial of the study a command retrains, on how many epochs and images (reproduce, ablate)."""
+    p.add_argument("--trial", type=int_flag(0), default=None, help="a trial number instead of the best")
+    p.add_argument("--epochs", type=int_flag(1, 1000), default=None, help="epochs (default: the study's)")
+    p.add_argument(
+        "--train-subset", type=int_flag(2, 60_000), default=None, help="train on only this many images (smoke tests)"
+    )
+
+
+def open_named_trial(args: argparse.Namespace):
+    """``open_named_study``, and the trial ``--trial`` names (default the study's best)."""
+    from ..reproduce import choose_trial
+
+    study, name, folder = open_named_study(args)
+    return study, name, folder, choose_trial(study, name, args.trial)

@@ -10,7 +10,7 @@ from mnist_challenge.cli.flags import add_data_flags, add_limit_flags, limits_fr
 from mnist_challenge.common.contract import Parser
 from mnist_challenge.common.validate import int_flag, seed_flag
 
-from .flags import add_study_flags, open_named_study
+from .flags import add_study_flags, add_trial_flags, open_named_trial
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,13 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="retrain the study's best spec on all 60k training images, test set reported",
     )
     add_study_flags(p)
-    p.add_argument("--trial", type=int_flag(0), default=None, help="a trial number instead of the best")
-    p.add_argument("--epochs", type=int_flag(1, 1000), default=None, help="epochs (default: the study's)")
+    add_trial_flags(p)
     p.add_argument("--seed", type=seed_flag, default=1)
     p.add_argument("--threads", type=int_flag(1, 1024), default=None)
-    p.add_argument(
-        "--train-subset", type=int_flag(2, 60_000), default=None, help="train on only this many images (smoke tests)"
-    )
     p.add_argument("--out", default=None, help="run directory (default logs/search/<study>/reproduce/seed<S>)")
     add_limit_flags(p)
     add_data_flags(p)
@@ -39,10 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from mnist_challenge.runs.experiment import run_experiment
     from mnist_challenge.runs.runlog import check_new_run_dir
 
-    from ..reproduce import choose_trial, reproduction
+    from ..reproduce import reproduction
 
-    study, name, folder = open_named_study(args)
-    trial = choose_trial(study, name, args.trial)
+    study, name, folder, trial = open_named_trial(args)
     spec, cfg = reproduction(
         study, name, trial, epochs=args.epochs, seed=args.seed, train_subset=args.train_subset, threads=args.threads
     )
