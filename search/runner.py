@@ -33,6 +33,9 @@ from .workers import Workers, watch
 
 PRUNERS = ("hyperband", "median", "sha", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# What a budget's screening counts towards --screen: a FAIL is a run that was killed (it is retried as a new
+# trial, which counts when it finishes) or that crashed; either way it screened no design.
+SCREENED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,11 @@ def search_log(s: SearchSettings) -> Path:
     return s.study_dir / "search.log"
 
 
+def left_to_screen(trials: list[optuna.trial.FrozenTrial], screen: int) -> int:
+    """Trials a budget's screening still has to add to have scored ``screen`` designs."""
+    return max(0, screen - sum(t.state in SCREENED for t in trials))
+
+
 def run_search(plan: RunPlan) -> optuna.Study:
     s = plan.settings
     set_crash_log(search_log(s))
@@ -295,9 +303,8 @@ def run_search(plan: RunPlan) -> optuna.Study:
         study.enqueue_trial(params, user_attrs={"transferred_from": origin}, skip_if_exists=True)
     for params in plan.enqueue:  # skipped when a trial with these params exists (a resumed study)
         study.enqueue_trial(params, skip_if_exists=True)
-    before = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED])
     if plan.fill_to is not None:
-        plan = dataclasses.replace(plan, n_trials=max(0, plan.fill_to - before))
+        plan = dataclasses.replace(plan, n_trials=left_to_screen(study.get_trials(deepcopy=False), plan.fill_to))
         if plan.n_trials == 0:
             return study
     started = time.time()

@@ -76,6 +76,22 @@ def test_the_digest_compares_transferred_designs_with_drawn_ones(tmp_path):
     assert transfer_effect(tmp_path) is None
 
 
+def test_a_killed_screening_run_does_not_count_as_a_screened_design():
+    """A killed trial is FAIL and retried as a new trial: counting it would screen fewer designs than --screen
+    (budget-micro-v3 counted six, and screened 116 of 120)."""
+    from optuna.trial import TrialState, create_trial
+
+    from search.runner import left_to_screen
+
+    def trials(*states):
+        return [create_trial(state=s, value=99.0 if s == TrialState.COMPLETE else None) for s in states]
+
+    done = trials(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.FAIL)
+    assert left_to_screen(done, 4) == 2
+    assert left_to_screen(done + trials(TrialState.WAITING), 4) == 2  # the retry counts once it has run
+    assert left_to_screen(done + trials(TrialState.COMPLETE, TrialState.COMPLETE), 4) == 0
+
+
 def test_budget_settings_are_checked():
     assert resolve_budget("tiny", "3,6", 10, 2, 4).ladder == (3, 6, 15)
     for rungs in ("6,3", "0", "15", "a,b"):
