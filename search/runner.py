@@ -18,7 +18,13 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from mnist_challenge import UserError
-from mnist_challenge.common.errors import EnvironmentFault, check_interrupted, environment_fault, set_crash_log
+from mnist_challenge.common.errors import (
+    EnvironmentFault,
+    check_interrupted,
+    environment_fault,
+    set_crash_log,
+    stopping,
+)
 from mnist_challenge.common.validate import SEED_MAX, make_dir
 from mnist_challenge.engine.train import TrainConfig
 from mnist_challenge.runs.experiment import load_data
@@ -229,6 +235,10 @@ def worker_main(plan: RunPlan, worker: int, n_trials: int, progress: bool) -> No
             retry_interrupted(study, started[-1].number)
         raise
     except Exception as exc:
+        if stopping():  # after a stop signal, whatever fails is the stop's doing (an import it cut half-way, say)
+            if started:
+                retry_interrupted(study, started[-1].number)
+            raise
         fault = exc if isinstance(exc, EnvironmentFault) else environment_fault(exc, plan.settings.study_dir)
         if fault is None:
             raise

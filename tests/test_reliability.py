@@ -613,3 +613,31 @@ def test_an_enqueued_trial_is_handed_to_one_process_only(tmp_path):
     for p in procs:
         p.join()
     assert len(handed) == len(set(handed)) == 160  # each enqueued trial popped once (Optuna relies on row locks)
+
+
+def test_a_trial_whose_interrupt_a_library_turned_into_another_error_is_queued_again(tmp_path, mnist_dir):
+    """CI under load: SIGTERM cut matplotlib's import half-way, and the next import failed with an
+    AttributeError in place of the KeyboardInterrupt. After a stop signal, any failure of the trial is the
+    stop's: exit 130, and the trial queued again like any stopped one."""
+    script = tmp_path / "search_with_a_swallowed_stop.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "import search.objective\n"
+        "def training(*args, **kwargs):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    except KeyboardInterrupt:\n"
+        "        pass  # swallowed half-way, as an interrupted import is\n"
+        "    raise AttributeError(\"module 'matplotlib' has no attribute '_docstring'\")\n"
+        "search.objective.run_experiment = training\n"
+        "from mnist_challenge.common.contract import run_main\n"
+        "run_main('search.commands.main', sys.argv[1:])\n"
+    )
+    args = search_args(mnist_dir, tmp_path, "s", workers="1", trials="2")[1:]
+    result = subprocess.run(
+        [sys.executable, str(script), *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    _assert_clean_interrupt(result.returncode, result.stderr)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.FAIL, TrialState.WAITING]

@@ -8,7 +8,7 @@ logs/runs/<name>/
   epochs.csv       per epoch: train / val / test loss and accuracy, lr, seconds
   train.log        the same, one human-readable line per epoch, as the course notebook prints it
   curves.png       loss and accuracy per epoch (redrawn after the first and the last epoch, at most every
-                   CURVES_EVERY seconds between, and when a run stops early: a drawing takes about a second)
+                   CURVES_EVERY seconds between, and when a run is pruned: a drawing takes about a second)
   model.pt         {"state_dict", "spec"}: loadable alone with ``load_checkpoint``
   verdict.json     the constraint checker's verdict (written at the end)
 """
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from mnist_challenge.architecture.spec import ArchSpec
-from mnist_challenge.common.errors import UserError
+from mnist_challenge.common.errors import UserError, stopping
 from mnist_challenge.common.files import append_text, try_lock, write_atomic, write_text_atomic
 from mnist_challenge.common.validate import check_writable_dir, make_dir
 
@@ -146,11 +146,13 @@ class RunDir:
         self._drawn_at = -math.inf  # time.monotonic() of its last redraw
 
     def close(self) -> None:
-        """Draw the epochs curves.png does not show yet (a run stopped early), then release the run directory
-        (the lock file goes first, so nothing of it is left behind)."""
+        """Draw the epochs curves.png does not show yet (a run pruned or stopped at chance), then release the
+        run directory (the lock file goes first, so nothing of it is left behind). Not after a stop signal: it
+        may have cut matplotlib's import half-way, and a second import would fail in place of the interrupt."""
         if self._lock is not None:
-            with contextlib.suppress(OSError):  # curves.png is redrawn from epochs.csv; never mask what stopped us
-                self.draw_curves()
+            if not stopping():
+                with contextlib.suppress(OSError):  # a full disk: epochs.csv has every epoch the plot would show
+                    self.draw_curves()
             (self.path / LOCK_NAME).unlink(missing_ok=True)
             os.close(self._lock)
             self._lock = None
