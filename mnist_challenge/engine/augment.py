@@ -30,7 +30,7 @@ class AugmentConfig:
     contrast: float = 0.0  # pixel values scaled by a factor uniform in [1 - contrast, 1 + contrast]
 
     @property
-    def enabled(self) -> bool:
+    def geometric(self) -> bool:  # any affine draw at all (rotation, shift, zoom, shear)
         return any(v > 0 for v in (self.rotation, self.translate, self.scale, self.shear))
 
     @property
@@ -61,7 +61,7 @@ def random_photometric(
 
 def random_affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """Apply an independent random affine transform to each image of a (B, C, H, W) batch."""
-    if not cfg.enabled:
+    if not cfg.geometric:
         return images
     b = images.shape[0]
 

@@ -1,8 +1,8 @@
 """``python -m mnist_challenge report ROOT``: the results table, generated from run directories.
 
 Every directory under ROOT that holds an ``epochs.csv`` is a run. A run under a folder named after a
-budget (``assignment``, ``compact``, ``tiny``, ``micro``) is judged against that budget's limits; any other run
-against the assignment's. Nothing in the table is typed by hand: params, RF and MACs come from the
+budget (``assignment``, ``compact``, ``tiny``, ``micro``, ``nano``) is judged against that budget's limits; any
+other run against the assignment's. Nothing in the table is typed by hand: params, RF and MACs come from the
 run's inspection, accuracies from its epochs.csv, the verdict from the checker.
 """
 
