@@ -43,8 +43,11 @@ def rebuilt(
             f"trial {trial.number} of {name!r} ({trial.state.name}) cannot be rebuilt: {exc!r} is "
             f"missing or malformed; pick a completed trial"
         ) from None
-    stages = study.user_attrs.get("stages") or {}
-    epochs = epochs or stages.get("budget", {}).get("epochs") or base.epochs
+    # A staged study's full schedule: in its stages once confirmation ends; before that (still promoting) in the
+    # budget it records when it starts (studies before that record have stages); base.epochs is the screening rung.
+    finished = (study.user_attrs.get("stages") or {}).get("budget", {}).get("epochs")
+    started = ((study.user_attrs.get("budget") or {}).get("ladder") or [None])[-1]
+    epochs = epochs or finished or started or base.epochs
     return spec, dataclasses.replace(recipe, epochs=epochs)
 
 

@@ -395,6 +395,31 @@ def test_reproduce_retrains_on_all_training_images(mnist_dir, tmp_path):
     _ablation_of_the_same_trial(mnist_dir, tmp_path, trial.number)
 
 
+@pytest.mark.parametrize(
+    "attrs, epochs",
+    [
+        ({}, 4),  # not staged: the study's own schedule
+        ({"budget": {"ladder": [4, 15]}}, 15),  # staged, still promoting: no stages yet (ablate found 4 here)
+        ({"stages": {"budget": {"epochs": 15}}}, 15),  # staged, confirmed, from before the budget record
+        ({"budget": {"ladder": [4, 15]}, "stages": {"budget": {"epochs": 15}}}, 15),
+    ],
+)
+def test_a_rebuilt_trial_trains_the_full_schedule_whatever_stage_the_study_is_in(attrs, epochs):
+    from search.reproduce import rebuilt
+
+    study = optuna.create_study()
+    study.set_user_attr("base_config", TrainConfig(epochs=4).to_dict())
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    trial = study.ask()
+    trial.set_user_attr("spec", load_spec("tiny").to_dict())
+    trial.set_user_attr("recipe", {"lr": 0.1})
+    study.tell(trial, 99.0)
+    (frozen,) = study.get_trials()
+    assert rebuilt(study, "s", frozen)[1].epochs == epochs
+    assert rebuilt(study, "s", frozen, epochs=7)[1].epochs == 7  # --epochs wins
+
+
 def _ablation_of_the_same_trial(mnist_dir, tmp_path, number):
     """``ablate``: both arms with the same seeds on the study's split (validation kept), then resumed without
     training again; bad changes are one error line."""
