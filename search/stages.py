@@ -32,7 +32,7 @@ from mnist_challenge import ArchSpec, UserError, build_model, count_params
 from mnist_challenge.common.errors import TrainingDiverged
 from mnist_challenge.common.files import try_lock, write_text_atomic
 from mnist_challenge.common.validate import make_dir
-from mnist_challenge.engine.train import TrainConfig
+from mnist_challenge.engine.train import RECIPE_KEYS, TrainConfig
 from mnist_challenge.runs.budgets import Budget
 from mnist_challenge.runs.checker import Limits
 from mnist_challenge.runs.runlog import read_epochs
@@ -69,6 +69,21 @@ def score_of(run_dir: str | Path) -> float | None:
     except UserError:
         return None
     return rows[-1]["val_acc"] if rows else None
+
+
+# What a finished run must have been trained with to count as a job's: its recipe and its data.
+TRAINED_WITH = {*RECIPE_KEYS, "train_subset", "val_size", "split_seed"}
+
+
+def trained_otherwise(job: Job) -> list[str]:
+    """The settings a finished run's config.json records otherwise than ``job`` plans (a key the run predates
+    is not compared): a rerun with another --epochs or --change into the same folder must not pass old runs
+    off as new ones."""
+    try:
+        recorded = json.loads((Path(job.run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return ["config.json"]
+    return sorted(k for k in TRAINED_WITH & job.recipe.keys() & recorded.keys() if recorded[k] != job.recipe[k])
 
 
 _worker_data = None
@@ -115,6 +130,12 @@ def run_jobs(jobs: list[Job], base: TrainConfig, data_dir: str | None, workers: 
     ``home`` (the study's folder) holds a lock for as long as this runs: a second command reaching the same
     stage is refused, instead of deleting the first one's unfinished run and training it again beside it."""
     todo = [job for job in jobs if score_of(job.run_dir) is None]
+    for job in jobs:
+        if job not in todo and (changed := trained_otherwise(job)):
+            raise UserError(
+                f"{job.run_dir} is a finished run of other settings ({', '.join(changed)} differ from this "
+                f"command's): write to another folder, or remove that one"
+            )
     if not todo:
         return
     make_dir(home, "the study folder")

@@ -441,6 +441,10 @@ def _ablation_of_the_same_trial(mnist_dir, tmp_path, number):
     again = run_cli("search", "ablate", *ablate, "--change", "rotation=0,brightness=0.2")
     assert again.returncode == 0 and log.stat().st_mtime_ns == before  # finished runs are kept
     assert json.loads((folder / "ablation.json").read_text()) == summary
+    # Other settings into the same folder: refused, not reported as the finished runs of the first command.
+    other = call(search, "ablate", *ablate, "--change", "rotation=0,brightness=0.3")
+    assert_one_error_line(other, "finished run of other settings (brightness differ")
+    assert log.stat().st_mtime_ns == before
     for change, fragment in [
         ("rotation", "expected KEY=VALUE"),
         ("seed=3", "expected KEY=VALUE"),
