@@ -81,6 +81,8 @@ def trained_otherwise(job: Job) -> list[str]:
     off as new ones."""
     try:
         recorded = json.loads((Path(job.run_dir) / "config.json").read_text())
+    except FileNotFoundError:  # nothing recorded to compare (a run marked diverged before it wrote one)
+        return []
     except (OSError, ValueError):
         return ["config.json"]
     return sorted(k for k in TRAINED_WITH & job.recipe.keys() & recorded.keys() if recorded[k] != job.recipe[k])
