@@ -135,11 +135,12 @@ class SearchRequest:
     )
     space: int | None = option(
         None,
-        "architecture space: 3 (the default for a new study) fits each drawn topology's widths to --max-params "
-        "and may draw pool-only transitions and batch 32; 2 the same without those; 1 draws absolute widths "
-        "(needed by --enqueue). A study keeps the one it was made with",
+        "architecture space: 4 (the default for a new study) fits each drawn topology's widths to --max-params, "
+        "may draw pool-only transitions and batch 32 and draws brightness / contrast augmentation; 3 the same "
+        "without brightness / contrast; 2 also without pool-only transitions and batch 32; 1 draws absolute "
+        "widths (needed by --enqueue). A study keeps the one it was made with",
         type=int,
-        choices=(1, 2, 3),
+        choices=(1, 2, 3, 4),  # space.SPACE_VERSIONS (not imported here: it loads optuna)
     )
     data_dir: str | None = None
 

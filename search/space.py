@@ -9,8 +9,10 @@ Two versions of the architecture space exist; a study keeps the one it was creat
 * 1: absolute channel widths from a list (narrowed under small caps); draws over the cap are rejected.
 * 2: a topology with *relative* widths and block kinds, fitted to the cap (``fitted_spec``,
   ``budget.fit_to_cap``), so every draw fits and lands just under the cap.
-* 3 (new studies): version 2, and a transition may be the pool alone (no 1x1 squeeze: the family of the
-  smallest public nets) and the batch may be 32.
+* 3: version 2, and a transition may be the pool alone (no 1x1 squeeze: the family of the smallest public
+  nets) and the batch may be 32.
+* 4 (new studies): version 3, and the recipe draws brightness / contrast augmentation (one strength for
+  both), which an ablation on the micro-v3 design showed to help (``logs/ablation/``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from mnist_challenge.engine.train import TrainConfig
 
 from .budget import fit_to_cap, width
 
-SPACE_VERSION = 3  # the version new studies get
-SPACE_VERSIONS = (1, 2, 3)
+SPACE_VERSION = 4  # the version new studies get
+SPACE_VERSIONS = (1, 2, 3, 4)
 
 CHANNELS = [4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32]
 SQUEEZE = [6, 8, 10, 12, 16]
@@ -190,8 +192,10 @@ RECIPE_FIELDS = (
     "translate",
     "weight_decay",
     "label_smoothing",
+    "brightness",
+    "contrast",
 )
-RECIPE_KEYS = frozenset(RECIPE_FIELDS) - {"label_smoothing"}  # version 1 draws all but label smoothing
+RECIPE_KEYS = frozenset(RECIPE_FIELDS) - {"label_smoothing", "brightness", "contrast"}  # what version 1 draws
 
 
 # Version 1's recipe ranges (inclusive), read by suggest_recipe and by params_from_spec's check of an
@@ -235,25 +239,29 @@ def recipe_from_params(params: dict[str, Any], base: TrainConfig) -> TrainConfig
 
 # Batch sizes of the fitted recipe, by space version: version 3 adds 32 (the smallest public nets' batch).
 FITTED_BATCHES = {2: [64, 128], 3: [32, 64, 128]}
+# Version 4's brightness / contrast strength (both get it; engine.augment.random_photometric): off, or up to
+# the ablated 0.2.
+PHOTOMETRIC = [0.0, 0.1, 0.2]
 
 
 def fitted_recipe(trial: optuna.Trial, base: TrainConfig, version: int = SPACE_VERSION) -> TrainConfig:
     """Version 2's recipe, for tiny nets on complete schedules: OneCycle always (a staged search compares
     complete schedules of several lengths), batch 64 or 128 (version 3: also 32), label smoothing, and the
     ranges the first searches found worth drawing (version 1's translation above 0.06 and learning rates
-    under 0.02 all finished last)."""
-    return TrainConfig(
-        **{
-            **base.to_dict(),
-            "schedule": "onecycle",
-            "lr": trial.suggest_float("lr", 0.02, 0.2, log=True),
-            "batch_size": trial.suggest_categorical("batch_size", FITTED_BATCHES[min(version, 3)]),
-            "label_smoothing": trial.suggest_categorical("label_smoothing", [0.0, 0.05, 0.1]),
-            "rotation": trial.suggest_float("rotation", 0.0, 12.0),
-            "translate": trial.suggest_float("translate", 0.0, 0.06),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-5, 5e-4, log=True),
-        }
-    )
+    under 0.02 all finished last); version 4 also draws brightness / contrast."""
+    drawn = {
+        "schedule": "onecycle",
+        "lr": trial.suggest_float("lr", 0.02, 0.2, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", FITTED_BATCHES[min(version, 3)]),
+        "label_smoothing": trial.suggest_categorical("label_smoothing", [0.0, 0.05, 0.1]),
+        "rotation": trial.suggest_float("rotation", 0.0, 12.0),
+        "translate": trial.suggest_float("translate", 0.0, 0.06),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-5, 5e-4, log=True),
+    }
+    if version >= 4:
+        strength = trial.suggest_categorical("photometric", PHOTOMETRIC)
+        drawn |= {"brightness": strength, "contrast": strength}
+    return TrainConfig(**{**base.to_dict(), **drawn})
 
 
 def draw_recipe(trial: optuna.Trial, base: TrainConfig, version: int) -> TrainConfig:

@@ -331,7 +331,7 @@ def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
         (["--workers", "0"], "must be an integer in [1, 256], got 0"),
         (["--space", "1", "--enqueue", "nosuchpreset"], "no preset named"),
         (["--space", "1", "--enqueue", "compact:momentum=0.5"], "expected KEY=VALUE"),
-        (["--space", "1"], "exists with different settings (space (the study's is 3))"),
+        (["--space", "1"], "exists with different settings (space (the study's is 4))"),
     ]
     for extra, fragment in cases:  # in this process: the same contract, without an interpreter start each
         assert_one_error_line(call(search, *base[1:], *extra), fragment)
@@ -702,6 +702,29 @@ def test_a_fitted_trial_stores_the_spec_and_recipe_it_trained(tmp_path, monkeypa
         )
 
 
+def test_space_4_draws_one_brightness_and_contrast_strength_which_the_trial_records():
+    from search.objective import SearchSettings
+    from search.space import PHOTOMETRIC, fitted_recipe, recipe_of_trial
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5))
+    drawn = set()
+    for _ in range(30):
+        trial = study.ask()
+        recipe = fitted_recipe(trial, TrainConfig(), version=4)
+        assert recipe.brightness == recipe.contrast == trial.params["photometric"]
+        drawn.add(recipe.brightness)
+        study.tell(trial, 0.0)
+    assert drawn == set(PHOTOMETRIC)
+    assert SearchSettings("s", None, TrainConfig()).space_version is None  # a new study gets SPACE_VERSION (4)
+    # A trial of a version 3 study, read back by this code, trained without them (its record predates them).
+    old = optuna.create_study()
+    trial = old.ask()
+    trial.set_user_attr("recipe", {"lr": 0.1, "batch_size": 32})
+    old.tell(trial, 0.0)
+    recipe = recipe_of_trial(old.trials[0], TrainConfig())
+    assert (recipe.brightness, recipe.contrast, recipe.batch_size) == (0.0, 0.0, 32)
+
+
 def test_space_3_draws_pool_only_transitions_and_batch_32_and_space_2_draws_as_before():
     from search.space import fitted_recipe, fitted_spec
 
@@ -716,6 +739,7 @@ def test_space_3_draws_pool_only_transitions_and_batch_32_and_space_2_draws_as_b
         batches.add(fitted_recipe(trial, TrainConfig(), version=3).batch_size)
         study.tell(trial, 0.0)
     assert pools > 0 and batches == {32, 64, 128}
+    assert all("photometric" not in t.params for t in study.trials)  # version 3 draws no brightness / contrast
     old = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     for _ in range(20):  # a version 2 study resumed by this code draws from version 2's choices only
         trial = old.ask()
