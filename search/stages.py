@@ -131,9 +131,12 @@ def run_jobs(jobs: list[Job], base: TrainConfig, data_dir: str | None, workers: 
 
     ``home`` (the study's folder) holds a lock for as long as this runs: a second command reaching the same
     stage is refused, instead of deleting the first one's unfinished run and training it again beside it."""
-    todo = [job for job in jobs if score_of(job.run_dir) is None]
+    todo: list[Job] = []
+    done: list[Job] = []
     for job in jobs:
-        if job not in todo and (changed := trained_otherwise(job)):
+        (todo if score_of(job.run_dir) is None else done).append(job)
+    for job in done:
+        if changed := trained_otherwise(job):
             raise UserError(
                 f"{job.run_dir} is a finished run of other settings ({', '.join(changed)} differ from this "
                 f"command's): write to another folder, or remove that one"
