@@ -192,6 +192,10 @@ def test_frontier_draws_every_confirmed_and_retrained_design(tmp_path, monkeypat
     seeds = [statistics.fmean(r["test_acc"] for r in read_epochs(run)[-3:]) for run in runs]
     assert tiny and f"{statistics.fmean(seeds):.2f} ± {statistics.stdev(seeds):.2f} % over 3 seed(s)" in tiny[0]
     assert any("search winner: budget-tiny trial 52" in line for line in lines)  # from the study's summary.json
+    # Superseded results are kept and drawn as history: a v<N> submission folder, a study with a later -v<N> beside it.
+    assert any("retrained (history): logs/submission/micro/v1" in line for line in lines)
+    assert any("search winner (history): budget-micro trial 46" in line for line in lines)
+    assert not any("(history)" in line for line in lines if "budget-micro-v3" in line or "budget-tiny" in line)
     assert_one_error_line(call(kit, "report", "logs/submission", "--frontier", str(tmp_path / "f.txt")), ".png")
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -58,6 +58,7 @@ def draw(args: argparse.Namespace) -> int:
     for d in sorted(designs, key=lambda d: (d.budget, d.params)):
         spread = f" ± {d.std:.2f}" if len(d.seeds) > 1 else ""
         kind = "retrained" if d.retrained else ("search winner" if d.winner else "search")
+        kind += " (history)" if d.history else ""
         seeds = f"{d.mean:.2f}{spread} % over {len(d.seeds)} seed(s)"
         print(f"{d.budget:<10} {d.params:>7,} params  {seeds}  {kind}: {d.label}")
     print(f"wrote {out}")

@@ -9,10 +9,15 @@ Two kinds of design are read from files, never typed by hand:
 
 Each seed is one point (its mean test accuracy over its last 3 epochs); each design gets mean ± std over its
 seeds. The 99.4 % line and the public reference points, as published (one seed each), are drawn for scale.
+
+Superseded results stay on disk as history and are drawn in grey, found by name: a submission folder with a
+version component (``logs/submission/micro/v1/seed1``), and a study whose budget has a study with a higher
+``-v<N>`` suffix (``budget-micro`` is version 1 beside ``budget-micro-v3``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import statistics
@@ -29,6 +34,8 @@ TARGET = 99.4  # % test accuracy the assignment asks for in each of the last 3 e
 LAST = 3
 SEED_DIR = re.compile(r"seed(\d+)")
 CONFIRM_RUN = re.compile(r"trial_(\d+)-seed(\d+)")
+VERSION_DIR = re.compile(r"v\d+")  # logs/submission/<budget>/v1/: a superseded submission, kept as history
+STUDY_VERSION = re.compile(r"-v(\d+)$")  # budget-micro-v3; a study without the suffix is version 1
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class Design:
     seeds: tuple[float, ...]  # each seed's mean test accuracy over its last 3 epochs
     retrained: bool  # on all 60,000 images (a submission), else a search's confirmed design
     winner: bool = False
+    history: bool = False  # superseded by a later study or submission of the same budget (drawn grey)
 
     @property
     def mean(self) -> float:
@@ -116,11 +124,31 @@ def retrained_designs(root: Path) -> list[Design]:
             groups.setdefault(run.parent, []).append(run)
     designs = []
     for parent, runs in groups.items():
-        budget = next(part for part in reversed(parent.relative_to(root.parent).parts) if part in BUDGETS)
+        parts = parent.relative_to(root.parent).parts
+        budget = next(part for part in reversed(parts) if part in BUDGETS)
         params = int(read_inspection(runs[0])["params"])
         seeds = tuple(last3_mean(run) for run in runs)
-        designs.append(Design(budget, str(parent), params, seeds, True, True))
+        history = any(VERSION_DIR.fullmatch(part) for part in parts[parts.index(budget) + 1 :])
+        designs.append(Design(budget, str(parent), params, seeds, True, True, history))
     return designs
+
+
+def study_version(label: str) -> int:
+    """The version in a searched design's study name (``budget-micro-v3 trial 114`` -> 3; none -> 1)."""
+    match = STUDY_VERSION.search(label.rsplit(" trial ", 1)[0])
+    return int(match.group(1)) if match else 1
+
+
+def mark_superseded_studies(designs: list[Design]) -> list[Design]:
+    """Searched designs from a study older than the newest study of their budget, marked as history."""
+    newest: dict[str, int] = {}
+    for d in designs:
+        if not d.retrained:
+            newest[d.budget] = max(newest.get(d.budget, 0), study_version(d.label))
+    return [
+        dataclasses.replace(d, history=True) if not d.retrained and study_version(d.label) < newest[d.budget] else d
+        for d in designs
+    ]
 
 
 def frontier_designs(roots: list[Path]) -> list[Design]:
@@ -131,6 +159,7 @@ def frontier_designs(roots: list[Path]) -> list[Design]:
         for summary in sorted(root.rglob("summary.json")):
             designs += searched_designs(summary)
         designs += retrained_designs(root)
+    designs = mark_superseded_studies(designs)
     if not designs:
         raise UserError(
             f"no confirmed search designs (summary.json with stages) and no seed<N> runs under a budget folder "
@@ -149,10 +178,11 @@ def draw_frontier(designs: list[Design], out: Path) -> None:
     colours = {name: f"C{i}" for i, name in enumerate(BUDGETS)}
     fig, ax = plt.subplots(figsize=(9, 5.5))
     shown: set[str] = set()
-    for d in sorted(designs, key=lambda d: (d.retrained, d.winner)):
-        colour = colours.get(d.budget, "grey")
+    # History first, so the current results are drawn over it.
+    for d in sorted(designs, key=lambda d: (not d.history, d.retrained, d.winner)):
+        colour = "0.65" if d.history else colours.get(d.budget, "grey")
         kind = "retrained on 60k (submission)" if d.retrained else ("search winner" if d.winner else "search runner-up")
-        label = f"{d.budget}: {kind}"
+        label = "history: superseded studies and submissions" if d.history else f"{d.budget}: {kind}"
         ax.scatter([d.params] * len(d.seeds), d.seeds, s=10, color=colour, alpha=0.35, linewidths=0)
         ax.errorbar(
             d.params,
