@@ -65,6 +65,7 @@ class Design:
     retrained: bool  # on all 60,000 images (a submission), else a search's confirmed design
     winner: bool = False
     history: bool = False  # superseded by a later study or submission of the same budget (drawn grey)
+    study_version: int = 1  # a searched design's study: the -v<N> of its name (a name without it is version 1)
 
     @property
     def mean(self) -> float:
@@ -94,6 +95,8 @@ def searched_designs(summary: Path) -> list[Design]:
     folder = summary.parent
     budget = (stages.get("budget") or {}).get("name", folder.name.removeprefix("budget-"))
     winner = (stages.get("winner") or {}).get("trial")
+    match = STUDY_VERSION.search(folder.name)
+    version = int(match.group(1)) if match else 1
     designs = []
     for entry in stages["confirmed"]:
         trial = entry["trial"]
@@ -102,7 +105,7 @@ def searched_designs(summary: Path) -> list[Design]:
         seeds = tuple(last3_mean(run) for run in runs if (run / "epochs.csv").is_file())
         if seeds:
             label = f"{folder.name} trial {trial}"
-            designs.append(Design(budget, label, entry["params"], seeds, False, trial == winner))
+            designs.append(Design(budget, label, entry["params"], seeds, False, trial == winner, False, version))
     return designs
 
 
@@ -133,20 +136,14 @@ def retrained_designs(root: Path) -> list[Design]:
     return designs
 
 
-def study_version(label: str) -> int:
-    """The version in a searched design's study name (``budget-micro-v3 trial 114`` -> 3; none -> 1)."""
-    match = STUDY_VERSION.search(label.rsplit(" trial ", 1)[0])
-    return int(match.group(1)) if match else 1
-
-
 def mark_superseded_studies(designs: list[Design]) -> list[Design]:
     """Searched designs from a study older than the newest study of their budget, marked as history."""
     newest: dict[str, int] = {}
     for d in designs:
         if not d.retrained:
-            newest[d.budget] = max(newest.get(d.budget, 0), study_version(d.label))
+            newest[d.budget] = max(newest.get(d.budget, 0), d.study_version)
     return [
-        dataclasses.replace(d, history=True) if not d.retrained and study_version(d.label) < newest[d.budget] else d
+        dataclasses.replace(d, history=True) if not d.retrained and d.study_version < newest[d.budget] else d
         for d in designs
     ]
 
