@@ -182,7 +182,7 @@ def test_frontier_draws_every_confirmed_and_retrained_design(tmp_path, monkeypat
     from mnist_challenge.runs.runlog import read_epochs
 
     monkeypatch.chdir(ROOT)  # the committed runs, named by their paths in the repository
-    out = tmp_path / "frontier.png"
+    out = tmp_path / "plots" / "frontier.png"  # a folder that is not there yet is created, as for every output
     code, stdout, err = call(kit, "report", "logs/search", "logs/submission", "--frontier", str(out))
     assert code == 0, err
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -197,6 +197,9 @@ def test_frontier_draws_every_confirmed_and_retrained_design(tmp_path, monkeypat
     assert any("search winner (history): budget-micro trial 46" in line for line in lines)
     assert not any("(history)" in line for line in lines if "budget-micro-v3" in line or "budget-tiny" in line)
     assert_one_error_line(call(kit, "report", "logs/submission", "--frontier", str(tmp_path / "f.txt")), ".png")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert_one_error_line(call(kit, "report", "logs/submission", "--frontier", str(blocked / "f.png")), "not a folder")
     empty = tmp_path / "empty"
     empty.mkdir()
     assert_one_error_line(call(kit, "report", str(empty), "--frontier", str(out)), "no confirmed search designs")

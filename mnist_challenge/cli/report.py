@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 def draw(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mnist_challenge.common.validate import check_writable_dir
+    from mnist_challenge.common.validate import check_writable_dir, make_dir
     from mnist_challenge.runs.frontier import draw_frontier, frontier_designs
 
     out = Path(args.frontier)
@@ -54,6 +54,7 @@ def draw(args: argparse.Namespace) -> int:
     if args.update_readme:
         raise UserError("--frontier draws the picture; run --update-readme on its own for the table")
     designs = frontier_designs([Path(r) for r in args.roots])
+    make_dir(out.resolve().parent, "--frontier folder")  # checked above; created only once the designs are read
     draw_frontier(designs, out)
     for d in sorted(designs, key=lambda d: (d.budget, d.params)):
         spread = f" ± {d.std:.2f}" if len(d.seeds) > 1 else ""
