@@ -56,6 +56,7 @@ def test_inspect_json_for_spec_module_and_torchvision(tmp_path):
     [
         (["--spec", "missing.json"], "spec file not found"),
         (["--spec", "nope"], "spec file not found"),
+        (["--spec", "tests"], "tests: a folder, not a spec file"),
         (["--module", "no/such/file.py:make"], "module file not found"),
         (["--module", "json:nothing_here"], "has no callable"),
         (["--module", "no_such_package_xyz:make"], "cannot import"),

@@ -220,7 +220,8 @@ class ArchSpec:
     @classmethod
     def load(cls, path: str | Path) -> ArchSpec:
         path = Path(path)
-        _check(path.is_file(), f"spec file not found: {path}")
+        _check(path.exists(), f"spec file not found: {path}")
+        _check(path.is_file(), f"{path}: {'a folder' if path.is_dir() else 'not a regular file'}, not a spec file")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
