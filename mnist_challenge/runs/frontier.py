@@ -105,7 +105,10 @@ def searched_designs(summary: Path) -> list[Design]:
         seeds = tuple(last3_mean(run) for run in runs if (run / "epochs.csv").is_file())
         if seeds:
             label = f"{folder.name} trial {trial}"
-            designs.append(Design(budget, label, entry["params"], seeds, False, trial == winner, False, version))
+            params = entry["params"]
+            designs.append(
+                Design(budget, label, params, seeds, retrained=False, winner=trial == winner, study_version=version)
+            )
     return designs
 
 
@@ -132,7 +135,7 @@ def retrained_designs(root: Path) -> list[Design]:
         params = int(read_inspection(runs[0])["params"])
         seeds = tuple(last3_mean(run) for run in runs)
         history = any(VERSION_DIR.fullmatch(part) for part in parts[parts.index(budget) + 1 :])
-        designs.append(Design(budget, str(parent), params, seeds, True, True, history))
+        designs.append(Design(budget, str(parent), params, seeds, retrained=True, winner=True, history=history))
     return designs
 
 
