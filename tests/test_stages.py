@@ -4,6 +4,7 @@
 import csv
 import json
 import math
+import statistics
 
 import optuna
 import pytest
@@ -36,6 +37,20 @@ def test_the_winner_is_the_best_mean_and_near_ties_go_to_fewer_params():
     c = Entry(2, 3000, 99.10, "", (99.1, 99.1, 99.1))
     assert winner_of([a, b, c]).trial == 1  # within 0.05 of the best mean, and 800 parameters smaller
     assert winner_of([a, c]).trial == 0 and winner_of([]) is None
+
+
+@pytest.mark.parametrize(
+    "seeds, lower",
+    [((99.30,) * 3, (99.25,) * 3), ((99.40,) * 3, (99.35,) * 3), ((99.43, 99.41, 99.46), (99.47, 99.34, 99.34))],
+)
+def test_a_gap_of_exactly_the_near_tie_is_not_a_tie_whatever_the_float_rounding(seeds, lower):
+    """Means of two-decimal seeds land exactly 0.05 apart (budget-compact: 99.4333 and 99.3833); the raw float
+    difference called 99.30 / 99.25 a tie and 99.40 / 99.35 not. Closer than 0.05 is tied; 0.05 is not."""
+    top = Entry(0, 7987, statistics.fmean(seeds), "", seeds)
+    under = Entry(1, 7652, statistics.fmean(lower), "", lower)
+    assert winner_of([top, under]).trial == 0
+    just_closer = Entry(2, 7000, top.score - 0.049, "")
+    assert winner_of([top, under, just_closer]).trial == 2
 
 
 def test_spearman_against_known_values():
