@@ -38,7 +38,7 @@ SUITE_SPECS = {
     "classic": "classic",
     "compact": "compact",
     "tiny-winner": str(ROOT / "logs" / "search" / "budget-tiny" / "best_spec.json"),
-    "micro-winner": str(ROOT / "logs" / "search" / "budget-micro" / "best_spec.json"),
+    "micro-winner": str(ROOT / "logs" / "search" / "budget-micro-v3" / "best_spec.json"),
 }
 THREADS = (1, 2)
 
