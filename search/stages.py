@@ -229,7 +229,7 @@ def promote(entries: list[Entry], keep: float) -> list[Entry]:
 
 
 def winner_of(confirmed: list[Entry]) -> Entry | None:
-    """The best mean over seeds; among designs within NEAR_TIE of it, the one with fewest parameters."""
+    """The best mean over seeds; among designs closer than NEAR_TIE to it, the one with fewest parameters."""
     if not confirmed:
         return None
     best = max(e.score for e in confirmed)
