@@ -1,10 +1,13 @@
 """The code that defines a notebook's model, found by parsing its cells, never by running them.
 
-Kept, in cell order (a later definition replaces an earlier one, as when the notebook ran): imports of the libraries
-a model is written with (torch, torchvision, numpy, math and the standard library's helpers), function and class
-definitions, assignments of simple constants (``dropout_value = 0.1``, ``DEVICE = torch.device(...)``) and methods
-attached to a kept class later (``Net.forward = forward``: a class split over two cells). Dropped: everything else
-(training loops, data downloads, ``!pip`` and ``%magic`` lines, cells starting with ``%%``).
+Kept, in cell order (a later definition replaces an earlier one, as when the notebook ran): imports (of any package:
+one that is not installed is a reason the model cannot be built only if the model needs it; a ``.py`` file beside
+the notebook is importable), function and class definitions, assignments of simple constants (``dropout_value =
+0.1``, ``DEVICE = torch.device(...)``) and methods attached to a kept class later (``Net.forward = forward``: a class
+split over two cells). Dropped: everything else (training loops, data downloads, ``!pip`` and ``%magic`` lines,
+cells starting with ``%%``). Each kept statement runs on its own: one that fails (an import of a package the grader
+lacks, a helper whose default argument needs a plotting library) is recorded, and named only if the model needs
+what it defines.
 
 The model is the ``nn.Module`` the notebook instantiates as its model: the object whose ``.parameters()`` an
 optimizer is given (``optim.SGD(model.parameters(), ...)``), else the last ``model = ...`` / ``net = ...``, else the
@@ -16,16 +19,12 @@ from __future__ import annotations
 
 import ast
 import builtins
+import textwrap
 from dataclasses import dataclass, field
 
 from mnist_challenge.common.errors import UserError
 from mnist_challenge.grading.ipynb import Notebook
 
-# Imports a model definition may need; anything else is not run (and is named if the model comes from it).
-ALLOWED_IMPORTS = {
-    "torch", "torchvision", "numpy", "math", "functools", "collections", "typing", "dataclasses", "itertools",
-    "operator", "__future__", "einops", "abc", "enum", "copy",
-}  # fmt: skip
 # Calls allowed in a "simple constant" assignment: a device, a flag, arithmetic helpers.
 CONSTANT_CALLS = {
     "torch.device", "torch.cuda.is_available", "torch.backends.mps.is_available", "int", "float", "round", "min",
@@ -35,6 +34,7 @@ CONSTANT_CALLS = {
 MOVES = {"to", "cuda", "cpu", "float", "double", "train", "eval", "half", "requires_grad_"}
 MODEL_VARIABLES = ("model", "net", "network", "my_model", "mymodel", "cnn")
 FACTORY = "__kit_notebook_model__"
+FAILED = "__kit_failed_definitions__"  # name -> why its statement failed, filled as the program runs
 
 
 @dataclass
@@ -53,15 +53,28 @@ class ModelSource:
     module_classes: list[str]  # the kept classes that subclass a Module (directly or through a kept class)
     functions: set[str]
     constructions: list[tuple[str, str, int, int]] = field(default_factory=list)  # (variable, expr, cell, line)
-    foreign: dict[str, str] = field(default_factory=dict)  # name -> module, for imports that were not kept
+    imported: dict[str, str] = field(default_factory=dict)  # name -> the module it is imported from
     unparsed: list[int] = field(default_factory=list)  # cells Python cannot parse (not even with magics blanked)
     trained: str | None = None  # the variable an optimizer is given the parameters of
     expression: str = ""  # the chosen model's construction
     chosen: str = ""  # what was chosen, in words
 
     def program(self) -> str:
-        """The kept code and a factory that builds the chosen model, as one Python file."""
-        parts = [f"# cell {s.cell}, line {s.line}\n{s.source}" for s in self.statements]
+        """The kept code and a factory that builds the chosen model, as one Python file: each statement in a
+        ``try`` of its own, its failure recorded under the names it would have defined."""
+        future = [s for s in self.statements if s.source.startswith("from __future__ ")]
+        parts = [*(s.source for s in future), f"{FAILED} = {{}}"]  # __future__ imports must come first
+        for s in self.statements:
+            if s in future:
+                continue
+            names = sorted(bound_names(s.source))
+            why = f"cell {s.cell}, line {s.line}"
+            parts.append(
+                f"# cell {s.cell}, line {s.line}\ntry:\n{textwrap.indent(s.source, '    ')}\n"
+                f"except BaseException as __kit_exc:\n"
+                f"    for __kit_name in {names!r}:\n"
+                f"        {FAILED}[__kit_name] = ({why!r}, type(__kit_exc).__name__, str(__kit_exc)[:300])\n"
+            )
         parts.append(f"def {FACTORY}():\n    return {self.expression}\n")
         return "\n\n".join(parts)
 
@@ -185,14 +198,10 @@ def parse_model_source(notebook: Notebook) -> ModelSource:
         for node in tree.body:
             keep = False
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                bound = _import_root(node)
-                keep = all(root in ALLOWED_IMPORTS for _, root in bound)
-                for name, root in bound:
-                    if keep:
-                        known.add(name)
-                        source.foreign.pop(name, None)
-                    else:
-                        source.foreign[name] = root
+                keep = getattr(node, "level", 0) == 0  # a relative import has no package to be relative to
+                for name, root in _import_root(node):
+                    known.add(name)
+                    source.imported[name] = root
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 keep = True
                 known.add(node.name)
@@ -203,7 +212,7 @@ def parse_model_source(notebook: Notebook) -> ModelSource:
                 source.classes[node.name] = (cell.index, node.lineno)
                 if _is_module_class(node, module_classes):
                     module_classes.add(node.name)
-                source.foreign.pop(node.name, None)
+                source.imported.pop(node.name, None)
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 value = node.value
@@ -220,11 +229,11 @@ def parse_model_source(notebook: Notebook) -> ModelSource:
                     owner = dotted(targets[0].value)
                     keep = owner in source.classes and _constant(value, known)  # Net.forward = forward
             if keep:
-                segment = ast.get_source_segment(text, node, padded=False) or ast.unparse(node)
+                segment, first = ast.get_source_segment(text, node, padded=False) or ast.unparse(node), node.lineno
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.decorator_list:
                     first = node.decorator_list[0].lineno
                     segment = "\n".join(text.split("\n")[first - 1 : node.end_lineno])
-                source.statements.append(Statement(cell.index, node.lineno, segment))
+                source.statements.append(Statement(cell.index, first, segment))
     source.module_classes = [name for name in source.classes if name in module_classes]
     return source
 
@@ -233,44 +242,26 @@ def _uses_only_kept(expr: str, source: ModelSource) -> str | None:
     """The first name in ``expr`` that the kept code does not define (None when it only uses kept names)."""
     defined = set(source.classes) | source.functions
     for statement in source.statements:
-        try:
-            tree = ast.parse(statement.source)
-        except SyntaxError:
-            continue
-        for node in tree.body:
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                defined.update(name for name, _ in _import_root(node))
-            elif isinstance(node, ast.Assign):
-                defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
-            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                defined.add(node.target.id)
+        defined |= bound_names(statement.source)
     for node in ast.walk(ast.parse(expr, mode="eval")):
         if isinstance(node, ast.Name) and node.id not in defined and not hasattr(builtins, node.id):
             return node.id
     return None
 
 
-def _foreign_error(name: str, source: ModelSource, path: str) -> UserError:
-    return UserError(
-        f"{path}: the model {name!r} is imported from {source.foreign[name]!r}, not defined in the notebook; "
-        "the grader builds only what the notebook's own cells define"
-    )
-
-
 def choose_model(source: ModelSource, name: str | None, path: str) -> ModelSource:
     """Set ``source.expression`` (how to build the model) and ``source.chosen``; a ``UserError`` when the notebook
-    has no model, several without a way to choose, or one whose code lives outside the notebook."""
+    has no model, or several without a way to choose."""
     constructions = source.constructions
 
     def built_by(variable: str) -> tuple[str, str, int, int] | None:
         return next((c for c in reversed(constructions) if c[0] == variable), None)
 
     def usable(construction: tuple[str, str, int, int]) -> bool:
-        root = _constructor(ast.parse(construction[1], mode="eval").body) or ""
-        return root.split(".")[0] not in source.foreign and _uses_only_kept(construction[1], source) is None
+        return _uses_only_kept(construction[1], source) is None
 
     if name:
-        if name in source.classes or name in source.functions:
+        if name in source.classes or name in source.functions or name in source.imported:
             made = next((c for c in reversed(constructions) if _constructor_name(c[1]) == name and usable(c)), None)
             source.expression = made[1] if made else f"{name}()"
             source.chosen = f"{name} (as built in cell {made[2]})" if made else f"{name}()"
@@ -281,15 +272,10 @@ def choose_model(source: ModelSource, name: str | None, path: str) -> ModelSourc
                 raise _unusable(made, source, path)
             source.expression, source.chosen = made[1], f"{name} = {made[1]} (cell {made[2]})"
             return source
-        if name in source.foreign:
-            raise _foreign_error(name, source, path)
         raise UserError(f"{path}: no class, function or model variable named {name!r} in the notebook")
     for variable in (source.trained, *MODEL_VARIABLES):
         made = built_by(variable) if variable else None
         if made:
-            root = _constructor_name(made[1])
-            if root in source.foreign:
-                raise _foreign_error(root, source, path)
             if not usable(made):
                 raise _unusable(made, source, path)
             how = "trained" if variable == source.trained else "built"
@@ -299,14 +285,8 @@ def choose_model(source: ModelSource, name: str | None, path: str) -> ModelSourc
         only = source.module_classes[0]
         source.expression, source.chosen = f"{only}()", f"{only}() (the notebook's only nn.Module class)"
         return source
-    trained_foreign = source.trained and source.trained in source.foreign
-    if trained_foreign:
-        raise _foreign_error(source.trained, source, path)
     if not source.module_classes:
-        imported = [n for n in source.foreign if n[:1].isupper()]
-        hint = f" (it imports {', '.join(imported)} from outside the notebook)" if imported else ""
-        if source.unparsed:
-            hint += f" (cells {source.unparsed} are not valid Python and were skipped)"
+        hint = f" (cells {source.unparsed} are not valid Python and were skipped)" if source.unparsed else ""
         raise UserError(f"{path}: no nn.Module class or model construction found in the notebook's code{hint}")
     raise UserError(
         f"{path}: several nn.Module classes ({', '.join(source.module_classes)}) and none built as the model; "
@@ -319,11 +299,26 @@ def _constructor_name(expr: str) -> str | None:
 
 
 def _unusable(made: tuple[str, str, int, int], source: ModelSource, path: str) -> UserError:
-    root = _constructor_name(made[1]) or ""
-    if root.split(".")[0] in source.foreign:
-        return _foreign_error(root.split(".")[0], source, path)
     missing = _uses_only_kept(made[1], source)
     return UserError(
         f"{path}: the model is built as {made[1]!r} (cell {made[2]}), which needs {missing!r}: not defined by a "
         "function, class, import or simple constant of the notebook; name a class instead: FILE.ipynb:NAME"
     )
+
+
+def bound_names(statement: str) -> set[str]:
+    """The names a top-level statement binds (an import's, a definition's, an assignment's targets)."""
+    try:
+        tree = ast.parse(statement)
+    except SyntaxError:
+        return set()
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update(name for name, _ in _import_root(node))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
