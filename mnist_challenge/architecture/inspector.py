@@ -89,6 +89,7 @@ class Report:
     receptive_field_head: int | float | None  # one unit of the map entering the head (before GAP/flatten)
     has_linear: bool
     linear_layers: list[str] = field(default_factory=list)
+    linear_unused: list[str] = field(default_factory=list)  # Linear modules the forward never calls (not FC)
     unused_modules: list[str] = field(default_factory=list)
     rf_untracked_past: str | None = None  # the op the tracer could not follow: no RF is reported past it
     receptive_field_head_axes: list[int | float] | None = None  # the head RF along each spatial axis (H, W)
@@ -283,7 +284,10 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...], output_choice:
     else:
         head_axes = [as_int(h) for h in final.head] if final.head is not None else tracer.rf_axes(out)
     head_rf = max(head_axes) if head_axes else None
-    linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Bilinear, nn.LazyLinear))]
+    linear_modules = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Bilinear, nn.LazyLinear))]
+    unused_names = {n for n, m in model.named_modules() if not any(id(p) in tracer.used_params for p in m.parameters())}
+    # The no-FC rule is about the forward: a Linear defined but never called is reported as unused, not as FC.
+    linear = [n for n in linear_modules if n not in unused_names]
     linear += [
         site for site in dict.fromkeys(tracer.fc_sites) if site.rsplit(".", 1)[0] not in linear
     ]  # functional FC layers
@@ -306,6 +310,7 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...], output_choice:
         receptive_field_head_axes=head_axes,
         has_linear=bool(linear),
         linear_layers=linear,
+        linear_unused=[n for n in linear_modules if n in unused_names],
         unused_modules=unused_modules,
         rf_untracked_past=untracked,
         output_used=output_used,
@@ -355,6 +360,7 @@ def format_report(report: Report) -> str:
             f"YES - breaks the no-FC rule: {', '.join(report.linear_layers) or 'F.linear'}"
             if report.has_linear
             else "none"
+            + (f" (defined but never called: {', '.join(report.linear_unused)})" if report.linear_unused else "")
         ),
     ]
     return "\n".join(lines)

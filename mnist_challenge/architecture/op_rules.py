@@ -228,7 +228,8 @@ def through_folded(c: OpCall, inputs: list[tuple[torch.Tensor, TensorMeta]]) -> 
     restores = out.dim() >= c.k and list(out.shape[-c.k :]) == sizes and out.numel() == c.x.numel()
     if restores:
         if meta.mixed is not None or c.name not in RESHAPE_OPS:
-            return meta._replace(lost=meta.mixed or c.name)
+            # A map again (its positions are positions, not features: a conv on it is a conv), whose RF is lost.
+            return meta._replace(lost=meta.mixed or c.name, spatial=True, folded=None, flattened=False)
         return meta._replace(spatial=True, folded=None, flattened=False)
     if meta.mixed is not None:
         return meta

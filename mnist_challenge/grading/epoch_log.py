@@ -31,6 +31,11 @@ GAP = r"[^\n]{0,160}?"  # a bounded stretch of a line between two parts of a pat
 WINDOW = 2048  # characters of a long line read at once (an epoch line is far shorter)
 TEST_SET_MAX = 20_000  # images: MNIST's test set is 10,000, a validation split at most 12,000; 60,000 is training
 SPLIT = r"(?P<split>test|validation|valid|val|train|training)"
+# "9952/10000", "9952/10000 (99.52%)", "99.52%", "99.52", "0.9952": a count, a percentage or both.
+COUNT_OR_PERCENT = (
+    rf"(?:(?P<correct>\d{{1,7}}) {{0,2}}/ {{0,2}}(?P<total>\d{{1,7}})"
+    rf"(?: {{0,4}}\(? {{0,2}}(?P<acc>{NUMBER}) {{0,2}}%?)?|(?P<alone>{NUMBER}) {{0,2}}%?)"
+)
 
 
 @dataclass(frozen=True)
@@ -74,9 +79,7 @@ FORMATS = (
     ),
     _format(
         "val-accuracy",
-        rf"(?i)\b(?P<split>validation|valid|val)[ _]?acc(?:uracy)?\b {{0,4}}[:=]? {{0,8}}"
-        rf"(?:(?P<correct>\d{{1,7}}) {{0,2}}/ {{0,2}}(?P<total>\d{{1,7}}) {{0,4}}\(? {{0,2}})?"
-        rf"(?P<acc>{NUMBER}) {{0,2}}%?",
+        rf"(?i)\b(?P<split>validation|valid|val)[ _]?acc(?:uracy)?\b {{0,4}}[:=]? {{0,8}}{COUNT_OR_PERCENT}",
         "Training Accuracy:99.247, Validation Accuracy:99.450",
         "acc",
     ),
@@ -89,8 +92,7 @@ FORMATS = (
     ),
     _format(
         "test-accuracy",
-        rf"(?i)\btest\b{GAP}\bacc(?:uracy)?\b\s{{0,4}}[:=]?\s{{0,4}}(?:(?P<correct>\d{{1,7}})/(?P<total>\d{{1,7}})"
-        rf"\s{{0,4}}\(?)?(?P<acc>{NUMBER})\s{{0,2}}%?",
+        rf"(?i)\btest\b{GAP}\bacc(?:uracy)?\b\s{{0,4}}[:=]?\s{{0,4}}{COUNT_OR_PERCENT}",
         "test ... accuracy: 99.41%",
         "acc",
     ),
@@ -150,17 +152,16 @@ def _decimals(text: str) -> int:
 
 def _epoch(match: re.Match, cell: int, line: str, marker: int | None, number: int) -> Epoch | None:
     groups = match.groupdict()
-    try:
-        acc = float(groups["acc"])
-    except (TypeError, ValueError):
-        return None
-    claimed, total, decimals = None, None, _decimals(groups["acc"])
+    shown = groups.get("acc") or groups.get("alone")
+    claimed, total, decimals = None, None, _decimals(shown or "")
     if groups.get("correct") and groups.get("total") and int(groups["total"]) > 0:
         total = int(groups["total"])
         if int(groups["correct"]) > total:
             return None
-        claimed, acc = acc, 100.0 * int(groups["correct"]) / total
-    elif acc <= 1.0 and "%" not in line[match.start("acc") : match.end() + 2]:
+        acc, claimed = 100.0 * int(groups["correct"]) / total, float(shown) if shown else None
+    elif shown is None:
+        return None
+    elif (acc := float(shown)) <= 1.0 and "%" not in line[match.end() - 1 : match.end() + 2]:
         acc *= 100.0  # a fraction (0.9941)
         decimals = max(decimals - 2, 0)
     if not 0.0 <= acc <= 100.0:

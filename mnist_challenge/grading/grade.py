@@ -144,7 +144,8 @@ def _model_rules(grade: Grade, built: NotebookModel | None, why: str, limits: Li
     if built is not None:
         grade.params, grade.has_linear = built.report["params"], built.report["has_linear"]
         grade.rules.append(_judged(params_rule(grade.params, limits)))
-        grade.rules.append(_judged(linear_rule(grade.has_linear, built.linear_sites)))
+        unused = built.report.get("linear_unused") or []
+        grade.rules.append(_judged(linear_rule(grade.has_linear, built.linear_sites, unused)))
         return
     own = [s for s in summaries if s.relevant]
     over = next((s for s in own if s.total >= limits.max_params), None)

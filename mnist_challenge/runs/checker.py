@@ -148,8 +148,11 @@ def params_rule(params: int, limits: Limits) -> dict[str, Any]:
     }
 
 
-def linear_rule(has_linear: bool, sites: list[str]) -> dict[str, Any]:
+def linear_rule(has_linear: bool, sites: list[str], unused: list[str] = ()) -> dict[str, Any]:
+    """Judged on the layers the forward uses; a Linear defined but never called is named as unused."""
     figure = f"fully connected layer at {', '.join(sites) or 'a functional call'}" if has_linear else "none"
+    if not has_linear and unused:
+        figure += f" used (defined but never called, so not judged: {', '.join(unused)})"
     return {"rule": "no fully connected layer", "passed": not has_linear, "figure": figure}
 
 
@@ -227,7 +230,8 @@ def check_run(run_dir: str | Path, limits: Limits = Limits(), requires: tuple[st
         }
     )
     rules.append(params_rule(int(inspection["params"]), limits))
-    rules.append(linear_rule(inspection["has_linear"], inspection.get("linear_layers") or []))
+    sites, unused = inspection.get("linear_layers") or [], inspection.get("linear_unused") or []
+    rules.append(linear_rule(inspection["has_linear"], sites, unused))
     rules.append(epochs_rule(len(rows), limits, planned))
     numbers = [int(r["epoch"]) for r in rows]
     complete = numbers == list(range(1, planned + 1))
