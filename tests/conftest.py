@@ -79,3 +79,19 @@ def assert_one_error_line(result: tuple[int, str, str], fragment: str = "") -> N
     assert code == 2, (code, err[-2000:])
     assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
     assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture
+def inline_worker(monkeypatch):
+    """Run the model-building worker in this process (the subprocess is tested on its own below)."""
+    import json
+
+    from mnist_challenge.grading import build, worker
+    from mnist_challenge.grading.sandbox import Outcome
+
+    def run_inline(arguments, readable, job, timeout):
+        program, size, choice, _folder = arguments
+        built = worker.build(Path(program.replace("{job}", str(job))), tuple(map(int, size.split(","))), choice or None)
+        return Outcome(0, json.dumps(worker.check_outcome(json.dumps(built).encode())), "", "inline")
+
+    monkeypatch.setattr(build, "run_worker", run_inline)

@@ -20,7 +20,6 @@ from torch import nn
 
 from mnist_challenge.architecture.model import count_params
 from mnist_challenge.cli.main import main as kit
-from mnist_challenge.grading import build, worker
 from mnist_challenge.grading.grade import grade_notebook
 from mnist_challenge.runs.budgets import RULES
 
@@ -182,19 +181,6 @@ def course_notebook(path: Path, accs=PASSING, net: str = NET, epochs_const: int 
             code(LOOP_CELL, course_log(accs, **log)),
         ],
     )
-
-
-@pytest.fixture
-def inline_worker(monkeypatch):
-    """Run the model-building worker in this process (the subprocess is tested on its own below)."""
-    from mnist_challenge.grading.sandbox import Outcome
-
-    def run_inline(arguments, readable, job, timeout):
-        program, size, choice, _folder = arguments
-        built = worker.build(Path(program.replace("{job}", str(job))), tuple(map(int, size.split(","))), choice or None)
-        return Outcome(0, json.dumps(worker.check_outcome(json.dumps(built).encode())), "", "inline")
-
-    monkeypatch.setattr(build, "run_worker", run_inline)
 
 
 def grade(path: Path, rules: str = "original", **limits):

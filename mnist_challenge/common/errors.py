@@ -4,7 +4,7 @@
     1    FAIL: a verdict of the checker (``check``, ``search reproduce``), never anything else
     2    bad input or environment: one ``error: ...`` line naming the input and what to do
     3    an internal error (a bug): one ``internal error: ...`` line; the traceback goes to a log file
-    130  interrupted (Ctrl-C, SIGTERM)
+    130  interrupted (Ctrl-C, SIGTERM, SIGHUP)
 
 A ``UserError`` is turned into exit 2 by ``contract.run_cli``; any other exception is a bug and becomes exit
 3, its traceback appended to the log file the command registered with ``set_crash_log`` (the run's
@@ -72,13 +72,14 @@ class InternalError(Exception):
 _crash_log: Path | None = None
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP: a closed terminal or ssh session ends a command as Ctrl-C does (exit 130, finished work kept).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _stop_signals_seen = 0
 _on_first_stop: Callable[[], None] | None = None
 
 
 def _on_stop_signal(signum: int, frame: object) -> None:
-    """The one handler of SIGINT and SIGTERM, in the command and in every worker process.
+    """The one handler of SIGINT, SIGTERM and SIGHUP, in the command and in every worker process.
 
     The first signal raises ``KeyboardInterrupt`` (the command then queues or records what it was doing and
     exits 130). Later ones are ignored: a worker often gets two (its process group's, from ``timeout`` or a
@@ -96,8 +97,8 @@ def _on_stop_signal(signum: int, frame: object) -> None:
 
 
 def install_stop_handlers(on_first_stop: Callable[[], None] | None = None) -> dict[int, Any] | None:
-    """SIGINT (Ctrl-C) and SIGTERM (``kill``, ``timeout``, a scheduler's stop) both end a command the same
-    way: exit 130, finished work kept. ``on_first_stop`` runs when the first one lands (a worker marks itself
+    """SIGINT (Ctrl-C), SIGTERM (``kill``, ``timeout``, a scheduler's stop) and SIGHUP (a closed terminal) end a
+    command the same way: exit 130, finished work kept. ``on_first_stop`` runs when the first one lands (a worker marks itself
     as stopping, so that its parent does not signal it again). Returns the handlers replaced (None outside
     the main thread, where signals cannot be set)."""
     global _stop_signals_seen, _on_first_stop

@@ -40,7 +40,7 @@ from mnist_challenge.runs.checker import Limits, accuracy_rule, epochs_rule, lin
 
 PASS, FAIL, UNVERIFIABLE = "PASS", "FAIL", "UNVERIFIABLE"
 TORCHSUMMARY_TOTAL = re.compile(r"Total params: ([\d,]{1,15})")
-SUMMARY_LINEAR = re.compile(r"\b((?:Lazy)?Linear|Bilinear)-\d{1,4}\b")
+SUMMARY_LINEAR = re.compile(r"\b(?:(?:Lazy)?Linear|Bilinear)-\d{1,4}\b")
 CLAIMED_ACCURACY = re.compile(r"(?<![\d.])(99[._]\d{1,3}|100(?:\.0+)?)\s{0,2}%")
 # "99.4", "99_4", "99-4", "99,4", "99p4" in a file name.
 FILENAME_ACCURACY = re.compile(r"(?<![\d.])99[._,p-](\d{1,3})(?![\d])")

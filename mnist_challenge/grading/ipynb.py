@@ -42,12 +42,17 @@ class Notebook:
 
 
 def _text(value: Any) -> str:
-    """Jupyter stores text as a string or a list of lines."""
-    if isinstance(value, str):
-        return value
+    """Jupyter stores text as a string or a list of lines; a lone surrogate (which no file or terminal can take)
+    becomes U+FFFD."""
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return "".join(value)
-    return ""
+        value = "".join(value)
+    if not isinstance(value, str):
+        return ""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
 def _output_text(output: dict[str, Any]) -> str:
@@ -55,9 +60,10 @@ def _output_text(output: dict[str, Any]) -> str:
     if kind == "stream":
         return _text(output.get("text"))
     if kind in ("execute_result", "display_data"):
-        return _text((output.get("data") or {}).get("text/plain"))
+        data = output.get("data")
+        return _text(data.get("text/plain")) if isinstance(data, dict) else ""
     if kind == "error":
-        return f"{output.get('ename', 'Error')}: {output.get('evalue', '')}\n"
+        return f"{_text(output.get('ename')) or 'Error'}: {_text(output.get('evalue'))}\n"
     return ""
 
 
@@ -70,6 +76,8 @@ def read_notebook(path: str | Path) -> Notebook:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: not a readable .ipynb notebook ({type(exc).__name__}: {exc})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not a readable .ipynb notebook (its JSON is nested too deeply)") from None
     raw_cells = data.get("cells") if isinstance(data, dict) else None
     if not isinstance(raw_cells, list):
         raise UserError(f"{path}: not a Jupyter notebook (nbformat 4): no list of cells")
@@ -79,10 +87,11 @@ def read_notebook(path: str | Path) -> Notebook:
             raise UserError(f"{path}: cell {i} is malformed")
         count = raw.get("execution_count")
         outputs = raw.get("outputs") if isinstance(raw.get("outputs"), list) else []
+        kind = raw.get("cell_type", "code")
         cells.append(
             Cell(
                 index=i,
-                kind=str(raw.get("cell_type", "code")),
+                kind=kind if isinstance(kind, str) else "unknown",
                 source=_text(raw.get("source")),
                 execution_count=count if isinstance(count, int) and not isinstance(count, bool) else None,
                 outputs=[_output_text(o) for o in outputs if isinstance(o, dict)],

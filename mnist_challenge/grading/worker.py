@@ -63,6 +63,7 @@ def _failed_definition(exc: BaseException, failed: dict | None) -> str | None:
 
 
 def build(program_path: Path, input_size: tuple[int, ...], output_choice: str | None = None) -> dict:
+    import torch
     from torch import nn
 
     from mnist_challenge.architecture.inspector import format_report, inspect_module
@@ -84,6 +85,14 @@ def build(program_path: Path, input_size: tuple[int, ...], output_choice: str | 
     if not isinstance(model, nn.Module):
         return {"error": f"the model is a {type(model).__name__}, not an nn.Module"}
     try:
+        model.eval()
+        with torch.no_grad():  # the first forward, unwrapped: a NameError here may name a failed definition
+            model(torch.zeros(1, *input_size))
+    except Exception as exc:
+        needed = _failed_definition(exc, module.__dict__.get(FAILED))
+        if needed:
+            return {"error": needed}
+    try:
         run_forward(model, input_size)
         report = inspect_module(model, input_size, output_choice)
         usage = layers_used(model, input_size)
@@ -92,8 +101,7 @@ def build(program_path: Path, input_size: tuple[int, ...], output_choice: str | 
     except MemoryError:
         return {"error": "the model ran out of memory (the grader's limit)"}
     except Exception as exc:
-        needed = _failed_definition(exc, module.__dict__.get(FAILED))
-        return {"error": needed or f"the model cannot run on input size {input_size}: {first_line(exc)}"}
+        return {"error": f"the model cannot run on input size {input_size}: {first_line(exc)}"}
     return {"report": report.as_dict(), "text": format_report(report), "usage": usage, "type": type(model).__name__}
 
 
