@@ -313,13 +313,16 @@ def test_log_parsing_is_linear_in_a_long_line():
 
 
 HOSTILE = {
-    "forge": 'import json\njson.dumps = lambda *a, **k: \'{"report": {"params": 4986}}\'\n',
+    "forge": "import json\nclass Forger(nn.Module):\n"
+    '    json.dumps = lambda *a, **k: \'{"report": {"params": 4986}}\'\n'
+    "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(784, 2000)\n"
+    "    def forward(self, x):\n        return self.fc(x.flatten(1))\n",
     "environment": "import os\nclass Leak(nn.Module):\n    token = os.environ.get('SECRET_TOKEN', 'absent')\n"
     "    def __init__(self):\n        super().__init__()\n        raise RuntimeError('token is ' + self.token)\n",
     "write": "class Writer(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-    "        open({outside!r}, 'w').write('owned')\n",
+    "        open(OUTSIDE, 'w').write('owned')\n",
     "network": "import socket\nclass Net2(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-    "        socket.create_connection(('127.0.0.1', {port}), timeout=2)\n",
+    "        socket.create_connection(('127.0.0.1', PORT), timeout=2)\n",
     "linger": "import subprocess\nclass Sleeper(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
     "        subprocess.Popen(['sleep', '77'])\n        self.conv = nn.Conv2d(1, 10, 28)\n"
     "    def forward(self, x):\n        return self.conv(x).flatten(1)\n",
@@ -332,13 +335,9 @@ def _hostile_notebooks(tmp_path: Path, port: int) -> dict[str, Path]:
     outside = tmp_path / "outside.txt"
     paths = {}
     for name, body in HOSTILE.items():
-        source = body.format(outside=str(outside), port=port)
-        model = (
-            "model = Net()" if name in ("forge", "network") else f"model = {source.split('class ')[1].split('(')[0]}()"
-        )
-        cells = [code(IMPORTS), code(NET if name == "forge" else "pass"), code(source), code(model)]
-        if name == "network":
-            cells[-1] = code("model = Net2()")
+        source = body.replace("OUTSIDE", repr(str(outside))).replace("PORT", str(port))
+        model = "model = Net2()" if name == "network" else f"model = {source.split('class ')[1].split('(')[0]}()"
+        cells = [code(IMPORTS), code(source), code(model)]
         paths[name] = write_notebook(tmp_path / f"{name}.ipynb", cells)
     return paths
 
@@ -367,10 +366,9 @@ def test_hostile_notebooks_get_a_clear_reason_and_change_nothing(tmp_path):
     why = {name: json.dumps(g["rules"][0]["figure"]) for name, g in graded.items()}
     assert "json.dumps" in why["forge"] and any("json.dumps" in f for f in graded["forge"]["flags"])
     assert "token is absent" in why["environment"]
-    assert (
-        not (tmp_path / "outside.txt").exists() and "Read-only file system" in why["write"] or "No such" in why["write"]
-    )
-    assert "Network is unreachable" in why["network"] or "network" in why["network"].lower()
+    assert not (tmp_path / "outside.txt").exists()
+    assert "Read-only file system" in why["write"] or "No such file" in why["write"]
+    assert "Connection refused" in why["network"] or "unreachable" in why["network"]  # its own empty network
     assert graded["linger"]["params"] == 7850 and elapsed < 120  # the sleeper did not hold the grader
     assert "memory" in why["memory"].lower()
     assert subprocess.run(["pgrep", "-f", "sleep 77"], capture_output=True).returncode == 1  # nothing left behind
@@ -395,3 +393,18 @@ def test_sighup_stops_a_batch_and_leaves_nothing_behind(tmp_path):
     assert process.returncode == 130 and err.strip() == "interrupted", err
     assert not list(tmp_path.glob("kit-*")), list(tmp_path.iterdir())
     assert subprocess.run(["pgrep", "-f", "grading.worker"], capture_output=True).returncode == 1
+
+
+def test_without_bubblewrap_the_limits_environment_and_process_group_still_hold(tmp_path):
+    paths = _hostile_notebooks(tmp_path, 1)
+    chosen = [str(paths[name]) for name in ("forge", "environment", "linger")]
+    env = {**os.environ, "SECRET_TOKEN": "s3cr3t-value", "MNIST_CHALLENGE_SANDBOX": "none"}
+    command = [sys.executable, "-m", "mnist_challenge", "check-notebook", *chosen, "--json"]
+    start = time.monotonic()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert "s3cr3t-value" not in done.stdout + done.stderr and time.monotonic() - start < 100
+    graded = {Path(g["notebook"]).stem: g for g in json.loads(done.stdout)}
+    assert graded["forge"]["params"] is None and graded["forge"]["flags"]
+    assert "token is absent" in graded["environment"]["rules"][0]["figure"]
+    assert graded["linger"]["params"] == 7850 and graded["linger"]["containment"] == "limits only"
+    assert subprocess.run(["pgrep", "-f", "sleep 77"], capture_output=True).returncode == 1
