@@ -1,10 +1,13 @@
-# Two commands on a fresh machine (Python >= 3.11): `make search` and `make test` each create .venv, install
-# requirements.txt and then the kit itself (editable: the mnist-challenge and mnist-search commands); a second
-# run skips that (the stamp is newer than requirements.txt and pyproject.toml).
+# Two commands on a fresh machine (Python >= 3.11): `make search` and `make test` each create .venv and install the
+# kit with every extra, editable, at the versions constraints.txt pins (the mnist-challenge and mnist-search
+# commands); a second run skips that (the stamp is newer than constraints.txt and pyproject.toml).
 #   make search                          the staged search under the assignment's rules (--budget assignment)
 #   make search ARGS="--budget tiny"     extra flags for mnist-search (a later --budget wins)
 #   make test ARGS="-k inspector"        extra flags for pytest
+#   make demo                            the whole staged search at toy scale, then its winner's notebook (minutes)
 #   make lint / make format              ruff (CI runs make lint)
+#   make docs                            the documentation site, built strictly (CI runs it)
+#   make lock                            rewrite constraints.txt from what .venv holds (after a deliberate upgrade)
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,14 +15,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup search test lint format
+.PHONY: setup search demo test lint format docs lock
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q -c constraints.txt setuptools
+	$(PY) -m pip install -q -c constraints.txt --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 
 # The kit's main job: screen, promote and confirm designs under 20,000 parameters and 19 epochs (SQLite study
@@ -37,3 +40,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --site-dir .site
+
+lock: $(STAMP)
+	@{ sed -n '1,3p' constraints.txt; echo "setuptools==$$($(PY) -c 'import setuptools; print(setuptools.__version__)')"; \
+	   $(PY) -m pip freeze --exclude-editable | grep -vi '^mnist'; } > constraints.txt.new && mv constraints.txt.new constraints.txt

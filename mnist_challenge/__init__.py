@@ -26,21 +26,32 @@ from typing import Any
 __version__ = "2.0.0"
 
 _EXPORTS = {
+    "summary": "architecture.inspector",  # the notebook's one line: mc.summary(model, input_size=(1, 28, 28))
+    "check_notebook": "grading.grade",  # mc.check_notebook("my_submission.ipynb")
     "ArchSpec": "architecture.spec",
     "ConvBlock": "architecture.spec",
     "load_spec": "architecture.spec",
     "build_model": "architecture.model",
     "count_params": "architecture.model",
     "inspect_module": "architecture.inspector",
+    "Report": "architecture.inspector",
+    "format_report": "architecture.inspector",
+    "Grade": "grading.grade",
     "UserError": "common.errors",
     "TrainConfig": "engine.train",
     "train_model": "engine.train",
+    "load_mnist": "engine.data",
     "Limits": "runs.checker",
     "check_run": "runs.checker",
     "run_experiment": "runs.experiment",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __dir__() -> list[str]:
+    """The public names (they are imported on first use, so ``dir()`` and tab completion need this)."""
+    return sorted({*globals(), *__all__})
 
 
 def __getattr__(name: str) -> Any:

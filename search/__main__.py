@@ -2,4 +2,4 @@
 
 from mnist_challenge.common.contract import run_main
 
-run_main("search.commands.main")
+run_main(f"{__package__}.commands.main")  # search.commands.main, or mnist_search.commands.main installed

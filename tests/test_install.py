@@ -50,8 +50,9 @@ def run(bin_dir: Path, *command: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_the_installed_commands_work_from_another_directory(installed, tmp_path):
+    (tmp_path / "search.py").write_text("raise SystemExit('the user's own search.py was imported')\n")
     where = run(
-        installed, "python", "-c", "import mnist_challenge, search; print(mnist_challenge.__file__)", cwd=tmp_path
+        installed, "python", "-c", "import mnist_challenge, mnist_search; print(mnist_challenge.__file__)", cwd=tmp_path
     )
     assert where.returncode == 0, where.stderr
     assert str(installed.parent) in where.stdout  # the installed copy, not the checkout
@@ -62,6 +63,8 @@ def test_the_installed_commands_work_from_another_directory(installed, tmp_path)
 
     helped = run(installed, "mnist-search", "--help", cwd=tmp_path)
     assert helped.returncode == 0 and "--budget" in helped.stdout, helped.stderr
+    module = run(installed, "python", "-m", "mnist_search", "--help", cwd=tmp_path)  # beside a user's search.py
+    assert module.returncode == 0 and "--budget" in module.stdout, module.stderr
     for command in ("reproduce", "fidelity", "digest", "ablate"):
         sub = run(installed, "mnist-search", command, "--help", cwd=tmp_path)
         assert sub.returncode == 0 and sub.stdout.startswith(f"usage: mnist-search {command}"), sub.stderr
@@ -86,3 +89,85 @@ def test_the_version_is_the_package_metadata(installed, tmp_path):
     assert shown.returncode == 0, shown.stderr
     metadata, attribute = shown.stdout.split()
     assert metadata == attribute
+
+
+def _stand_in_wheel(folder: Path, name: str, version: str) -> Path:
+    """A wheel of ``name`` ``version`` holding nothing but its metadata: it stands for an installed torch."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: stand-in\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    records = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        records.append(f"{path},sha256={digest},{len(text.encode())}")
+    files[f"{dist}/RECORD"] = "\n".join([*records, f"{dist}/RECORD,,"]) + "\n"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def test_installing_the_kit_keeps_the_runtimes_own_torch(tmp_path):
+    """As in Colab: a torch and torchvision of other (older) versions are installed; resolving the kit with every
+    extra, index allowed, must not plan to replace either (pip install --dry-run --report)."""
+    import venv
+
+    venv.EnvBuilder(with_pip=True).create(tmp_path / "venv")
+    python = tmp_path / "venv" / "bin" / "python"
+    stand_ins = [_stand_in_wheel(tmp_path, "torch", "2.4.0"), _stand_in_wheel(tmp_path, "torchvision", "0.19.0")]
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", *stand_ins], check=True, capture_output=True)
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--dry-run", "--report", report, f"{ROOT}[all]"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    planned = {
+        item["metadata"]["name"].lower(): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
+    assert "mnist-challenge" in planned and "optuna" in planned
+    assert "torch" not in planned and "torchvision" not in planned, planned
+    assert not any(name.startswith(("nvidia-", "triton")) for name in planned), planned
+
+
+def test_the_inspector_and_the_grader_import_with_torch_alone(tmp_path):
+    """A Python that holds torch (and what torch itself needs) and the kit, nothing else."""
+    import importlib.metadata as metadata
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    keep = {"torch", *(r.split()[0].split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0]
+                       for r in metadata.requires("torch") or [] if "extra ==" not in r)}  # fmt: skip
+    alone = tmp_path / "torch-only"
+    alone.mkdir()
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name in {k.lower().replace("_", "-") for k in keep}:
+            for file in dist.files or []:
+                top = Path(str(file)).parts[0]
+                if not (alone / top).exists() and (site / top).exists():
+                    (alone / top).symlink_to(site / top)
+    (alone / "mnist_challenge").symlink_to(ROOT / "mnist_challenge")
+    code = (
+        "import sys, mnist_challenge as mc, torch.nn as nn\n"
+        "r = mc.summary(nn.Sequential(nn.Conv2d(1, 10, 28), nn.Flatten()), (1, 28, 28))\n"
+        "from mnist_challenge.grading.grade import grade_notebook\n"
+        "assert r.params == 7850, r.params\n"
+        "bad = [m for m in ('tqdm', 'matplotlib', 'optuna', 'torchsummary', 'torchvision') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(alone), "PYTHONNOUSERSITE": "1"}
+    done = subprocess.run(
+        [sys.base_prefix + "/bin/python3", "-S", "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]

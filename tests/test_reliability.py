@@ -437,7 +437,7 @@ def test_unreadable_data_and_a_diverging_recipe(tmp_path, mnist_dir, monkeypatch
 
     import mnist_challenge.runs.experiment as experiment
 
-    monkeypatch.setattr(experiment, "train_model", diverging)
+    monkeypatch.setattr(experiment, "fit", diverging)
     args = ["train", "--spec", "tiny", "--epochs", "1", "--train-subset", "300", "--val-size", "100"]
     args += ["--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "d"]
     assert_one_error_line(call(kit, *args), "training diverged in epoch 1")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from mnist_challenge.architecture.spec import ArchSpec
 
 from mnist_challenge.architecture.geometry import Axis, TensorMeta, as_int, tensors
-from mnist_challenge.architecture.loading import pick_output, scripted_modules
+from mnist_challenge.architecture.loading import pick_output, sample_input, scripted_modules
 from mnist_challenge.architecture.macs import macs_of
 from mnist_challenge.architecture.op_rules import (
     CONV_OPS,
@@ -57,6 +58,7 @@ from mnist_challenge.architecture.op_rules import (
     follow_moved,
     propagate,
 )
+from mnist_challenge.common.errors import UserError
 
 
 @dataclass
@@ -74,9 +76,10 @@ class LayerRow:
         return dict(self.__dict__)
 
 
-@dataclass
+@dataclass(repr=False)
 class Report:
-    """What ``inspect_module`` found; ``as_dict`` is the ``--json`` output."""
+    """What ``inspect_module`` (and ``summary``) found. Its repr is the table ``inspect`` prints, and in Jupyter or
+    Colab it renders as an HTML table; ``as_dict`` is the ``--json`` output."""
 
     input_size: tuple[int, ...]
     layers: list[LayerRow]
@@ -94,6 +97,12 @@ class Report:
     rf_untracked_past: str | None = None  # the op the tracer could not follow: no RF is reported past it
     receptive_field_head_axes: list[int | float] | None = None  # the head RF along each spatial axis (H, W)
     output_used: str | None = None  # which of several outputs (a dict's key, a tuple's index) the RF is of
+
+    def __repr__(self) -> str:
+        return format_report(self)
+
+    def _repr_html_(self) -> str:
+        return report_html(self)
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -259,7 +268,7 @@ def inspect_module(model: nn.Module, input_size: tuple[int, ...], output_choice:
 
     was_training = model.training
     model.eval()
-    x = torch.randn(1, *input_size)
+    x = sample_input(model, input_size, random=True)
     tracer.mark(x, TensorMeta(x, tuple(Axis(Fraction(0), Fraction(0), Fraction(1)) for _ in range(k)), True))
     with ExitStack() as stack:
         for module in model.modules():
@@ -327,43 +336,78 @@ def inspect_spec(spec: ArchSpec) -> Report:
     return inspect_module(build_model(spec), (spec.in_channels, spec.input_size, spec.input_size))
 
 
-def format_report(report: Report) -> str:
-    """The human-readable table printed by ``inspect``."""
-    header = f"{'layer':<32} {'type':<20} {'output shape':<18} {'RF':>6} {'jump':>5} {'params':>11} {'MACs':>13}"
-    lines = [header, "-" * len(header)]
-    for r in report.layers:
-        shape = "x".join(str(s) for s in r.out_shape)
-        rf = "-" if r.rf is None else _axes_text(r.rf_axes) if r.rf_axes and len(set(r.rf_axes)) > 1 else f"{r.rf:g}"
-        jump = "-" if r.jump is None else f"{r.jump:g}"
-        lines.append(f"{r.name[:32]:<32} {r.type[:20]:<20} {shape:<18} {rf:>6} {jump:>5} {r.params:>11,} {r.macs:>13,}")
-    lines.append("-" * len(header))
-    lines += [
-        f"input size (C, H, W):           {tuple(report.input_size)}",
-        *(
-            [f"RF reported for:                {report.output_used} (--output picks another)"]
-            if report.output_used
-            else []
+COLUMNS = ("layer", "type", "output shape", "RF", "jump", "params", "MACs")
+
+
+def _layer_cells(r: LayerRow) -> tuple[str, ...]:
+    shape = "x".join(str(s) for s in r.out_shape)
+    rf = "-" if r.rf is None else _axes_text(r.rf_axes) if r.rf_axes and len(set(r.rf_axes)) > 1 else f"{r.rf:g}"
+    jump = "-" if r.jump is None else f"{r.jump:g}"
+    return r.name, r.type, shape, rf, jump, f"{r.params:,}", f"{r.macs:,}"
+
+
+def _totals(report: Report) -> list[tuple[str, str]]:
+    """(label, value) of the lines under the table: parameters, MACs, RF, the FC verdict with its call site."""
+    fc = (
+        f"YES - breaks the no-FC rule: {', '.join(report.linear_layers) or 'F.linear'}"
+        if report.has_linear
+        else "none"
+        + (f" (defined but never called: {', '.join(report.linear_unused)})" if report.linear_unused else "")
+    )
+    return [
+        ("input size (C, H, W)", f"{tuple(report.input_size)}"),
+        *([("RF reported for", f"{report.output_used} (--output picks another)")] if report.output_used else []),
+        ("parameters used in forward", f"{report.params:,} (trainable {report.trainable_params:,})"),
+        (
+            "parameters never used",
+            f"{report.params_unused:,}" + (f"  in {', '.join(report.unused_modules)}" if report.unused_modules else ""),
         ),
-        f"parameters used in forward:     {report.params:,} (trainable {report.trainable_params:,})",
-        f"parameters never used:          {report.params_unused:,}"
-        + (f"  in {', '.join(report.unused_modules)}" if report.unused_modules else ""),
-        f"MACs per image:                 {report.macs:,}",
-        f"RF at the head's input:         {_head_text(report)}  (one unit of the last map before GAP/flatten)",
-        f"RF after GAP (model output):    {report.receptive_field}  (spans the whole head input map; padding counted)",
+        ("MACs per image", f"{report.macs:,}"),
+        ("RF at the head's input", f"{_head_text(report)}  (one unit of the last map before GAP/flatten)"),
+        ("RF after GAP (model output)", f"{report.receptive_field}  (spans the whole head input map; padding counted)"),
         *(
-            [f"RF not tracked past {report.rf_untracked_past}: the tracer cannot map that op's geometry"]
+            [("RF not tracked past", f"{report.rf_untracked_past}: the tracer cannot map that op's geometry")]
             if report.rf_untracked_past
             else []
         ),
-        "fully connected layer:          "
-        + (
-            f"YES - breaks the no-FC rule: {', '.join(report.linear_layers) or 'F.linear'}"
-            if report.has_linear
-            else "none"
-            + (f" (defined but never called: {', '.join(report.linear_unused)})" if report.linear_unused else "")
-        ),
+        ("fully connected layer", fc),
     ]
+
+
+def format_report(report: Report) -> str:
+    """The human-readable table printed by ``inspect`` (and a ``Report``'s repr)."""
+    header = f"{'layer':<32} {'type':<20} {'output shape':<18} {'RF':>6} {'jump':>5} {'params':>11} {'MACs':>13}"
+    lines = [header, "-" * len(header)]
+    for r in report.layers:
+        name, kind, shape, rf, jump, params, macs = _layer_cells(r)
+        lines.append(f"{name[:32]:<32} {kind[:20]:<20} {shape:<18} {rf:>6} {jump:>5} {params:>11} {macs:>13}")
+    lines.append("-" * len(header))
+    for label, value in _totals(report):
+        if label == "RF not tracked past":
+            lines.append(f"RF not tracked past {value}")
+        else:
+            lines.append(f"{label + ':':<31} {value}")
     return "\n".join(lines)
+
+
+def report_html(report: Report) -> str:
+    """The same table as HTML, for Jupyter and Colab (``Report._repr_html_``)."""
+    from html import escape
+
+    right = {"RF", "jump", "params", "MACs"}
+    head = "".join(f"<th style='text-align:{'right' if c in right else 'left'}'>{c}</th>" for c in COLUMNS)
+    rows = []
+    for r in report.layers:
+        cells = zip(COLUMNS, _layer_cells(r), strict=True)
+        rows.append(
+            "<tr>"
+            + "".join(f"<td style='text-align:{'right' if c in right else 'left'}'>{escape(v)}</td>" for c, v in cells)
+            + "</tr>"
+        )
+    totals = "".join(
+        f"<tr><th style='text-align:left'>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in _totals(report)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table><table>{totals}</table>"
 
 
 def _head_text(report: Report) -> str:
@@ -384,3 +428,38 @@ def torchsummary_table(model: nn.Module, input_size: tuple[int, ...]) -> str:
     with contextlib.redirect_stdout(buffer):
         torchsummary.summary(model, input_size, device="cpu")
     return buffer.getvalue()
+
+
+def summary(model: nn.Module, input_size: Sequence[int] = (1, 28, 28), output: str | None = None) -> Report:
+    """The inspector's report of ``model`` for one input of ``input_size``: per layer its name, type, output
+    shape, receptive field, jump, parameters and MACs, then the totals, the FC verdict with its call site and the
+    parameters the forward never uses. In a notebook cell, as its last line, it shows as a table.
+
+    ``input_size`` is (C, H, W), or batch-first (N, C, H, W) as torchinfo takes it (N is dropped: one sample is
+    traced); the sample is made on the model's device and in its dtype. ``output`` picks one of several outputs
+    (a dict's key or a tuple's index) for the RF. The model is left as it was (its train/eval mode too)::
+
+        import mnist_challenge as mc
+        mc.summary(Net(), input_size=(1, 28, 28))
+    """
+    if not isinstance(model, nn.Module):
+        raise UserError(f"summary: model must be a torch.nn.Module, not {type(model).__name__}")
+    return inspect_module(model, sample_size(model, input_size), output)
+
+
+def sample_size(model: nn.Module, input_size: Any) -> tuple[int, ...]:
+    """``input_size`` as (C, spatial...) for ``model``: a batch-first size loses its batch; anything else is one
+    ``UserError`` naming the argument."""
+    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    k = len(convs[0].kernel_size) if convs else 2
+    shape = ", ".join(["C", "H", "W"][-(k + 1) :] if k <= 2 else ["C", *(f"D{i}" for i in range(1, k + 1))])
+    expected = f"(C, ...) of {k + 1} or (N, C, ...) of {k + 2} positive integers, e.g. ({shape})"
+    if not isinstance(input_size, (tuple, list, torch.Size)) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size
+    ):
+        raise UserError(f"input_size={input_size!r}: expected {expected}")
+    if len(input_size) == k + 2:
+        return tuple(input_size[1:])
+    if len(input_size) != k + 1:
+        raise UserError(f"input_size={tuple(input_size)!r}: this model's convolutions are {k}-D; expected {expected}")
+    return tuple(input_size)

@@ -78,14 +78,21 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+def sample_input(model: nn.Module, input_size: tuple[int, ...], batch: int = 1, random: bool = False) -> torch.Tensor:
+    """A batch of ``input_size`` (C, H, W) samples on the model's device and in its floating dtype (those of its
+    first floating parameter or buffer; CPU float32 for a model without one), as torchinfo makes its input."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    device, dtype = (tensors[0].device, tensors[0].dtype) if tensors else (torch.device("cpu"), torch.float32)
+    make = torch.randn if random else torch.zeros
+    return make(batch, *input_size, device=device, dtype=dtype)
+
+
 def run_forward(model: nn.Module, input_size: tuple[int, ...]) -> None:
     """One plain forward pass of a user's model; an exception from it is a ``UserError``."""
-    import torch
-
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_size))
+            model(sample_input(model, input_size))
     except Exception as exc:
         raise UserError(f"the model's forward fails on input size {input_size}: {first_line(exc)}") from None
 

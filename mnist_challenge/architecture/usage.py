@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from mnist_challenge.architecture.loading import sample_input
+
 BATCHNORM = (F.batch_norm, torch.batch_norm, F.instance_norm)
 DROPOUT = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, torch.dropout)
 POOLS = (F.adaptive_avg_pool2d, F.avg_pool2d, torch._C._nn.adaptive_avg_pool2d, torch._C._nn.avg_pool2d)
@@ -91,7 +93,7 @@ def layers_used(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, list
     model.eval()
     try:
         with torch.no_grad(), recorder:
-            model(torch.zeros(2, *input_size))
+            model(sample_input(model, input_size, batch=2))
     finally:
         for handle in handles:
             handle.remove()

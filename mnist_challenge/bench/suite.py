@@ -30,7 +30,7 @@ from mnist_challenge.architecture.model import build_model
 from mnist_challenge.architecture.spec import ArchSpec, load_spec
 from mnist_challenge.bench.reference import time_expert_steps, time_reference_steps
 from mnist_challenge.engine.data import MnistData, Split
-from mnist_challenge.engine.train import TrainConfig, evaluate, prepare_model, resolve_device, train_model
+from mnist_challenge.engine.train import TrainConfig, evaluate, fit, prepare_model, resolve_device
 
 ROOT = Path(__file__).resolve().parents[2]
 # The suite's fixed specs: the presets, and the winners the search committed (read from the repository's logs).
@@ -44,7 +44,7 @@ THREADS = (1, 2)
 
 
 def engine_seconds(spec: ArchSpec, data: MnistData, cfg: TrainConfig, steps: int, warmup: int) -> tuple[float, dict]:
-    """Seconds of ``steps`` training steps through ``train_model`` (evaluation excluded), after warm-up."""
+    """Seconds of ``steps`` training steps through ``fit`` (evaluation excluded), after warm-up."""
 
     def subset(n_steps: int) -> MnistData:
         n = n_steps * cfg.batch_size
@@ -54,8 +54,8 @@ def engine_seconds(spec: ArchSpec, data: MnistData, cfg: TrainConfig, steps: int
             Split(data.test.images[:256], data.test.labels[:256]),
         )
 
-    train_model(build_model(spec), subset(warmup), dataclasses.replace(cfg, epochs=1), progress=False)
-    result = train_model(build_model(spec), subset(steps), dataclasses.replace(cfg, epochs=1), progress=False)
+    fit(build_model(spec), subset(warmup), dataclasses.replace(cfg, epochs=1), progress=False)
+    result = fit(build_model(spec), subset(steps), dataclasses.replace(cfg, epochs=1), progress=False)
     return result.epochs[0]["seconds"], result.settings
 
 

@@ -98,9 +98,9 @@ def _on_stop_signal(signum: int, frame: object) -> None:
 
 def install_stop_handlers(on_first_stop: Callable[[], None] | None = None) -> dict[int, Any] | None:
     """SIGINT (Ctrl-C), SIGTERM (``kill``, ``timeout``, a scheduler's stop) and SIGHUP (a closed terminal) end a
-    command the same way: exit 130, finished work kept. ``on_first_stop`` runs when the first one lands (a worker marks itself
-    as stopping, so that its parent does not signal it again). Returns the handlers replaced (None outside
-    the main thread, where signals cannot be set)."""
+    command the same way: exit 130, finished work kept. ``on_first_stop`` runs when the first one lands (a
+    worker marks itself as stopping, so that its parent does not signal it again). Returns the handlers
+    replaced (None outside the main thread, where signals cannot be set)."""
     global _stop_signals_seen, _on_first_stop
     if threading.current_thread() is not threading.main_thread():
         return None

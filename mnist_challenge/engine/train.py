@@ -7,6 +7,7 @@ Timing is honest: ``seconds`` in the epoch log is the training time of that epoc
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import time
@@ -343,7 +344,35 @@ def train_model(
     progress: bool = True,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place. ``on_start(settings)`` gets what the run resolved (device, bf16 ...);
+    """Train a copy of ``model`` on ``data`` by ``cfg`` and return it as ``result.model``, with one row per epoch
+    in ``result.epochs``. ``model`` itself is left as it was given: its module classes (the engine swaps in
+    faster dropout, pooling and fused layers on its own copy), device, dtype, train/eval mode and weights.
+    ``result.model`` is a copy of ``model`` (same classes, device and dtype) holding the trained weights (the
+    EMA-averaged ones when ``cfg.ema_decay`` is set); ``model.load_state_dict(result.model.state_dict())`` puts
+    them into the original. ``on_start(settings)`` gets what the run resolved (device, bf16 ...);
+    ``on_epoch(epoch, row)`` runs after each epoch: an exception it raises stops training there.
+
+        result = mc.train_model(Net(), mc.load_mnist(), mc.TrainConfig(epochs=15))
+    """
+    work = copy.deepcopy(model)
+    result = fit(work, data, cfg, on_epoch, progress, on_start)
+    trained = copy.deepcopy(model)
+    trained.load_state_dict(work.state_dict())
+    trained.train(model.training)
+    return TrainResult(trained, result.epochs, result.settings)
+
+
+def fit(
+    model: nn.Module,
+    data: MnistData,
+    cfg: TrainConfig,
+    on_epoch: EpochHook | None = None,
+    progress: bool = True,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place, the engine's loop (``train_model`` is this on a copy): its layers are swapped for
+    the engine's faster ones (``prepare_model``), it is moved to the data's device, and it ends holding the
+    EMA-averaged weights. ``on_start(settings)`` gets what the run resolved (device, bf16 ...);
     ``on_epoch(epoch, row)`` runs after each epoch (logging, pruning): an exception it raises (e.g.
     ``optuna.TrialPruned``) stops training there."""
     t = start_training(model, data, cfg)

@@ -337,3 +337,24 @@ def grade_notebook(
     _resumed_flag(grade, log, structure, source.trained)
     _log_flags(grade, log, limits)
     return grade
+
+
+def check_notebook(path: str | Path, rules: str = "original", timeout: float = BUILD_TIMEOUT, **limits: Any) -> Grade:
+    """Grade an executed notebook as ``mnist-challenge check-notebook`` does, from its own outputs: the rules of the
+    set ``rules`` names (``original``: < 20,000 parameters, <= 19 epochs, >= 99.4 % in each of the last 3, no FC
+    layer), with any of its limits replaced (``max_params=8000``, ``max_epochs=15``, ``min_acc=99.4``,
+    ``last_k=3``). The grade's repr is the block the command prints (its rules, flags and verdict)::
+
+        import mnist_challenge as mc
+        mc.check_notebook("my_submission.ipynb")
+    """
+    import dataclasses
+
+    from mnist_challenge.runs.budgets import rules_named
+
+    chosen = rules_named(rules)
+    known = {f.name for f in dataclasses.fields(chosen.limits)}
+    unknown = sorted(set(limits) - known)
+    if unknown:
+        raise UserError(f"check_notebook: unknown limit(s) {', '.join(unknown)}; one of {', '.join(sorted(known))}")
+    return grade_notebook(str(path), dataclasses.replace(chosen.limits, **limits), chosen.requires, timeout)

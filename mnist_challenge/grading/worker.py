@@ -67,7 +67,7 @@ def build(program_path: Path, input_size: tuple[int, ...], output_choice: str | 
     from torch import nn
 
     from mnist_challenge.architecture.inspector import format_report, inspect_module
-    from mnist_challenge.architecture.loading import first_line, run_forward
+    from mnist_challenge.architecture.loading import first_line, run_forward, sample_input
     from mnist_challenge.architecture.usage import layers_used
     from mnist_challenge.common.errors import UserError
     from mnist_challenge.grading.model_source import FACTORY, FAILED
@@ -87,7 +87,7 @@ def build(program_path: Path, input_size: tuple[int, ...], output_choice: str | 
     try:
         model.eval()
         with torch.no_grad():  # the first forward, unwrapped: a NameError here may name a failed definition
-            model(torch.zeros(1, *input_size))
+            model(sample_input(model, input_size))
     except Exception as exc:
         needed = _failed_definition(exc, module.__dict__.get(FAILED))
         if needed:

@@ -230,8 +230,7 @@ def check_run(run_dir: str | Path, limits: Limits = Limits(), requires: tuple[st
         }
     )
     rules.append(params_rule(int(inspection["params"]), limits))
-    sites, unused = inspection.get("linear_layers") or [], inspection.get("linear_unused") or []
-    rules.append(linear_rule(inspection["has_linear"], sites, unused))
+    rules.append(linear_rule(inspection["has_linear"], inspection.get("linear_layers") or [], fresh.linear_unused))
     rules.append(epochs_rule(len(rows), limits, planned))
     numbers = [int(r["epoch"]) for r in rows]
     complete = numbers == list(range(1, planned + 1))

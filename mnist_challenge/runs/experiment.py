@@ -19,7 +19,7 @@ from mnist_challenge.architecture.model import build_model
 from mnist_challenge.architecture.spec import ArchSpec
 from mnist_challenge.common.errors import UserError
 from mnist_challenge.engine.data import IMAGE_SIDE, NUM_CLASSES, MnistData, load_mnist, resolve_data_dir
-from mnist_challenge.engine.train import EpochHook, TrainConfig, TrainResult, resolve_device, train_model
+from mnist_challenge.engine.train import EpochHook, TrainConfig, TrainResult, fit, resolve_device
 from mnist_challenge.runs.checker import Limits, check_run
 from mnist_challenge.runs.runlog import RunDir
 
@@ -104,7 +104,7 @@ def run_experiment(
 
         started = time.perf_counter()
         try:
-            result = train_model(
+            result = fit(
                 model,
                 data,
                 cfg,

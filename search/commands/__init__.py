@@ -13,4 +13,4 @@ from mnist_challenge.common.contract import run_main
 
 def entry() -> NoReturn:
     """The ``mnist-search`` console script."""
-    run_main("search.commands.main")
+    run_main(f"{__name__}.main")  # mnist_search.commands.main when installed
