@@ -81,7 +81,8 @@ def test_train_model_leaves_the_callers_model_as_it_got_it(mnist_dir):
     before = copy.deepcopy(model.state_dict())
     classes = [type(m) for m in model.modules()]
     data = mc.load_mnist(str(mnist_dir), val_size=0, train_subset=512)
-    result = mc.train_model(model, data, mc.TrainConfig(epochs=1, val_size=0, device="cpu", batch_size=64), progress=False)
+    config = mc.TrainConfig(epochs=1, val_size=0, device="cpu", batch_size=64)
+    result = mc.train_model(model, data, config, progress=False)
     assert [type(m) for m in model.modules()] == classes and not model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert next(model.parameters()).device.type == "cpu" and next(model.parameters()).dtype == torch.float32
