@@ -104,5 +104,7 @@ def test_the_readme_notebook_section_runs(tmp_path, inline_worker, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {"Net": Net}
     for block in blocks:
-        lines = [line for line in block.splitlines() if not line.startswith(("!", "%", "result = mc.train_model"))]
+        if "train_model" in block:  # trains for minutes: test_train_model_leaves_the_callers_model_as_it_got_it
+            continue
+        lines = [line for line in block.splitlines() if not line.startswith(("!", "%"))]
         exec("\n".join(lines), namespace)

@@ -101,6 +101,9 @@ class SpecNet(nn.Module):
 
 
 def build_model(spec: ArchSpec) -> SpecNet:
+    """The network ``spec`` describes (a ``SpecNet``: plain PyTorch layers, fresh weights); the same spec always
+    builds the same architecture, which is how a run's ``model.pt`` is read back (``mc.build_model(mc.load_spec(
+    "tiny"))``)."""
     return SpecNet(spec)
 
 
