@@ -30,6 +30,11 @@ $(STAMP): constraints.txt pyproject.toml
 search: $(STAMP)
 	$(PY) -m search --budget assignment $(ARGS)
 
+# The whole job at toy scale, in minutes: screening, promotion and confirmation on 5,000 training images, then the
+# winner's notebook exported, executed and graded (study and notebook in logs/demo/budget-demo/, not committed).
+demo: $(STAMP)
+	$(PY) -m search --budget demo --logs logs/demo $(ARGS)
+
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=25 $(ARGS)
 

@@ -107,7 +107,7 @@ class SearchRequest:
     )
     threads: int | None = None
     train_subset: int | None = None
-    val_size: int = 10_000
+    val_size: int | None = None  # None: the budget's, else 10,000
     seed: int = 0
     sampler_seed: int | None = option(
         None,
@@ -210,8 +210,10 @@ def resolve(request: SearchRequest) -> ResolvedSearch:
     workers = r.workers or default_workers()
     threads = r.threads or max(1, (os.cpu_count() or 1) // workers)
     folder = study_dir(r.logs, study)
+    train_subset = r.train_subset if r.train_subset is not None else budget.train_subset if budget else None
+    val_size = r.val_size if r.val_size is not None else (budget.val_size if budget else None) or 10_000
     base = TrainConfig(
-        epochs=epochs, seed=r.seed, threads=threads, train_subset=r.train_subset, val_size=r.val_size, device=r.device
+        epochs=epochs, seed=r.seed, threads=threads, train_subset=train_subset, val_size=val_size, device=r.device
     )
     return ResolvedSearch(
         request=r,

@@ -95,3 +95,26 @@ def inline_worker(monkeypatch):
         return Outcome(0, json.dumps(worker.check_outcome(json.dumps(built).encode())), "", "inline")
 
     monkeypatch.setattr(build, "run_worker", run_inline)
+
+
+@pytest.fixture(scope="session")
+def installed_kit(tmp_path_factory) -> Path:
+    """The bin folder of a fresh venv with the kit installed by pip from the checkout."""
+    import sys
+
+    home = tmp_path_factory.mktemp("fresh")
+    python = make_bare_venv(home / "venv")
+    build = home / "build"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", build, ROOT],
+        check=True,
+        cwd=home,
+        capture_output=True,
+    )
+    (wheel,) = build.glob("mnist_challenge-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", wheel],
+        check=True,
+        capture_output=True,
+    )
+    return python.parent

@@ -14,32 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from .conftest import make_bare_venv
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """The bin folder of a fresh venv with the kit installed by pip from the checkout."""
-    home = tmp_path_factory.mktemp("fresh")
-    python = make_bare_venv(home / "venv")
-    build = home / "build"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", build, ROOT],
-        check=True,
-        cwd=home,
-        capture_output=True,
-    )
-    (wheel,) = build.glob("mnist_challenge-*.whl")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", wheel],
-        check=True,
-        capture_output=True,
-    )
-    return python.parent
+from .conftest import ROOT
 
 
 def run(bin_dir: Path, *command: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -49,38 +24,37 @@ def run(bin_dir: Path, *command: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_the_installed_commands_work_from_another_directory(installed, tmp_path):
+def test_the_installed_commands_work_from_another_directory(installed_kit, tmp_path):
     (tmp_path / "search.py").write_text("raise SystemExit('the user's own search.py was imported')\n")
-    where = run(
-        installed, "python", "-c", "import mnist_challenge, mnist_search; print(mnist_challenge.__file__)", cwd=tmp_path
-    )
+    code = "import mnist_challenge, mnist_search; print(mnist_challenge.__file__)"
+    where = run(installed_kit, "python", "-c", code, cwd=tmp_path)
     assert where.returncode == 0, where.stderr
-    assert str(installed.parent) in where.stdout  # the installed copy, not the checkout
+    assert str(installed_kit.parent) in where.stdout  # the installed copy, not the checkout
 
-    inspected = run(installed, "mnist-challenge", "inspect", "--spec", "classic", "--json", cwd=tmp_path)
+    inspected = run(installed_kit, "mnist-challenge", "inspect", "--spec", "classic", "--json", cwd=tmp_path)
     assert inspected.returncode == 0, inspected.stderr
     assert json.loads(inspected.stdout)["params"] == 12_738  # the preset ships inside the package
 
-    helped = run(installed, "mnist-search", "--help", cwd=tmp_path)
+    helped = run(installed_kit, "mnist-search", "--help", cwd=tmp_path)
     assert helped.returncode == 0 and "--budget" in helped.stdout, helped.stderr
-    module = run(installed, "python", "-m", "mnist_search", "--help", cwd=tmp_path)  # beside a user's search.py
+    module = run(installed_kit, "python", "-m", "mnist_search", "--help", cwd=tmp_path)  # beside a user's search.py
     assert module.returncode == 0 and "--budget" in module.stdout, module.stderr
     for command in ("reproduce", "fidelity", "digest", "ablate"):
-        sub = run(installed, "mnist-search", command, "--help", cwd=tmp_path)
+        sub = run(installed_kit, "mnist-search", command, "--help", cwd=tmp_path)
         assert sub.returncode == 0 and sub.stdout.startswith(f"usage: mnist-search {command}"), sub.stderr
 
-    bad = run(installed, "mnist-challenge", "inspect", "--spec", "no-such-preset", cwd=tmp_path)
+    bad = run(installed_kit, "mnist-challenge", "inspect", "--spec", "no-such-preset", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
 
-    module = run(installed, "python", "-m", "mnist_challenge", "check", "--help", cwd=tmp_path)
+    module = run(installed_kit, "python", "-m", "mnist_challenge", "check", "--help", cwd=tmp_path)
     assert module.returncode == 0 and "--max-params" in module.stdout, module.stderr
-    bench = run(installed, "python", "-m", "mnist_challenge.bench", "--help", cwd=tmp_path)
+    bench = run(installed_kit, "python", "-m", "mnist_challenge.bench", "--help", cwd=tmp_path)
     assert bench.returncode == 0, bench.stderr
 
 
-def test_the_version_is_the_package_metadata(installed, tmp_path):
+def test_the_version_is_the_package_metadata(installed_kit, tmp_path):
     shown = run(
-        installed,
+        installed_kit,
         "python",
         "-c",
         "import importlib.metadata as m, mnist_challenge as k; print(m.version('mnist-challenge'), k.__version__)",
@@ -171,3 +145,33 @@ def test_the_inspector_and_the_grader_import_with_torch_alone(tmp_path):
         [sys.base_prefix + "/bin/python3", "-S", "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_quickstart_runs_from_an_empty_folder_with_the_kit_installed(installed_kit, tmp_path, mnist_dir):
+    """notebooks/quickstart.ipynb as a user runs it, in smoke mode (fewer designs, the winner's notebook one epoch
+    on 2,000 images): in an empty folder, with the kit installed from a wheel (not the checkout on sys.path)."""
+    notebook = tmp_path / "quickstart.ipynb"
+    notebook.write_bytes((ROOT / "notebooks" / "quickstart.ipynb").read_bytes())
+    code = (
+        "import sys, nbformat, nbclient\n"
+        "nb = nbformat.read(sys.argv[1], as_version=4)\n"
+        "nbclient.NotebookClient(nb, timeout=900, kernel_name='python3',"
+        " resources={'metadata': {'path': sys.argv[2]}}).execute()\n"
+        "nbformat.write(nb, sys.argv[1])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env |= {"KIT_NOTEBOOK_SMOKE": "1", "MNIST_DATA_DIR": str(mnist_dir), "MPLBACKEND": "Agg"}
+    done = subprocess.run(
+        [installed_kit / "python", "-c", code, notebook, tmp_path],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    cells = json.loads(notebook.read_text())["cells"]
+    shown = "\n".join(
+        "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+        for c in cells if c["cell_type"] == "code" for o in c["outputs"]
+    )  # fmt: skip
+    assert "parameters used in forward:" in shown and "[PASS] no fully connected layer" in shown
+    assert "== student.ipynb" in shown and "VERDICT: PASS" in shown
+    assert "winner: trial" in shown and "== demo/budget-demo/winner.ipynb" in shown
+    assert any(o.get("data", {}).get("image/png") for c in cells if c["cell_type"] == "code" for o in c["outputs"])

@@ -40,12 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         p,
         TrainConfig,
         only=("threads", "train_subset", "val_size", "seed", "device"),
-        defaults={"seed": 0},
+        defaults={"seed": 0, "val_size": None, "train_subset": None},
         helps={
             "threads": "torch threads per worker (default: cores / workers)",
-            "train_subset": "train each trial on this many images (quick looks, tests)",
+            "train_subset": "train each trial on this many images (quick looks, tests; --budget demo: 5,000)",
             "seed": "training seed of every trial, and part of each sampler's seed",
-            "val_size": "validation images held out of the 60k (at least 1: the search selects on them)",
+            "val_size": "validation images held out of the 60k (at least 1: the search selects on them; default "
+            "10,000, --budget demo: 2,000)",
         },
     )
     p.add_argument(
@@ -97,4 +98,8 @@ def run(args: argparse.Namespace) -> int:
                 f"winner: trial {w['trial']}, {w['params']:,} params, val acc {w['mean']:.2f} ± {w['std']:.2f}% "
                 f"-> {search.study_dir / 'best_spec.json'}"
             )
+            if budget.notebook:
+                from ..demo import winner_notebook
+
+                return winner_notebook(w["run_dir"], search.study_dir / "winner.ipynb", budget.name, r.data_dir)
     return 0
