@@ -26,7 +26,7 @@ from typing import Any
 __version__ = "2.0.0"
 
 _EXPORTS = {
-    "summary": "architecture.inspector",  # the notebook's one line: mc.summary(model, input_size=(1, 28, 28))
+    "summary": "architecture.summary",  # the notebook's one line: mc.summary(model, input_size=(1, 28, 28))
     "check_notebook": "grading.grade",  # mc.check_notebook("my_submission.ipynb")
     "ArchSpec": "architecture.spec",
     "ConvBlock": "architecture.spec",
@@ -35,7 +35,7 @@ _EXPORTS = {
     "count_params": "architecture.model",
     "inspect_module": "architecture.inspector",
     "Report": "architecture.inspector",
-    "format_report": "architecture.inspector",
+    "format_report": "architecture.rendering",
     "Grade": "grading.grade",
     "UserError": "common.errors",
     "TrainConfig": "engine.train",

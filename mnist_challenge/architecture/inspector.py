@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -58,7 +57,7 @@ from mnist_challenge.architecture.op_rules import (
     follow_moved,
     propagate,
 )
-from mnist_challenge.common.errors import UserError
+from mnist_challenge.architecture.rendering import format_report, report_html
 
 
 @dataclass
@@ -336,90 +335,6 @@ def inspect_spec(spec: ArchSpec) -> Report:
     return inspect_module(build_model(spec), (spec.in_channels, spec.input_size, spec.input_size))
 
 
-COLUMNS = ("layer", "type", "output shape", "RF", "jump", "params", "MACs")
-
-
-def _layer_cells(r: LayerRow) -> tuple[str, ...]:
-    shape = "x".join(str(s) for s in r.out_shape)
-    rf = "-" if r.rf is None else _axes_text(r.rf_axes) if r.rf_axes and len(set(r.rf_axes)) > 1 else f"{r.rf:g}"
-    jump = "-" if r.jump is None else f"{r.jump:g}"
-    return r.name, r.type, shape, rf, jump, f"{r.params:,}", f"{r.macs:,}"
-
-
-def _totals(report: Report) -> list[tuple[str, str]]:
-    """(label, value) of the lines under the table: parameters, MACs, RF, the FC verdict with its call site."""
-    fc = (
-        f"YES - breaks the no-FC rule: {', '.join(report.linear_layers) or 'F.linear'}"
-        if report.has_linear
-        else "none"
-        + (f" (defined but never called: {', '.join(report.linear_unused)})" if report.linear_unused else "")
-    )
-    return [
-        ("input size (C, H, W)", f"{tuple(report.input_size)}"),
-        *([("RF reported for", f"{report.output_used} (--output picks another)")] if report.output_used else []),
-        ("parameters used in forward", f"{report.params:,} (trainable {report.trainable_params:,})"),
-        (
-            "parameters never used",
-            f"{report.params_unused:,}" + (f"  in {', '.join(report.unused_modules)}" if report.unused_modules else ""),
-        ),
-        ("MACs per image", f"{report.macs:,}"),
-        ("RF at the head's input", f"{_head_text(report)}  (one unit of the last map before GAP/flatten)"),
-        ("RF after GAP (model output)", f"{report.receptive_field}  (spans the whole head input map; padding counted)"),
-        *(
-            [("RF not tracked past", f"{report.rf_untracked_past}: the tracer cannot map that op's geometry")]
-            if report.rf_untracked_past
-            else []
-        ),
-        ("fully connected layer", fc),
-    ]
-
-
-def format_report(report: Report) -> str:
-    """The human-readable table printed by ``inspect`` (and a ``Report``'s repr)."""
-    header = f"{'layer':<32} {'type':<20} {'output shape':<18} {'RF':>6} {'jump':>5} {'params':>11} {'MACs':>13}"
-    lines = [header, "-" * len(header)]
-    for r in report.layers:
-        name, kind, shape, rf, jump, params, macs = _layer_cells(r)
-        lines.append(f"{name[:32]:<32} {kind[:20]:<20} {shape:<18} {rf:>6} {jump:>5} {params:>11} {macs:>13}")
-    lines.append("-" * len(header))
-    for label, value in _totals(report):
-        if label == "RF not tracked past":
-            lines.append(f"RF not tracked past {value}")
-        else:
-            lines.append(f"{label + ':':<31} {value}")
-    return "\n".join(lines)
-
-
-def report_html(report: Report) -> str:
-    """The same table as HTML, for Jupyter and Colab (``Report._repr_html_``)."""
-    from html import escape
-
-    right = {"RF", "jump", "params", "MACs"}
-    head = "".join(f"<th style='text-align:{'right' if c in right else 'left'}'>{c}</th>" for c in COLUMNS)
-    rows = []
-    for r in report.layers:
-        cells = zip(COLUMNS, _layer_cells(r), strict=True)
-        rows.append(
-            "<tr>"
-            + "".join(f"<td style='text-align:{'right' if c in right else 'left'}'>{escape(v)}</td>" for c, v in cells)
-            + "</tr>"
-        )
-    totals = "".join(
-        f"<tr><th style='text-align:left'>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in _totals(report)
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table><table>{totals}</table>"
-
-
-def _head_text(report: Report) -> str:
-    axes = report.receptive_field_head_axes
-    return _axes_text(axes) if axes and len(set(axes)) > 1 else str(report.receptive_field_head)
-
-
-def _axes_text(axes: list[int | float]) -> str:
-    """RFh x RFw, for a layer whose axes see different extents (a 2x4 pool, say)."""
-    return "x".join(f"{a:g}" for a in axes)
-
-
 def torchsummary_table(model: nn.Module, input_size: tuple[int, ...]) -> str:
     """torchsummary's familiar table, captured as text (it prints straight to stdout)."""
     import torchsummary
@@ -428,38 +343,3 @@ def torchsummary_table(model: nn.Module, input_size: tuple[int, ...]) -> str:
     with contextlib.redirect_stdout(buffer):
         torchsummary.summary(model, input_size, device="cpu")
     return buffer.getvalue()
-
-
-def summary(model: nn.Module, input_size: Sequence[int] = (1, 28, 28), output: str | None = None) -> Report:
-    """The inspector's report of ``model`` for one input of ``input_size``: per layer its name, type, output
-    shape, receptive field, jump, parameters and MACs, then the totals, the FC verdict with its call site and the
-    parameters the forward never uses. In a notebook cell, as its last line, it shows as a table.
-
-    ``input_size`` is (C, H, W), or batch-first (N, C, H, W) as torchinfo takes it (N is dropped: one sample is
-    traced); the sample is made on the model's device and in its dtype. ``output`` picks one of several outputs
-    (a dict's key or a tuple's index) for the RF. The model is left as it was (its train/eval mode too)::
-
-        import mnist_challenge as mc
-        mc.summary(Net(), input_size=(1, 28, 28))
-    """
-    if not isinstance(model, nn.Module):
-        raise UserError(f"summary: model must be a torch.nn.Module, not {type(model).__name__}")
-    return inspect_module(model, sample_size(model, input_size), output)
-
-
-def sample_size(model: nn.Module, input_size: Any) -> tuple[int, ...]:
-    """``input_size`` as (C, spatial...) for ``model``: a batch-first size loses its batch; anything else is one
-    ``UserError`` naming the argument."""
-    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    k = len(convs[0].kernel_size) if convs else 2
-    shape = ", ".join(["C", "H", "W"][-(k + 1) :] if k <= 2 else ["C", *(f"D{i}" for i in range(1, k + 1))])
-    expected = f"(C, ...) of {k + 1} or (N, C, ...) of {k + 2} positive integers, e.g. ({shape})"
-    if not isinstance(input_size, (tuple, list, torch.Size)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size
-    ):
-        raise UserError(f"input_size={input_size!r}: expected {expected}")
-    if len(input_size) == k + 2:
-        return tuple(input_size[1:])
-    if len(input_size) != k + 1:
-        raise UserError(f"input_size={tuple(input_size)!r}: this model's convolutions are {k}-D; expected {expected}")
-    return tuple(input_size)

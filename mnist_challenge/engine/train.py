@@ -344,16 +344,11 @@ def train_model(
     progress: bool = True,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train a copy of ``model`` on ``data`` by ``cfg`` and return it as ``result.model``, with one row per epoch
-    in ``result.epochs``. ``model`` itself is left as it was given: its module classes (the engine swaps in
-    faster dropout, pooling and fused layers on its own copy), device, dtype, train/eval mode and weights.
-    ``result.model`` is a copy of ``model`` (same classes, device and dtype) holding the trained weights (the
-    EMA-averaged ones when ``cfg.ema_decay`` is set); ``model.load_state_dict(result.model.state_dict())`` puts
-    them into the original. ``on_start(settings)`` gets what the run resolved (device, bf16 ...);
-    ``on_epoch(epoch, row)`` runs after each epoch: an exception it raises stops training there.
-
-        result = mc.train_model(Net(), mc.load_mnist(), mc.TrainConfig(epochs=15))
-    """
+    """Train a copy of ``model`` by ``cfg`` and return it as ``result.model`` (same classes, device and dtype, the
+    trained or EMA-averaged weights), one row per epoch in ``result.epochs``; ``model`` is left as given (its
+    classes: the engine swaps in faster layers on its copy; device, dtype, mode, weights).
+    ``model.load_state_dict(result.model.state_dict())`` takes the weights. ``on_start(settings)`` gets what the
+    run resolved; ``on_epoch(epoch, row)`` runs after each epoch (an exception it raises stops training)."""
     work = copy.deepcopy(model)
     result = fit(work, data, cfg, on_epoch, progress, on_start)
     trained = copy.deepcopy(model)

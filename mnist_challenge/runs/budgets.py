@@ -117,8 +117,9 @@ BUDGETS = {
     "nano": _budget("nano", "nano"),  # under the smallest public nets (3,762 and 4,968 parameters, one seed each)
     # The whole job at toy scale in minutes: 6 designs screened for 1 epoch on 5,000 images, 2 promoted to 3
     # epochs, both confirmed with a second seed, then the winner's notebook exported, executed and graded.
-    "demo": Budget("demo", 5_000, 3, rungs=(1,), screen=6, confirm=2, seeds=2, train_subset=5_000, val_size=2_000,
-                   notebook=True),  # fmt: skip
+    "demo": Budget(
+        "demo", 5_000, 3, rungs=(1,), screen=6, confirm=2, seeds=2, train_subset=5_000, val_size=2_000, notebook=True
+    ),  # fmt: skip
 }
 
 
