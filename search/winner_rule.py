@@ -22,7 +22,7 @@ from typing import Any
 
 from mnist_challenge.runs.budgets import BUDGETS, RULES
 
-NEAR_TIE = 0.05  # the mean rule's tie band (stages.NEAR_TIE): fewer parameters among designs this close
+NEAR_TIE = 0.05  # the kit's rule up to version 3: fewest parameters among designs within 0.05 of the best mean
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ def _std(d: Design) -> float:
 
 # Each rule scores a design from its validation seeds alone; the highest score wins (fewer parameters on a tie).
 RULE_SCORES: dict[str, Callable[[Design], float]] = {
-    "mean": _mean,  # with the near-tie band: the kit's rule up to version 3
-    "mean, no tie band": _mean,
+    "mean, near-tie band": _mean,  # fewest parameters within NEAR_TIE of the best mean: the rule up to version 3
+    "mean": _mean,  # the rule since (stages.WINNER_RULE)
     "worst seed": lambda d: min(d.val),
     "mean - std": lambda d: _mean(d) - _std(d),
     "mean - 2 std / sqrt(n)": lambda d: _mean(d) - 2 * _std(d) / math.sqrt(len(d.val)),
@@ -59,9 +59,9 @@ RULE_SCORES: dict[str, Callable[[Design], float]] = {
 
 
 def pick(designs: list[Design], rule: str) -> Design:
-    """The rule's winner; for ``mean`` the kit's near-tie band (fewest parameters within 0.05 of the best)."""
+    """The rule's winner (fewer parameters on an exact tie); ``mean, near-tie band`` the former rule."""
     score = RULE_SCORES[rule]
-    if rule == "mean":
+    if rule == "mean, near-tie band":
         best = max(score(d) for d in designs)
         tied = [d for d in designs if round(best - score(d), 6) < NEAR_TIE]
         return min(tied, key=lambda d: (d.params, -score(d)))
