@@ -187,3 +187,30 @@ def write_analysis(result: dict[str, Any], path: Path) -> None:
     from mnist_challenge.common.files import write_text_atomic
 
     write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+
+
+def reapply(study_dir: Path) -> tuple[int | None, int | None]:
+    """Name the winner of a finished staged study by the adopted rule (``stages.winner_of``) from its stored
+    confirmations, and rewrite its outputs (``summary.json``, ``best_spec.json``, ``digest.json``): (old, new)
+    winning trial. Nothing is trained."""
+    import optuna
+
+    from .digest import digest
+    from .outputs import export
+    from .stages import WINNER_RULE, Entry, winner_of
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_dir.name, storage=f"sqlite:///{study_dir / 'study.db'}")
+    stages = dict(study.user_attrs.get("stages") or {})
+    if not stages.get("confirmed"):
+        return None, None
+    confirmed = [
+        Entry(e["trial"], e["params"], e["mean"], e["run_dir"], tuple(e["seeds"])) for e in stages["confirmed"]
+    ]
+    old = (stages.get("winner") or {}).get("trial")
+    winner = winner_of(confirmed)
+    stages["winner"], stages["winner_rule"] = winner.as_dict(), WINNER_RULE
+    study.set_user_attr("stages", stages)
+    export(study, study_dir, multi_objective=False)
+    digest(study_dir, stages)  # rewrites digest.json
+    return old, winner.trial

@@ -16,6 +16,12 @@ def build_parser() -> argparse.ArgumentParser:
         "its held-out test runs fared",
     )
     p.add_argument("--logs", default="logs/search", help="the folder of the studies (default logs/search)")
+    p.add_argument(
+        "--apply",
+        action="store_true",
+        help="also name each finished staged study's winner by the adopted rule and rewrite its summary.json, "
+        "best_spec.json and digest.json (nothing is trained)",
+    )
     p.set_defaults(handler=run)
     return p
 
@@ -23,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from mnist_challenge.common.errors import UserError
 
-    from ..winner_rule import analyse, format_analysis, write_analysis
+    from ..winner_rule import analyse, format_analysis, reapply, write_analysis
 
     logs = Path(args.logs)
     if not logs.is_dir():
@@ -34,4 +40,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_analysis(result))
     write_analysis(result, logs / "winner_rules.json")
     print(f"wrote {logs / 'winner_rules.json'}")
+    if args.apply:
+        for study_dir in sorted(p for p in logs.glob("budget-*") if (p / "study.db").is_file()):
+            old, new = reapply(study_dir)
+            if new is not None:
+                print(f"{study_dir.name}: winner trial {new}" + ("" if new == old else f" (was trial {old})"))
     return 0
