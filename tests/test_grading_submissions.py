@@ -157,17 +157,13 @@ def test_a_missing_package_is_a_reason_only_when_the_model_needs_it(tmp_path, in
     )
 
 
-def test_a_model_in_a_file_beside_the_notebook_is_built_from_it(tmp_path, inline_worker):
+def test_a_model_in_a_file_beside_the_notebook_is_built_from_it(tmp_path):
+    """In the real sandbox: the notebook's folder's .py files are what its code may import."""
     (tmp_path / "model.py").write_text(IMPORTS.replace("from torchsummary import summary\n", "") + NET)
+    (tmp_path / "secrets.txt").write_text("not for the model")
     cells = [code(IMPORTS), code("from model import Net"), code(SUMMARY_CELL, summary_output(params_of(NET))),
              code(TRAIN_TEST_CELL), code("EPOCHS = 15"), code(LOOP_CELL, course_log(PASSING))]  # fmt: skip
-    path = write_notebook(tmp_path / "imports.ipynb", cells)
-    sys.path.insert(0, str(tmp_path))  # the inline worker builds in this process; the sandbox adds the folder
-    try:
-        g = grade(path)
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("model", None)
+    g = grade(write_notebook(tmp_path / "imports.ipynb", cells))
     assert g.verdict == "PASS" and g.params == params_of(NET), g.format()
 
 
