@@ -42,7 +42,8 @@ def badge(path: str, repo: str) -> str:
 
 def _badged_notebook(text: str, path: str, repo: str) -> str:
     nb = json.loads(text)
-    cell = {"cell_type": "markdown", "id": "colab-badge", "metadata": {}, "source": [f"{BADGE_MARK}\n", badge(path, repo)]}
+    source = [f"{BADGE_MARK}\n", badge(path, repo)]
+    cell = {"cell_type": "markdown", "id": "colab-badge", "metadata": {}, "source": source}
     cells = nb["cells"]
     first = cells[0] if cells else None
     if first and first["cell_type"] == "markdown" and "".join(first["source"]).startswith(BADGE_MARK):
