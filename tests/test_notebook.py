@@ -37,6 +37,12 @@ VARIANTS = {
     "conv3_gap head, no BN": {"head": "conv3_gap", "batchnorm": "none"},
     "dropout at block ends": {"dropout": 0.1, "dropout_at": "block_end"},
     "dropout after every conv": {"dropout": 0.05, "dropout_at": "every_conv"},
+    # Space version 5's kinds: concatenating, two-branch, weight-shared (the shared conv named once in the code).
+    "dense": {"blocks": [{"channels": [4, 4, 4], "padding": 1, "kind": "dense", "transition": 6}, BLOCK]},
+    "branch": {"blocks": [{"channels": [6, 8], "padding": 1, "kind": "branch", "transition": "pool"}, BLOCK]},
+    "shared, residual": {
+        "blocks": [{"channels": [8, 8, 8], "padding": 1, "kind": "shared", "residual": True, "transition": 6}, BLOCK]
+    },
 }
 
 

@@ -13,6 +13,7 @@ from mnist_challenge.architecture.spec import (
     DILATION,
     DROPOUT_PLACES,
     HEAD_CHOICES,
+    PADDED_KINDS,
     POOL_ONLY,
 )
 
@@ -24,15 +25,20 @@ def specs(draw, max_channels: int = 24, input_size: int = 28) -> ArchSpec:
     side = input_size - 2 * (1 - (stem_padding := draw(st.integers(0, 1))))
     blocks = []
     for _ in range(n_blocks):
-        padding, kind = draw(st.integers(0, 1)), draw(st.sampled_from(BLOCK_KINDS))
+        kind = draw(st.sampled_from(BLOCK_KINDS))
+        padding = 1 if kind in PADDED_KINDS else draw(st.integers(0, 1))
         max_convs = 3 if padding else max(0, min(3, (side - 1) // (2 * DILATION[kind])))
         if max_convs == 0:
             break
-        channels = draw(st.lists(st.integers(1, max_channels), min_size=1, max_size=max_convs))
+        low = 2 if kind == "branch" else 1
+        channels = draw(st.lists(st.integers(low, max(low, max_channels)), min_size=1, max_size=max_convs))
+        if kind == "shared":
+            channels = [channels[0]] * len(channels)
         side -= 0 if padding else 2 * DILATION[kind] * len(channels)
         transition = draw(st.none() | st.integers(1, max_channels) | st.just(POOL_ONLY)) if side >= 2 else None
         side = side // 2 if transition else side
-        blocks.append(ConvBlock(channels, padding, draw(st.booleans()), transition, kind))
+        residual = draw(st.booleans()) and kind != "dense"
+        blocks.append(ConvBlock(channels, padding, residual, transition, kind))
     if not blocks:
         blocks = [ConvBlock([4], 1)]
     return ArchSpec(

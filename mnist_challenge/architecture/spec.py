@@ -8,7 +8,12 @@ The network a spec describes is always::
   and dropout; the conv is one of the block's *kind*: a plain 3x3, a depthwise-separable 3x3 (a depthwise
   3x3 then a 1x1: 9c + c*c' weights instead of 9c*c') or a dilated 3x3 (dilation 2: RF +4 per conv);
 * a *block* is one or more conv units of one kind sharing a padding, optionally wrapped by a residual
-  connection;
+  connection; three kinds change how the units connect (space version 5, the parameter-efficient families):
+  ``dense`` (DenseNet: each unit reads the block's input and every earlier unit's map, concatenated; the block
+  puts out all of them, ``in + sum(channels)`` channels; padded), ``branch`` (GoogLeNet-like: each unit is two
+  convs side by side on the same input, a 3x3 and a dilated 3x3, each half the unit's channels, concatenated;
+  padded) and ``shared`` (depth without parameters: the first unit maps the input to the block's width, every
+  later unit applies one shared 3x3 conv again, with a BatchNorm of its own; all widths equal);
 * a *transition* (after any block) is MaxPool2d(2) followed by a 1x1 "squeeze" conv unit, or the pool
   alone (``"transition": "pool"``: the channels go on unchanged, no parameters);
 * the *head* is global average pooling and a conv to the classes: GAP then 1x1, 1x1 then GAP, or a
@@ -33,9 +38,12 @@ from mnist_challenge.common.validate import check_float, check_int, check_name, 
 BATCHNORM_CHOICES = ("none", "before_relu", "after_relu")
 DROPOUT_PLACES = ("none", "every_conv", "block_end")
 HEAD_CHOICES = ("gap_conv", "conv_gap", "conv3_gap")
-BLOCK_KINDS = ("conv", "separable", "dilated")
+BLOCK_KINDS = ("conv", "separable", "dilated", "dense", "branch", "shared")
+CHAIN_KINDS = BLOCK_KINDS[:3]  # units in a chain, each reading the last one's map (space versions 2-4 draw these)
 POOL_ONLY = "pool"  # a transition without the 1x1 squeeze
-DILATION = {"conv": 1, "separable": 1, "dilated": 2}  # of each block kind's 3x3
+# Of each block kind's 3x3 (a branch unit's widest: its dilated half; its 3x3 half is padded to the same size).
+DILATION = {"conv": 1, "separable": 1, "dilated": 2, "dense": 1, "branch": 2, "shared": 1}
+PADDED_KINDS = ("dense", "branch")  # their maps are concatenated, so every unit keeps the map's size
 # Bounds on sizes: far above anything useful on MNIST-sized inputs, low enough that a typo (80000
 # channels, a 4,000 px input) is an error and not gigabytes of activations.
 MAX_CHANNELS = 512
@@ -89,12 +97,29 @@ class ConvBlock:
             isinstance(self.kind, str) and self.kind in BLOCK_KINDS,
             f"block kind must be one of {BLOCK_KINDS}, got {self.kind!r}",
         )
+        if self.kind in PADDED_KINDS:
+            _check(self.padding == 1, f"a {self.kind} block concatenates maps of one size: padding must be 1")
+        if self.kind == "dense":
+            _check(not self.residual, "a dense block already passes its input on: residual must be false")
+        if self.kind == "branch":
+            _check(all(c >= 2 for c in self.channels), "a branch unit splits its channels in two: at least 2 each")
+        if self.kind == "shared":
+            _check(len(set(self.channels)) == 1, "a shared block repeats one conv: its channels must all be equal")
 
-    @property
-    def out_channels(self) -> int:
-        """Channels after the block and its transition."""
+    def width(self, in_channels: int) -> int:
+        """Channels the block's body puts out, given its input's (a dense block passes its input on too)."""
+        return in_channels + sum(self.channels) if self.kind == "dense" else self.channels[-1]
+
+    def out_channels(self, in_channels: int) -> int:
+        """Channels after the block and its transition, given its input's."""
         squeezed = self.transition is not None and self.transition != POOL_ONLY
-        return self.transition if squeezed else self.channels[-1]
+        return self.transition if squeezed else self.width(in_channels)
+
+    def unit_inputs(self, in_channels: int) -> list[int]:
+        """Input channels of each conv unit."""
+        if self.kind == "dense":
+            return [in_channels + sum(self.channels[:j]) for j in range(len(self.channels))]
+        return [in_channels, *self.channels[:-1]]
 
     @property
     def shrink(self) -> int:
@@ -154,8 +179,11 @@ class ArchSpec:
         total = 9 * self.in_channels * ch
         for block in self.blocks:
             block_in = ch
-            for out in block.channels:
-                total, ch = total + (9 * ch + ch * out if block.kind == "separable" else 9 * ch * out), out
+            for j, (cin, out) in enumerate(zip(block.unit_inputs(ch), block.channels)):
+                if block.kind == "shared" and j > 1:
+                    continue  # the shared conv, counted once (at j == 1)
+                total += 9 * cin + cin * out if block.kind == "separable" else 9 * cin * out
+            ch = block.width(block_in)
             total += block_in * ch if block.residual and block_in != ch else 0
             if block.transition is not None and block.transition != POOL_ONLY:
                 total, ch = total + ch * block.transition, block.transition
@@ -166,17 +194,19 @@ class ArchSpec:
         side = self.input_size - 2 * (1 - self.stem_padding)
         sizes = [("stem", self.stem_channels, side)]
         _check(side >= 1, f"the stem conv shrinks the {self.input_size}px input below 1x1")
+        ch = self.stem_channels
         for i, block in enumerate(self.blocks, start=1):
             side -= block.shrink
             _check(
                 side >= 1,
                 f"block {i} shrinks the feature map below 1x1 (add padding, a block fewer, or a later transition)",
             )
-            sizes.append((f"block{i}", block.channels[-1], side))
+            sizes.append((f"block{i}", block.width(ch), side))
             if block.transition is not None:
                 side //= 2
                 _check(side >= 1, f"the transition after block {i} pools a {side * 2 or 1}px map below 1x1")
-                sizes.append((f"transition{i}", block.out_channels, side))
+                sizes.append((f"transition{i}", block.out_channels(ch), side))
+            ch = block.out_channels(ch)
         return sizes
 
     # --- JSON round trip -------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from mnist_challenge.architecture.inspector import inspect_module
-from mnist_challenge.architecture.model import Block, build_model, count_params
+from mnist_challenge.architecture.model import Block, Branches, build_model, count_params
 from mnist_challenge.architecture.spec import ArchSpec
 from mnist_challenge.common.errors import UserError
 from mnist_challenge.common.validate import check_writable_dir
@@ -73,18 +73,31 @@ def _leaf(module: nn.Module) -> str:
     raise TypeError(f"no code for {type(module).__name__}")  # the spec builder makes none of these
 
 
-def _module_code(module: nn.Module, path: str, rows: dict[str, dict[str, Any]], depth: int) -> list[str]:
-    """Lines of code that rebuild ``module`` (named ``path`` in the model), the last without a comma."""
+def _module_code(
+    module: nn.Module, path: str, rows: dict[str, dict[str, Any]], depth: int, shared: dict[int, str | None]
+) -> list[str]:
+    """Lines of code that rebuild ``module`` (named ``path`` in the model), the last without a comma. A module
+    used more than once (a shared block's conv; a key of ``shared``) is named at its first use (``(shared1 :=
+    nn.Conv2d(...))``) and that name is its code after, so the notebook's net shares the weights as the kit's."""
     pad = INDENT * depth
+    if shared.get(id(module)) is not None:
+        return [f"{pad}{shared[id(module)]}  # the same conv again: its weights are shared"]
     if isinstance(module, nn.Sequential):
         lines = [f"{pad}nn.Sequential("]
         for name, child in module.named_children():
-            child_lines = _module_code(child, f"{path}.{name}", rows, depth + 1)
+            child_lines = _module_code(child, f"{path}.{name}", rows, depth + 1, shared)
             lines += _with_comma(child_lines)
+        return [*lines, f"{pad})"]
+    if isinstance(module, Branches):
+        lines = [f"{pad}Branches("]
+        for i, branch in enumerate(module.branches):
+            lines += _with_comma(_module_code(branch, f"{path}.branches.{i}", rows, depth + 1, shared))
         return [*lines, f"{pad})"]
     if isinstance(module, Block):
         lines = [f"{pad}Block("]
-        lines += _with_comma(_module_code(module.convs, f"{path}.convs", rows, depth + 1))
+        lines += _with_comma(_module_code(module.convs, f"{path}.convs", rows, depth + 1, shared))
+        if module.dense:
+            lines.append(f"{pad}{INDENT}dense=True,")
         if module.residual:
             lines.append(f"{pad}{INDENT}residual=True,")
         if module.proj is not None:
@@ -94,6 +107,10 @@ def _module_code(module: nn.Module, path: str, rows: dict[str, dict[str, Any]], 
         if module.drop is not None:
             lines.append(f"{pad}{INDENT}drop={_leaf(module.drop)},")
         return [*lines, f"{pad})"]
+    if id(module) in shared:  # used again later in the net: named here
+        name = shared[id(module)] = f"shared{sum(v is not None for v in shared.values()) + 1}"
+        params = sum(p.numel() for p in module.parameters())
+        return [f"{pad}({name} := {_leaf(module)})  # {params:,} params, applied again by the units below"]
     return [f"{pad}{_leaf(module)}{_shape_comment(rows.get(path))}"]
 
 
@@ -135,8 +152,10 @@ def model_code(spec: ArchSpec) -> str:
     lines = ["import torch", "import torch.nn.functional as F", "from torch import nn", "", "", _block_code()]
     lines += ["", "class Net(nn.Module):"]
     lines += [doc, "", "    def __init__(self):", "        super().__init__()"]
+    uses = [id(m) for _, m in model.named_modules(remove_duplicate=False)]
+    shared: dict[int, str | None] = {i: None for i in set(uses) if uses.count(i) > 1}  # named at first use
     for name, child in model.named_children():
-        code = _module_code(child, name, rows, 2)
+        code = _module_code(child, name, rows, 2, shared)
         lines += [f"        self.{name} = {code[0].strip()}", *code[1:]]
     lines += [
         "",
