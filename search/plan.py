@@ -135,12 +135,13 @@ class SearchRequest:
     )
     space: int | None = option(
         None,
-        "architecture space: 4 (the default for a new study) fits each drawn topology's widths to --max-params, "
-        "may draw pool-only transitions and batch 32 and draws brightness / contrast augmentation; 3 the same "
+        "architecture space: 5 (the default for a new study) fits each drawn topology's widths to --max-params, "
+        "may draw dense (concatenating), branch and weight-shared blocks, pool-only transitions and batch 32 and "
+        "draws brightness / contrast augmentation; 4 the same without the dense, branch and shared blocks; 3 also "
         "without brightness / contrast; 2 also without pool-only transitions and batch 32; 1 draws absolute "
         "widths (needed by --enqueue). A study keeps the one it was made with",
         type=int,
-        choices=(1, 2, 3, 4),  # space.SPACE_VERSIONS (not imported here: it loads optuna)
+        choices=(1, 2, 3, 4, 5),  # space.SPACE_VERSIONS (not imported here: it loads optuna)
     )
     data_dir: str | None = None
 

@@ -11,8 +11,12 @@ Two versions of the architecture space exist; a study keeps the one it was creat
   ``budget.fit_to_cap``), so every draw fits and lands just under the cap.
 * 3: version 2, and a transition may be the pool alone (no 1x1 squeeze: the family of the smallest public
   nets) and the batch may be 32.
-* 4 (new studies): version 3, and the recipe draws brightness / contrast augmentation (one strength for
-  both), which an ablation on the micro-v3 design showed to help (``logs/ablation/``).
+* 4: version 3, and the recipe draws brightness / contrast augmentation (one strength for both), which an
+  ablation on the micro-v3 design showed to help (``logs/ablation/``).
+* 5 (new studies): version 4, and a block may also be ``dense`` (concatenating: every unit reads all earlier
+  maps), ``branch`` (a 3x3 and a dilated 3x3 side by side) or ``shared`` (one conv applied again: depth without
+  parameters), the parameter-efficient families the nano study's analysis pointed at (capacity, not reach,
+  limits it under 3,000 parameters).
 """
 
 from __future__ import annotations
@@ -22,13 +26,13 @@ from typing import Any
 import optuna
 
 from mnist_challenge import ArchSpec, ConvBlock, UserError
-from mnist_challenge.architecture.spec import BLOCK_KINDS, DILATION, MAX_CHANNELS, POOL_ONLY
+from mnist_challenge.architecture.spec import BLOCK_KINDS, CHAIN_KINDS, DILATION, MAX_CHANNELS, PADDED_KINDS, POOL_ONLY
 from mnist_challenge.engine.train import TrainConfig
 
 from .budget import fit_to_cap, width
 
-SPACE_VERSION = 4  # the version new studies get
-SPACE_VERSIONS = (1, 2, 3, 4)
+SPACE_VERSION = 5  # the version new studies get
+SPACE_VERSIONS = (1, 2, 3, 4, 5)
 
 CHANNELS = [4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32]
 SQUEEZE = [6, 8, 10, 12, 16]
@@ -105,10 +109,11 @@ def fitted_spec(
     shapes = []
     for i in range(1, n_blocks + 1):
         convs = trial.suggest_int(f"b{i}_convs", *FITTED_CONVS)
-        kind = trial.suggest_categorical(f"b{i}_kind", list(BLOCK_KINDS))
-        padding = _keep_map(trial.suggest_int(f"b{i}_padding", *PADDING), side, kind, convs)
+        kind = trial.suggest_categorical(f"b{i}_kind", list(BLOCK_KINDS if version >= 5 else CHAIN_KINDS))
+        drawn_padding = 1 if kind in PADDED_KINDS else trial.suggest_int(f"b{i}_padding", *PADDING)
+        padding = _keep_map(drawn_padding, side, kind, convs)
         side -= 0 if padding else 2 * DILATION[kind] * convs
-        residual = trial.suggest_categorical(f"b{i}_residual", [False, True])
+        residual = kind != "dense" and trial.suggest_categorical(f"b{i}_residual", [False, True])
         relative = trial.suggest_float(f"b{i}_width", *RELATIVE_WIDTH, log=True)
         squeeze = None
         if i < n_blocks and side >= 4 and (i == 1 or trial.suggest_categorical(f"b{i}_transition", [True, False])):

@@ -331,7 +331,7 @@ def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
         (["--workers", "0"], "must be an integer in [1, 256], got 0"),
         (["--space", "1", "--enqueue", "nosuchpreset"], "no preset named"),
         (["--space", "1", "--enqueue", "compact:momentum=0.5"], "expected KEY=VALUE"),
-        (["--space", "1"], "exists with different settings (space (the study's is 4))"),
+        (["--space", "1"], "exists with different settings (space (the study's is 5))"),
     ]
     for extra, fragment in cases:  # in this process: the same contract, without an interpreter start each
         assert_one_error_line(call(search, *base[1:], *extra), fragment)
@@ -715,7 +715,7 @@ def test_space_4_draws_one_brightness_and_contrast_strength_which_the_trial_reco
         drawn.add(recipe.brightness)
         study.tell(trial, 0.0)
     assert drawn == set(PHOTOMETRIC)
-    assert SearchSettings("s", None, TrainConfig()).space_version is None  # a new study gets SPACE_VERSION (4)
+    assert SearchSettings("s", None, TrainConfig()).space_version is None  # a new study gets SPACE_VERSION (5)
     # A trial of a version 3 study, read back by this code, trained without them (its record predates them).
     old = optuna.create_study()
     trial = old.ask()

@@ -35,7 +35,7 @@ def test_the_winner_is_the_best_mean_and_only_an_exact_tie_goes_to_fewer_params(
     a = Entry(0, 4900, 99.30, "", (99.3, 99.3, 99.3))
     b = Entry(1, 4100, 99.27, "", (99.2, 99.3, 99.31))
     c = Entry(2, 3000, 99.10, "", (99.1, 99.1, 99.1))
-    assert winner_of([a, b, c]).trial == 0  # 0.03 better is better (no near-tie band since version 4)
+    assert winner_of([a, b, c]).trial == 0  # 0.03 better is better (no near-tie band since the version 4 winner rule)
     assert winner_of([c]).trial == 2 and winner_of([]) is None
     seeds = (99.43, 99.41, 99.46)
     same = Entry(3, 4000, statistics.fmean((99.46, 99.43, 99.41)), "", (99.46, 99.43, 99.41))
