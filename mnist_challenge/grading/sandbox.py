@@ -83,12 +83,29 @@ def _python_dirs() -> list[Path]:
     import mnist_challenge
 
     dirs = [Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent.parent]
-    dirs += [Path(p) for p in site.getsitepackages()]
+    sites = [Path(p) for p in site.getsitepackages()]
     user_site = site.getusersitepackages()
     if site.ENABLE_USER_SITE and os.path.isdir(user_site):
-        dirs.append(Path(user_site))
+        sites.append(Path(user_site))
+    dirs += sites + [folder for s in sites for folder in _path_file_dirs(s)]
     dirs.append(Path(mnist_challenge.__file__).resolve().parent)
     return [d for d in dict.fromkeys(d.resolve() for d in dirs) if d.is_dir()]
+
+
+def _path_file_dirs(site_dir: Path) -> list[Path]:
+    """Folders the ``.pth`` files of a site directory add to ``sys.path`` (an environment layered on another's
+    packages, an older editable install): the sandbox's Python needs them too."""
+    found = []
+    for pth in sorted(site_dir.glob("*.pth")):
+        try:
+            lines = pth.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith(("#", "import ", "import\t")) and os.path.isdir(site_dir / line):
+                found.append(site_dir / line)
+    return found
 
 
 def notebook_sources(folder: Path) -> list[Path]:
