@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -420,7 +421,7 @@ def test_the_kits_own_notebooks_grade_as_their_checker_did(tmp_path):
         budget = path.stem.removeprefix("submission_")
         text = path.read_text()
         printed = "PASS" if "VERDICT: PASS" in text else "FAIL"
-        run = ROOT / "logs" / "submission" / budget / "seed1"
+        run = ROOT / re.search(r"Exported from `([^`]+)`", text)[1]  # the run the notebook records it came from
         code_, out, _ = call(kit, "check-notebook", str(path), "--json", "--rules", budget_rules.get(budget, budget))
         graded = json.loads(out)[0]
         assert graded["verdict"] == printed and code_ == (0 if printed == "PASS" else 1), graded
