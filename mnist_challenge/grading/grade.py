@@ -210,7 +210,7 @@ def _claim_flags(grade: Grade, notebook: Notebook, log: EpochLog) -> None:
     claims = [(float(m.replace("_", ".")), f"markdown cell {c.index}") for c in notebook.cells
               if c.kind == "markdown" for m in CLAIMED_ACCURACY.findall(c.source)]  # fmt: skip
     claims += [(float(f"99.{m}"), "the file name") for m in FILENAME_ACCURACY.findall(Path(grade.path).stem)]
-    logged = [e for e in log.every_epoch + log.evaluations]
+    logged = log.every_epoch + log.evaluations
     best = max(logged, key=lambda e: e.test_acc, default=None)
     for value, where in claims:
         if best is None:
