@@ -3,9 +3,10 @@ the project declares (``[project.urls] Repository`` in ``pyproject.toml``).
 
     python scripts/notebook_badges.py [--check]
 
-puts a badge cell first in every ``notebooks/*.ipynb`` (replacing an older one), and rewrites the README's Colab
-links and the quickstart's install line to match; ``--check`` changes nothing and exits 1 when anything is out of
-date (the test suite runs it). A fork changes the address in ``pyproject.toml`` and runs this once.
+puts a badge cell first in every ``notebooks/*.ipynb`` (replacing an older one), and rewrites the Colab links and
+install lines of the README, ``docs/*.md`` and the quickstart to match; ``--check`` changes nothing and exits 1
+when anything is out of date (the test suite runs it). A fork changes the address in ``pyproject.toml`` and runs
+this once.
 """
 
 from __future__ import annotations
@@ -67,10 +68,10 @@ def updated_files(root: Path = ROOT) -> dict[Path, str]:
         new = _relinked(_badged_notebook(text, path.relative_to(root).as_posix(), repo), repo)
         if new != text:
             changed[path] = new
-    readme = root / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    if (new := _relinked(text, repo)) != text:
-        changed[readme] = new
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        if (new := _relinked(text, repo)) != text:
+            changed[page] = new
     return changed
 
 

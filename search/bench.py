@@ -96,6 +96,7 @@ def run_bench(args: argparse.Namespace) -> int:
     ]
     shared += ["--data-dir", args.data_dir] if args.data_dir else []
     before = [
+        "--single-stage",
         "--space",
         "1",
         "--max-params",

@@ -24,7 +24,9 @@ from mnist_challenge.common.validate import (
 from mnist_challenge.engine.train import TrainConfig
 from mnist_challenge.runs.budgets import BUDGETS, Budget, resolve_budget
 
-DEFAULT_STUDY = "mnist-gap"  # the plain (single-stage) search's study
+DEFAULT_BUDGET = "assignment"  # the main job: what `mnist-search` with no --budget runs (as `make search`)
+DEFAULT_STUDY = f"budget-{DEFAULT_BUDGET}"  # the study the other commands (reproduce, digest, ablate) read by default
+SINGLE_STAGE_STUDY = "single-stage"  # the plain search's study (--single-stage); no longer the default
 DEFAULT_EPOCHS = 15  # epochs per trial of a plain search
 DEFAULT_MAX_PARAMS = BUDGETS["assignment"].max_params
 MAX_EPOCHS = BUDGETS["assignment"].epochs  # the assignment's rule: fewer than 20 epochs
@@ -70,17 +72,24 @@ class SearchRequest:
     logs: str = "logs/search"
     budget: str | None = option(
         None,
-        "run a budget's whole staged search: screen designs on a short complete schedule, promote the best "
-        "through longer ones, confirm the top ones with seeds (sets the cap, epochs, pruning)",
+        "the budget whose whole staged search runs: screen designs on a short complete schedule, promote the best "
+        "through longer ones, confirm the top ones with seeds (sets the cap, epochs, pruning; default "
+        f"{DEFAULT_BUDGET})",
         choices=sorted(BUDGETS),
     )
-    rungs: str | None = option(None, "with --budget: the shorter schedules before the full one, e.g. 4,8")
+    single_stage: bool = option(
+        False,
+        f"instead of a budget's stages: a plain Optuna search of --n-trials trials, each trained --epochs epochs "
+        f"under --max-params with a pruner (study {SINGLE_STAGE_STUDY!r} unless --study)",
+        action="store_true",
+    )
+    rungs: str | None = option(None, "staged search: the shorter schedules before the full one, e.g. 4,8")
     screen: int | None = None
     confirm: int | None = None
     seeds: int | None = None
     transfer_from: str | None = option(
         None,
-        "with --budget: enqueue the confirmed designs of another staged study (under --logs) first, their "
+        "staged search: enqueue the confirmed designs of another staged study (under --logs) first, their "
         "relative widths re-fitted to this budget's cap; trials.csv and the summary mark them as transferred",
         type=short_name_flag(STUDY_NAME_MAX),
         metavar="STUDY",
@@ -88,20 +97,28 @@ class SearchRequest:
     transfer_top: int | None = option(
         None, "with --transfer-from: only its N best confirmed designs (default: all)", type=int_flag(1, 1000)
     )
-    n_trials: int = option(20, "trials to add in this run, over all workers (default 20)", type=int_flag(1, 100_000))
+    n_trials: int = option(
+        20, "with --single-stage: trials to add in this run, over all workers (default 20)", type=int_flag(1, 100_000)
+    )
     epochs: int | None = option(
-        None, f"epochs per trial; must be < {MAX_EPOCHS + 1} (default {DEFAULT_EPOCHS})", type=positive_int
+        None,
+        f"with --single-stage: epochs per trial; must be < {MAX_EPOCHS + 1} (default {DEFAULT_EPOCHS})",
+        type=positive_int,
     )
     max_params: int | None = option(
-        None, f"parameter cap, strictly fewer (default {DEFAULT_MAX_PARAMS})", type=int_flag(1, 10**8)
+        None,
+        f"with --single-stage: parameter cap, strictly fewer (default {DEFAULT_MAX_PARAMS})",
+        type=int_flag(1, 10**8),
     )
     min_rf: int = option(20, "minimum receptive field at the head in px (default 20)", type=int_flag(1, 10_000))
     mode: str = option(
         "single",
-        "single: max val acc under the cap; multi: (val acc, params) Pareto front",
+        "with --single-stage: single: max val acc under the cap; multi: (val acc, params) Pareto front",
         choices=("single", "multi"),
     )
-    pruner: str = option("hyperband", "how trials are stopped early (default hyperband)", choices=PRUNERS)
+    pruner: str = option(
+        "hyperband", "with --single-stage: how trials are stopped early (default hyperband)", choices=PRUNERS
+    )
     workers: int | None = option(
         None, "worker processes on this machine (default: 2 on CPU, 1 on GPU)", type=int_flag(1, 256)
     )
@@ -128,8 +145,8 @@ class SearchRequest:
     )
     enqueue: tuple[str, ...] = option(
         (),
-        "run this spec (preset name or spec.json) first, with the default recipe or the given recipe values "
-        "(e.g. compact:lr=0.1,rotation=10); repeatable; skipped if the study already has the same trial",
+        "with --single-stage: run this spec (preset name or spec.json) first, with the default recipe or the given "
+        "recipe values (e.g. compact:lr=0.1,rotation=10); repeatable; skipped if the study already has the same trial",
         action="append",
         metavar="SPEC[:KEY=VALUE,...]",
     )
@@ -184,11 +201,13 @@ def resolve(request: SearchRequest) -> ResolvedSearch:
     r = request
     staged_flags = {"--rungs": r.rungs, "--screen": r.screen, "--confirm": r.confirm, "--seeds": r.seeds}
     staged_flags |= {"--transfer-from": r.transfer_from, "--transfer-top": r.transfer_top}
-    if r.budget is None:
+    if r.single_stage:
         given = [flag for flag, value in staged_flags.items() if value is not None]
+        if r.budget is not None:
+            given.insert(0, f"--budget {r.budget}")
         if given:
-            raise UserError(f"{', '.join(given)} only apply with --budget")
-        budget, study = None, r.study or DEFAULT_STUDY
+            raise UserError(f"--single-stage is a plain search; {', '.join(given)} belong to a staged one: drop them")
+        budget, study = None, r.study or SINGLE_STAGE_STUDY
         epochs, max_params, pruner = r.epochs or DEFAULT_EPOCHS, r.max_params or DEFAULT_MAX_PARAMS, r.pruner
     else:
         clashing = [
@@ -201,11 +220,16 @@ def resolve(request: SearchRequest) -> ResolvedSearch:
             )
             if value is not None
         ]
+        if clashing and r.budget is None:
+            raise UserError(
+                f"{', '.join(clashing)}: a plain search needs --single-stage (without it, mnist-search runs the "
+                f"staged search of --budget {DEFAULT_BUDGET}, which sets the cap, the epochs and the stages itself)"
+            )
         if clashing:
             raise UserError(
                 f"--budget {r.budget} sets the cap, the epochs and the stages itself; drop {', '.join(clashing)}"
             )
-        budget = resolve_budget(r.budget, r.rungs, r.screen, r.confirm, r.seeds)
+        budget = resolve_budget(r.budget or DEFAULT_BUDGET, r.rungs, r.screen, r.confirm, r.seeds)
         study = r.study or f"budget-{budget.name}"
         epochs, max_params, pruner = budget.ladder[0], budget.max_params, "none"
     workers = r.workers or default_workers()

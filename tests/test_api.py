@@ -92,14 +92,15 @@ def test_train_model_leaves_the_callers_model_as_it_got_it(mnist_dir):
     model.load_state_dict(trained.state_dict())  # the way to take the trained weights
 
 
-def test_the_readme_notebook_section_runs(tmp_path, inline_worker, monkeypatch):
-    """Each python block of the README's "In a notebook" section, as a student pastes it."""
+def test_the_python_blocks_of_the_readme_and_the_api_page_run(tmp_path, inline_worker, monkeypatch):
+    """Each python block of the README and of the command reference's "Python API" section, in order, as a
+    student pastes them into one notebook."""
     from .conftest import ROOT
 
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("## In a notebook", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert blocks
+    api = (ROOT / "docs" / "commands.md").read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", readme + api, re.S)
+    assert len(blocks) >= 5
     course_notebook(tmp_path / "my_submission.ipynb")
     monkeypatch.chdir(tmp_path)
     namespace = {"Net": Net}

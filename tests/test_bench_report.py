@@ -111,6 +111,28 @@ def test_report_updates_only_the_readme_block(tmp_path):
     assert run_cli("mnist_challenge", "report", str(tmp_path / "nothing")).returncode == 2
 
 
+def test_report_writes_each_files_tables_and_nothing_when_one_file_cannot_take_them(tmp_path, monkeypatch):
+    spec = load_spec("compact")
+    for seed in (1, 2):
+        make_run(tmp_path / "runs" / "compact" / f"seed{seed}", build_model(spec), spec, GOOD)
+    monkeypatch.chdir(tmp_path)  # no notebooks/ here: the headline says so instead of linking one
+    both = tmp_path / "both.md"
+    both.write_text(
+        "<!-- headline:start -->\n<!-- headline:end -->\nmid\n<!-- results:start -->\n<!-- results:end -->\n"
+    )
+    unmarked = tmp_path / "plain.md"
+    unmarked.write_text("nothing to fill\n")
+    before = both.read_text()
+    code, _, err = call(kit, "report", "runs", "--update", str(both), "--update", str(unmarked))
+    assert code == 2 and "none of the markers" in err and both.read_text() == before  # checked before any write
+    code, out, err = call(kit, "report", "runs", "--update", str(both))
+    assert code == 0, err
+    text = both.read_text()
+    headline = text.split("<!-- headline:start -->", 1)[1].split("<!-- headline:end -->", 1)[0]
+    assert f"| compact: < 8,000 params, ≤ 15 epochs | {count_params(build_model(spec)):,} | 2 of 2 |" in headline
+    assert "| none yet |" in headline and "| `runs/compact/seed1` |" in text.split("mid", 1)[1]
+
+
 def test_search_benchmark_smoke(mnist_dir, tmp_path):
     out = tmp_path / "search_bench.json"
     result = run_cli(
@@ -151,15 +173,19 @@ def test_library_never_imports_the_search_driver():
     assert offenders == []
 
 
-def test_readme_results_table_is_the_committed_runs_report(monkeypatch):
-    """The README's table is generated; regenerate it (`report ... --update-readme README.md`) when runs change."""
-    from mnist_challenge.runs.report import END, START, results_table
+def test_the_results_tables_are_the_committed_runs_report(monkeypatch):
+    """The journal's table and the README's are generated; regenerate them when runs change (`report logs/runs
+    logs/submission --update README.md --update docs/results.md`)."""
+    from mnist_challenge.runs import report as tables
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = readme.split(START, 1)[1].split(END, 1)[0].strip().splitlines()
-    monkeypatch.chdir(ROOT)  # runs are named by their paths in the repository, as the README command does
-    fresh = results_table(["logs/runs", "logs/submission"])
-    assert "\n".join(block[1:]) == fresh  # block[0] is the generated-by marker
+    monkeypatch.chdir(ROOT)  # runs are named by their paths in the repository, as the command does
+    fresh = tables.report(["logs/runs", "logs/submission"])
+    for page, start, end, table in [
+        ("docs/results.md", tables.START, tables.END, fresh.table),
+        ("README.md", tables.HEADLINE_START, tables.HEADLINE_END, tables.headline_table(fresh.seeded)),
+    ]:
+        block = (ROOT / page).read_text(encoding="utf-8").split(start, 1)[1].split(end, 1)[0].strip().splitlines()
+        assert "\n".join(block[1:]) == table, page  # block[0] is the generated-by marker
 
 
 def test_profile_prints_each_kind_of_op_as_a_share(mnist_dir):

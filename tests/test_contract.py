@@ -290,7 +290,8 @@ def test_a_failed_download_says_why_in_whole_words_and_leaves_no_empty_folders(t
 def test_search_refuses_bad_settings_before_creating_the_study(tmp_path, mnist_dir, flags, fragment):
     logs = tmp_path / "logs"
     assert_one_error_line(
-        call(search, "--study", "s", "--logs", str(logs), "--data-dir", str(mnist_dir), *flags), fragment
+        call(search, "--single-stage", "--study", "s", "--logs", str(logs), "--data-dir", str(mnist_dir), *flags),
+        fragment,
     )
     assert not logs.exists() and not (tmp_path / "escape").exists()
 

@@ -216,6 +216,7 @@ def test_search_flags_give_a_search_or_one_error_line(monkeypatch, mnist_dir, fl
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp) / "logs"
         argv = [
+            "--single-stage",
             "--study",
             "f",
             "--logs",

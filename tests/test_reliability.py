@@ -163,7 +163,7 @@ def test_a_resume_with_another_seed_or_budget_stages_is_refused(tmp_path, mnist_
 
     monkeypatch.setattr(objective, "run_experiment", no_training)
     base = ["--study", "s", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--workers", "1"]
-    base += ["--train-subset", "600", "--val-size", "100", "--n-trials", "1", "--epochs", "1"]
+    base += ["--train-subset", "600", "--val-size", "100", "--single-stage", "--n-trials", "1", "--epochs", "1"]
     assert call(search, *base)[0] == 0
     db = tmp_path / "s" / "study.db"
     before = db.read_bytes()
@@ -202,6 +202,7 @@ def search_args(mnist_dir, logs, study: str, workers: str = "2", trials: str = "
         study,
         "--workers",
         workers,
+        "--single-stage",
         "--n-trials",
         trials,
         "--epochs",
@@ -337,7 +338,7 @@ def test_a_trial_stopped_by_a_full_disk_is_queued_again_and_exits_2(tmp_path, mn
 
     monkeypatch.setattr(runlog.RunDir, "log_epoch", disk_full)
     args = ["--study", "d", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--workers", "1", "--epochs", "1"]
-    args += ["--train-subset", "600", "--val-size", "100", "--n-trials", "2"]
+    args += ["--train-subset", "600", "--val-size", "100", "--single-stage", "--n-trials", "2"]
     assert_one_error_line(call(search, *args), "No space left on device")
     trials = optuna.load_study(study_name="d", storage=f"sqlite:///{tmp_path / 'd' / 'study.db'}").trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
@@ -500,7 +501,7 @@ def test_digest_on_malformed_files_is_exit_2(tmp_path, monkeypatch):
 
 def test_storage_mistakes_leave_nothing_behind(tmp_path, mnist_dir):
     logs = tmp_path / "logs"
-    base = ["--study", "s", "--logs", str(logs), "--data-dir", str(mnist_dir), "--n-trials", "1"]
+    base = ["--study", "s", "--logs", str(logs), "--data-dir", str(mnist_dir), "--single-stage", "--n-trials", "1"]
     (tmp_path / "afolder").mkdir()
     (tmp_path / "notadb").write_text("hello")
     for url, fragment in [
@@ -520,7 +521,7 @@ def test_storage_mistakes_leave_nothing_behind(tmp_path, mnist_dir):
 
 def test_a_deleted_study_db_does_not_meet_its_old_trial_folders(tmp_path, mnist_dir):
     (tmp_path / "s" / "trials" / "trial_0000").mkdir(parents=True)
-    args = ["--study", "s", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--n-trials", "1"]
+    args = ["--study", "s", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--single-stage", "--n-trials", "1"]
     assert_one_error_line(call(search, *args), "holds the trial runs of an earlier study")
     assert not (tmp_path / "s" / "study.db").exists()
 

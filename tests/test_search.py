@@ -49,6 +49,7 @@ def test_three_trials_into_sqlite_then_resume_adds_trials(mnist_dir, tmp_path):
             "s",
             "--logs",
             str(tmp_path),
+            "--single-stage",
             "--n-trials",
             str(n),
             "--data-dir",
@@ -69,7 +70,7 @@ def test_three_trials_into_sqlite_then_resume_adds_trials(mnist_dir, tmp_path):
         if t.user_attrs.get("run_dir"):
             assert os.path.isfile(os.path.join(t.user_attrs["run_dir"], "spec.json"))
     (study_dir / "trials.csv").unlink()
-    exported = run_cli("search", "--study", "s", "--logs", str(tmp_path), "--export-only")
+    exported = run_cli("search", "--single-stage", "--study", "s", "--logs", str(tmp_path), "--export-only")
     assert exported.returncode == 0 and "3 trials in study 's'" in exported.stdout, exported.stderr[-2000:]
     assert (study_dir / "trials.csv").is_file() and len(trials_of(study_dir / "study.db")) == 3
     second = run_cli(*args(2))
@@ -224,7 +225,7 @@ def _assert_retried(trials, stuck):
 def test_killed_worker_leaves_no_trial_running(mnist_dir, tmp_path):
     db, args = tmp_path / "k" / "study.db", _search_args(mnist_dir, tmp_path, "k")
     worker = subprocess.Popen(
-        args + ["--n-trials", "5"],
+        args + ["--single-stage", "--n-trials", "5"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -237,7 +238,9 @@ def test_killed_worker_leaves_no_trial_running(mnist_dir, tmp_path):
         worker.wait()
     assert trials_of(db, "k")[stuck].state == TrialState.RUNNING  # killed mid-trial: left RUNNING ...
     time.sleep(5)  # ... until its heartbeat is older than the grace period
-    resume = subprocess.run(args + ["--n-trials", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    resume = subprocess.run(
+        args + ["--single-stage", "--n-trials", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert resume.returncode == 0, resume.stderr[-2000:]
     _assert_retried(trials_of(db, "k"), stuck)
 
@@ -245,7 +248,7 @@ def test_killed_worker_leaves_no_trial_running(mnist_dir, tmp_path):
 def test_sigterm_queues_the_running_trial_again_at_once(mnist_dir, tmp_path):
     db, args = tmp_path / "t" / "study.db", _search_args(mnist_dir, tmp_path, "t")
     worker = subprocess.Popen(
-        args + ["--n-trials", "5"],
+        args + ["--single-stage", "--n-trials", "5"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -269,7 +272,11 @@ def test_sigterm_queues_the_running_trial_again_at_once(mnist_dir, tmp_path):
     retry = _assert_retried(trials_of(db, "t"), stuck)  # no waiting for a heartbeat to go stale
     assert retry.state == TrialState.WAITING
     resume = subprocess.run(
-        args + ["--n-trials", "1", "--grace", "600"], cwd=ROOT, capture_output=True, text=True, timeout=600
+        args + ["--single-stage", "--n-trials", "1", "--grace", "600"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resume.returncode == 0, resume.stderr[-2000:]
     assert trials_of(db, "t")[retry.number].state in (TrialState.COMPLETE, TrialState.PRUNED)
@@ -316,7 +323,19 @@ def test_a_spec_outside_the_space_cannot_be_enqueued():
 
 
 def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
-    base = ["search", "--study", "s", "--logs", str(tmp_path), "--data-dir", str(mnist_dir), "--n-trials", "1", *TINY]
+    base = [
+        "search",
+        "--study",
+        "s",
+        "--logs",
+        str(tmp_path),
+        "--data-dir",
+        str(mnist_dir),
+        "--single-stage",
+        "--n-trials",
+        "1",
+        *TINY,
+    ]
     assert run_cli(*base).returncode == 0
     db = tmp_path / "s" / "study.db"
     before = _digest(db)
@@ -348,6 +367,7 @@ def test_reproduce_retrains_on_all_training_images(mnist_dir, tmp_path):
         str(tmp_path),
         "--data-dir",
         str(mnist_dir),
+        "--single-stage",
         "--n-trials",
         "1",
         "--pruner",
@@ -515,6 +535,7 @@ def test_two_concurrent_commands_and_a_resume_train_no_draw_twice(mnist_dir, tmp
         str(tmp_path),
         "--data-dir",
         str(mnist_dir),
+        "--single-stage",
         "--n-trials",
         "4",
         "--space",

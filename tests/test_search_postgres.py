@@ -85,6 +85,7 @@ def _search(url, logs, mnist_dir, n):
         str(logs),
         "--data-dir",
         str(mnist_dir),
+        "--single-stage",
         "--n-trials",
         str(n),
         "--space",

@@ -120,7 +120,9 @@ def test_budget_settings_are_checked():
     [
         (["--budget", "tiny", "--epochs", "5"], "drop --epochs"),
         (["--budget", "tiny", "--max-params", "3000"], "drop --max-params"),
-        (["--screen", "5"], "--screen only apply with --budget"),
+        (["--single-stage", "--screen", "5"], "--screen belong to a staged one"),
+        (["--single-stage", "--budget", "tiny"], "--budget tiny belong to a staged one"),
+        (["--epochs", "5"], "--epochs: a plain search needs --single-stage"),
         (["--budget", "huge"], "argument --budget"),
     ],
 )

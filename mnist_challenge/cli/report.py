@@ -11,7 +11,14 @@ def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="results table (markdown) of every run directory under the ROOTs")
     p.add_argument("roots", nargs="+", metavar="ROOT", help="e.g. logs/runs logs/submission")
     p.add_argument(
-        "--update-readme", metavar="README", default=None, help="write the table between the README's results markers"
+        "--update",
+        "--update-readme",
+        dest="update",
+        metavar="FILE",
+        action="append",
+        default=None,
+        help="write the tables between the markers FILE holds (the journal's results table, the README's headline "
+        "table); repeatable, e.g. --update README.md --update docs/results.md",
     )
     p.add_argument(
         "--frontier",
@@ -24,20 +31,23 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnist_challenge.runs.report import results_table, update_readme
+    from mnist_challenge.runs import report as tables
 
     if args.frontier:
         return draw(args)
-    table = results_table(args.roots)
-    if args.update_readme:
-        update_readme(
-            args.update_readme,
-            table,
-            f"python -m mnist_challenge report {' '.join(args.roots)} --update-readme {args.update_readme}",
-        )
-        print(f"updated the results table in {args.update_readme}")
-    else:
-        print(table)
+    found = tables.report(args.roots)
+    if not args.update:
+        print(found.table)
+        return 0
+    blocks = {
+        (tables.START, tables.END): found.table,
+        (tables.HEADLINE_START, tables.HEADLINE_END): tables.headline_table(found.seeded),
+    }
+    command = " ".join(["python -m mnist_challenge report", *args.roots, *(f"--update {f}" for f in args.update)])
+    updates = [tables.updated(path, blocks, command) for path in args.update]  # all checked before any is written
+    for update in updates:
+        tables.write_update(update)
+        print(f"updated the {' and '.join(update.tables)} table(s) in {update.path}")
     return 0
 
 
@@ -51,8 +61,8 @@ def draw(args: argparse.Namespace) -> int:
     if out.suffix != ".png" or out.is_dir():
         raise UserError(f"--frontier {out}: give a .png file name")
     check_writable_dir(out.resolve().parent, "--frontier folder")
-    if args.update_readme:
-        raise UserError("--frontier draws the picture; run --update-readme on its own for the table")
+    if args.update:
+        raise UserError("--frontier draws the picture; run --update on its own for the tables")
     designs = frontier_designs([Path(r) for r in args.roots])
     make_dir(out.resolve().parent, "--frontier folder")  # checked above; created only once the designs are read
     draw_frontier(designs, out)

@@ -1,9 +1,13 @@
-"""``python -m mnist_challenge report ROOT``: the results table, generated from run directories.
+"""``python -m mnist_challenge report ROOT``: the results tables, generated from run directories.
 
 Every directory under ROOT that holds an ``epochs.csv`` is a run. A run under a folder named after a
-budget (``assignment``, ``compact``, ``tiny``, ``micro``, ``nano``) is judged against that budget's limits; any
-other run against the assignment's. Nothing in the table is typed by hand: params, RF and MACs come from the
-run's inspection, accuracies from its epochs.csv, the verdict from the checker.
+budget (``assignment``, ``compact``, ``tiny``, ``micro``, ``nano``, ``pico``) is judged against that budget's
+limits; any other run against the assignment's. Nothing in the tables is typed by hand: params, RF and MACs come
+from the run's inspection, accuracies from its epochs.csv, the verdict from the checker.
+
+Two tables, each written between its own markers in any file that has them (``--update FILE``): the journal's
+(``results``: every run, then every design trained with several seeds) and the README's headline (``headline``:
+one row per budget, its current submission design, and the notebook made from it).
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from mnist_challenge.runs.checker import check_run, read_inspection
 from mnist_challenge.runs.runlog import read_epochs
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
 SEED_DIR = re.compile(r"seed\d+")  # runs of one design with several seeds sit in .../seed<N>/ folders
+VERSION_DIR = re.compile(r"v\d+")  # logs/submission/<budget>/v1/: a superseded design, kept as history
+NOTEBOOK = "notebooks/submission_{budget}.ipynb"  # the notebook exported from a budget's current design
 
 
 class SeedRun(NamedTuple):
@@ -48,8 +55,18 @@ def budget_of(run: Path, root: Path) -> str:
     return root.name if root.name in BUDGETS else "assignment"
 
 
+class Report(NamedTuple):
+    table: str  # the journal's: one row per run, then one per design trained with several seeds
+    seeded: dict[tuple[str, Path], list[SeedRun]]  # (budget, design folder): its seed runs
+
+
 def results_table(roots: list[str | Path] | str | Path) -> str:
     """One row per run; below it, one row per design trained with several seeds (``.../seed<N>/`` folders)."""
+    return report(roots).table
+
+
+def report(roots: list[str | Path] | str | Path) -> Report:
+    """Every run under the roots, judged once; the journal's table and the seed runs of each design."""
     roots = [Path(r) for r in roots] if isinstance(roots, list) else [Path(roots)]
     found = [(root, run) for root in roots for run in find_runs(root)]
     if not found:
@@ -78,7 +95,7 @@ def results_table(roots: list[str | Path] | str | Path) -> str:
             )
     if seeded:
         lines += ["", *seed_summary(seeded)]
-    return "\n".join(lines)
+    return Report("\n".join(lines), seeded)
 
 
 def seed_summary(seeded: dict[tuple[str, Path], list[SeedRun]]) -> list[str]:
@@ -102,28 +119,78 @@ def seed_summary(seeded: dict[tuple[str, Path], list[SeedRun]]) -> list[str]:
     return lines
 
 
-def update_readme(readme: str | Path, table: str, command: str) -> None:
-    """Replace the text between the results markers in the README with the fresh table."""
-    path = Path(readme)
+def headline_table(seeded: dict[tuple[str, Path], list[SeedRun]]) -> str:
+    """The README's table: per budget, largest first, its current design (a ``<budget>/seed<N>`` folder, not a
+    superseded ``<budget>/v<N>/``): parameters, seeds passing, mean ± std over seeds, and its notebook."""
+    lines = [
+        "| budget: rules | params | seeds passing | test acc, last 3 epochs: mean ± std over seeds | notebook |",
+        "| --- | ---: | ---: | --- | --- |",
+    ]
+    current = [(b, d, runs) for (b, d), runs in seeded.items() if d.name == b and not VERSION_DIR.fullmatch(d.name)]
+    for budget, design, runs in sorted(current, key=lambda c: -BUDGETS[c[0]].max_params):
+        means = [statistics.fmean(r.last3) for r in runs]
+        spread = f" ± {statistics.stdev(means):.2f}" if len(means) > 1 else ""
+        limits = BUDGETS[budget].limits
+        link = notebook_link(budget, design)
+        lines.append(
+            f"| {budget}: < {limits.max_params:,} params, ≤ {limits.max_epochs} epochs | {runs[0].params:,} | "
+            f"{sum(r.passed for r in runs)} of {len(runs)} | {statistics.fmean(means):.2f}{spread} % | {link} |"
+        )
+    return "\n".join(lines)
+
+
+def notebook_link(budget: str, design: Path) -> str:
+    """A link to the budget's submission notebook when it was exported from one of this design's runs (its
+    ``Exported from `<run>` `` line), else why there is none: a table never links a notebook of another design."""
+    notebook = Path(NOTEBOOK.format(budget=budget))
+    if not notebook.is_file():
+        return "none yet"
+    source = re.search(r"Exported from `([^`]+)`", notebook.read_text(encoding="utf-8", errors="replace"))
+    if source is None or Path(source[1]).parent != design:
+        return f"{notebook.name} is of an earlier design"
+    return f"[{notebook.name}]({notebook.as_posix()})"
+
+
+class Update(NamedTuple):
+    path: Path
+    text: str  # the file with its tables replaced
+    mode: int  # its permissions, kept
+    tables: list[str]  # the names of the tables written ("results", "headline")
+
+
+def updated(path: str | Path, blocks: dict[tuple[str, str], str], command: str) -> Update:
+    """The file with the text between each pair of markers it holds replaced by that block's fresh table, not yet
+    written (every file named is checked before any is written). None of the markers, or a read-only file: an
+    error."""
+    path = Path(path)
     if not path.is_file():
-        raise UserError(f"--update-readme {path}: no such file")
+        raise UserError(f"--update {path}: no such file")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, ValueError) as exc:
-        raise UserError(f"--update-readme {path}: cannot read it as text ({exc})") from None
-    if START not in text or END not in text or text.index(START) > text.index(END):
-        raise UserError(f"{path} has no {START} ... {END} markers")
+        raise UserError(f"--update {path}: cannot read it as text ({exc})") from None
+    present = [
+        (m, t) for m, t in blocks.items() if m[0] in text and m[1] in text and text.index(m[0]) < text.index(m[1])
+    ]
+    if not present:
+        raise UserError(f"{path} has none of the markers {', '.join(f'{a} ... {b}' for a, b in blocks)}")
     mode = stat.S_IMODE(path.stat().st_mode)
     if not mode & 0o222:  # checked by mode, not os.access: root may write anything, but the owner said no
-        raise UserError(f"--update-readme {path}: the file is read-only; make it writable first if you mean it")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:  # write beside it, then swap: a failed write never leaves a half README
-        marker = f"<!-- generated by `{command}`; do not edit by hand -->"
-        tmp.write_text(f"{head}{START}\n{marker}\n{table}\n{END}{tail}", encoding="utf-8")
-        tmp.chmod(mode)  # the README keeps its permissions
-        tmp.replace(path)
+        raise UserError(f"--update {path}: the file is read-only; make it writable first if you mean it")
+    marker = f"<!-- generated by `{command}`; do not edit by hand -->"
+    for (start, end), table in present:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{marker}\n{table}\n{end}{tail}"
+    return Update(path, text, mode, [start.split(":")[0].removeprefix("<!-- ") for (start, _), _ in present])
+
+
+def write_update(update: Update) -> None:
+    tmp = update.path.with_name(f".{update.path.name}.tmp{os.getpid()}")
+    try:  # write beside it, then swap: a failed write never leaves a half file
+        tmp.write_text(update.text, encoding="utf-8")
+        tmp.chmod(update.mode)  # the file keeps its permissions
+        tmp.replace(update.path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"--update-readme {path}: cannot write it ({exc.strerror or exc})") from None
+        raise UserError(f"--update {update.path}: cannot write it ({exc.strerror or exc})") from None

@@ -14,7 +14,8 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
         "--study",
         type=short_name_flag(STUDY_NAME_MAX),
         default=None,
-        help=f"study name, also its folder under --logs (default {DEFAULT_STUDY}; with --budget B: budget-B)",
+        help=f"study name, also its folder under --logs (default budget-B for --budget B, so {DEFAULT_STUDY} "
+        "without one; single-stage with --single-stage)",
     )
     p.add_argument(
         "--storage",
@@ -26,8 +27,8 @@ def add_study_flags(p: argparse.ArgumentParser) -> None:
 
 
 def open_named_study(args: argparse.Namespace):
-    """The study ``--study`` names (default the plain search's), its folder and its storage; one error line
-    if the storage has no such study."""
+    """The study ``--study`` names (default the main job's, ``budget-assignment``), its folder and its storage;
+    one error line if the storage has no such study."""
     from ..storage import open_existing_study
 
     name = args.study or DEFAULT_STUDY

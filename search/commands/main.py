@@ -1,7 +1,7 @@
 """``mnist-search [COMMAND] ...``: the search (no command), or one of its commands.
 
-mnist-search --budget {assignment,compact,tiny,micro,nano,demo}   # the staged search: screen, promote, confirm
-mnist-search [--study NAME] [--n-trials N] [--epochs 15] ...   # a plain single-stage search
+mnist-search [--budget {assignment,compact,tiny,micro,nano,pico,demo}]  # staged: screen, promote, confirm
+mnist-search --single-stage [--study NAME] [--n-trials N] [--epochs 15] ...   # a plain single-stage search
 mnist-search reproduce [--study NAME] [--seed S]        # retrain a study's best on all 60k images
 mnist-search fidelity --budget tiny [--designs 20]      # how well short schedules rank designs
 mnist-search digest [--study NAME]                      # what a staged search learned

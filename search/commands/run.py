@@ -1,5 +1,6 @@
-"""``mnist-search [--budget B | --study NAME ...]``: run a search. With ``--budget`` the staged search
-(screen, promote, confirm); without, a plain single-stage search. Resumes a study of the same settings.
+"""``mnist-search [--budget B | --single-stage ...]``: run a search. By default the staged search (screen,
+promote, confirm) of the assignment budget, or of ``--budget B``; ``--single-stage`` a plain Optuna search.
+Resumes a study of the same settings.
 
 Defaults need nothing: an SQLite file under logs/search/<study>/, the CPU, two single-thread workers
 (faster than one two-thread process on two cores: see the README's benchmark section).
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_flags(p)
     add_request_flags(p)
     stage_flags = ("screen", "confirm", "seeds")
-    add_setting_flags(p, Budget, only=stage_flags, defaults=dict.fromkeys(stage_flags), help_prefix="with --budget: ")
+    add_setting_flags(p, Budget, only=stage_flags, defaults=dict.fromkeys(stage_flags), help_prefix="staged search: ")
     # The base recipe's settings a search takes, declared in TrainConfig (the search requires --val-size >= 1).
     add_setting_flags(
         p,
