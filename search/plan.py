@@ -17,9 +17,11 @@ from mnist_challenge.common.validate import (
     check_writable_dir,
     float_flag,
     int_flag,
+    parse_bool,
     positive_int,
     seed_flag,
     short_name_flag,
+    shown,
 )
 from mnist_challenge.engine.train import TrainConfig
 from mnist_challenge.runs.budgets import BUDGETS, Budget, resolve_budget
@@ -157,7 +159,7 @@ class SearchRequest:
         "draws brightness / contrast augmentation; 4 the same without the dense, branch and shared blocks; 3 also "
         "without brightness / contrast; 2 also without pool-only transitions and batch 32; 1 draws absolute "
         "widths (needed by --enqueue). A study keeps the one it was made with",
-        type=int,
+        type=int_flag(1, 5),
         choices=(1, 2, 3, 4, 5),  # space.SPACE_VERSIONS (not imported here: it loads optuna)
     )
     data_dir: str | None = None
@@ -302,10 +304,12 @@ def recipe_with(base: TrainConfig, overrides: str, keys: Collection[str], what: 
         if not sep or key not in keys:
             raise UserError(f"{what}: expected KEY=VALUE with KEY one of {sorted(keys)}, got {pair!r}")
         kind = type(getattr(base, key))
+        parse = parse_bool if kind is bool else kind  # bool("false") is True
         try:
-            recipe = dataclasses.replace(recipe, **{key: kind(value)})
+            recipe = dataclasses.replace(recipe, **{key: parse(value)})
         except ValueError:
-            raise UserError(f"{what}: {key} must be of type {kind.__name__}, got {value!r}") from None
+            expected = "true or false (also yes/no, 1/0)" if kind is bool else f"of type {kind.__name__}"
+            raise UserError(f"{what}: {key} must be {expected}, got {shown(value)}") from None
         except UserError as exc:
             raise UserError(f"{what}: {exc}") from None
     return recipe

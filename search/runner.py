@@ -313,33 +313,74 @@ def run_search(plan: RunPlan) -> optuna.Study:
         study.enqueue_trial(params, user_attrs={"transferred_from": origin}, skip_if_exists=True)
     for params in plan.enqueue:  # skipped when a trial with these params exists (a resumed study)
         study.enqueue_trial(params, skip_if_exists=True)
-    if plan.fill_to is not None:
-        plan = dataclasses.replace(plan, n_trials=left_to_screen(study.get_trials(deepcopy=False), plan.fill_to))
-        if plan.n_trials == 0:
-            return study
     started = time.time()
-    if plan.workers == 1:
-        worker_main(plan, 0, plan.n_trials, progress=True)
-    else:
-        shares = [
-            plan.n_trials // plan.workers + (1 if i < plan.n_trials % plan.workers else 0) for i in range(plan.workers)
-        ]
-        workers = Workers([(worker_main, (plan, i, n, False)) for i, n in enumerate(shares) if n > 0], search_log(s))
-        epochs = s.base.epochs
-        bar = EpochBar(f"{stage_name(plan)}, {len(workers.procs)} workers", plan.n_trials * epochs)
-        known = {t.number for t in study.get_trials(deepcopy=False) if t.state in FINISHED}
-
-        def tick() -> None:
-            done, less = trial_epochs(study.get_trials(deepcopy=False), known, epochs)
-            bar.show(done, plan.n_trials * epochs - less)
-
-        try:
-            watch(workers, tick)
-        finally:
-            bar.close()
+    if plan.fill_to is None:
+        run_workers(plan, study)
+    elif not fill_screening(plan, study):
+        return study  # screened already: nothing ran
     print(f"\n({time.time() - started:.0f} s this run)")
     finish(study, s)
     return study
+
+
+STALE_POLL = 5.0  # seconds between looks at a RUNNING trial that screening waits for
+
+
+def fill_screening(plan: RunPlan, study: optuna.Study) -> bool:
+    """Train until ``plan.fill_to`` designs are screened and no trial is left RUNNING; whether anything ran.
+
+    A trial whose command was killed (``kill -9``, a lost machine) stays RUNNING: it is not screened, and it is
+    not lost either. Once its heartbeat is older than the grace period it is failed and queued again with its
+    parameters, and trained here; a RUNNING trial of a live command elsewhere is waited for instead. Without
+    this wait a resumed screening that had enough new draws would end with the killed candidate still RUNNING,
+    never scored (the stages after screening read only finished trials)."""
+    ran, waiting_since = False, None
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        left = left_to_screen(trials, plan.fill_to)
+        if left:
+            run_workers(dataclasses.replace(plan, n_trials=left), study)
+            if left_to_screen(study.get_trials(deepcopy=False), plan.fill_to) >= left:
+                return True  # a pass that screened nothing (every trial failed): never spin on it
+            ran, waiting_since = True, None
+            continue
+        running = sorted(t.number for t in trials if t.state == TrialState.RUNNING)
+        if not running:
+            return ran
+        if waiting_since is None:
+            waiting_since = time.time()
+            print(
+                f"waiting for trial(s) {', '.join(map(str, running))}, RUNNING: another command's, or a killed "
+                f"one's, queued again once its heartbeat is {plan.grace_period} s old",
+                flush=True,
+            )
+        time.sleep(STALE_POLL)
+        optuna.storages.fail_stale_trials(study)  # a stale one becomes FAIL, and a WAITING copy that counts anew
+        ran = True
+
+
+def run_workers(plan: RunPlan, study: optuna.Study) -> None:
+    """``plan.n_trials`` trials over the plan's workers (in this process when there is one)."""
+    s = plan.settings
+    if plan.workers == 1:
+        worker_main(plan, 0, plan.n_trials, progress=True)
+        return
+    shares = [
+        plan.n_trials // plan.workers + (1 if i < plan.n_trials % plan.workers else 0) for i in range(plan.workers)
+    ]
+    workers = Workers([(worker_main, (plan, i, n, False)) for i, n in enumerate(shares) if n > 0], search_log(s))
+    epochs = s.base.epochs
+    bar = EpochBar(f"{stage_name(plan)}, {len(workers.procs)} workers", plan.n_trials * epochs)
+    known = {t.number for t in study.get_trials(deepcopy=False) if t.state in FINISHED}
+
+    def tick() -> None:
+        done, less = trial_epochs(study.get_trials(deepcopy=False), known, epochs)
+        bar.show(done, plan.n_trials * epochs - less)
+
+    try:
+        watch(workers, tick)
+    finally:
+        bar.close()
 
 
 def finish(study: optuna.Study, s: SearchSettings) -> None:

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,3 +147,70 @@ def test_a_corrupt_cached_kernel_is_rebuilt(fresh_kernel_state):
     cached.write_bytes(b"not a shared object")  # e.g. a copy cut short
     assert load_kernels() is not None, unavailable_reason()
     assert cached.read_bytes() != b"not a shared object"
+
+
+def test_a_foreign_or_corrupted_cached_kernel_is_never_loaded_but_rebuilt(tmp_path):
+    """Each load in a new process, as each later run is (a process never reloads a library it has loaded)."""
+    import glob
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MNIST_CHALLENGE_CACHE": str(tmp_path / "cache")}
+    probe = "from mnist_challenge.engine import native; print(native.load_kernels() is not None)"
+
+    def load() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+
+    first = load()
+    assert first.returncode == 0 and first.stdout.startswith("True"), first.stdout + first.stderr
+    (cached,) = (tmp_path / "cache").glob("native-*.so")
+    ours = cached.read_bytes()
+    flipped = bytearray(ours)
+    flipped[len(flipped) // 2] ^= 0xFF  # the kit's own library, one byte of its code changed: it could crash
+    foreign = Path(sorted(glob.glob("/lib/*/libm.so.6") + glob.glob("/usr/lib/*/libm.so.6"))[0]).read_bytes()
+    for bad in (foreign, bytes(flipped)):
+        cached.write_bytes(bad)
+        again = load()
+        assert again.returncode == 0 and again.stdout.startswith("True"), again.stdout + again.stderr
+        assert "is not the one this kit built" in again.stderr and cached.read_bytes() != bad
+        assert native._digest(cached) == native._stamp(cached).read_text().strip()
+
+
+def write_compiler(tmp_path: Path, body: str) -> str:
+    cc = tmp_path / "cc"
+    cc.write_text("#!/bin/sh\n" + body + "\n")
+    cc.chmod(0o755)
+    return str(cc)
+
+
+def test_a_hung_compiler_is_stopped_said_and_not_waited_for_again(fresh_kernel_state, tmp_path, monkeypatch, capfd):
+    import time
+
+    monkeypatch.setenv("CC", write_compiler(tmp_path, "sleep 60"))
+    monkeypatch.setattr(native, "COMPILE_NOTICE", 0.2)
+    monkeypatch.setattr(native, "COMPILE_TIMEOUT", 1.5)
+    started = time.time()
+    assert load_kernels() is None and time.time() - started < 10
+    assert (
+        "took longer than 2 s" in unavailable_reason() and "compiling the engine's C kernels" in capfd.readouterr().err
+    )
+    native._kernels = native._unavailable = None  # a later process on the same cache: no second wait
+    started = time.time()
+    assert load_kernels() is None and time.time() - started < 1 and "delete it to try again" in unavailable_reason()
+
+
+def test_a_toolchain_that_builds_garbage_falls_back_to_plain_layers(fresh_kernel_state, tmp_path, monkeypatch):
+    out = '"$(echo "$@" | sed "s/.* -o \\([^ ]*\\) .*/\\1/")"'
+    monkeypatch.setenv("CC", write_compiler(tmp_path, f"echo garbage > {out}"))
+    assert load_kernels() is None and "could not build" in unavailable_reason()
+
+
+def test_an_empty_home_never_puts_the_cache_at_the_root(monkeypatch):
+    monkeypatch.delenv("MNIST_CHALLENGE_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    for home in ("", "/", "relative/dir"):
+        monkeypatch.setenv("HOME", home)
+        folder = native.cache_dir()
+        assert folder.is_absolute() and folder.parent != Path("/") and not str(folder).startswith("/.cache"), home
+    monkeypatch.setenv("HOME", "/home/u")
+    assert native.cache_dir() == Path("/home/u/.cache/mnist_challenge")

@@ -535,7 +535,7 @@ def test_fidelity_makes_no_folder_before_the_data_is_found(tmp_path):
 def test_enqueue_and_rungs_outside_what_the_search_can_mean(tmp_path, mnist_dir):
     base = ["--logs", str(tmp_path / "logs"), "--data-dir", str(mnist_dir)]
     assert_one_error_line(
-        call(search, "--study", "e", "--space", "1", *base, "--enqueue", "compact:lr=5,rotation=100"),
+        call(search, "--single-stage", "--study", "e", "--space", "1", *base, "--enqueue", "compact:lr=5,rotation=100"),
         "--enqueue 'compact:lr=5,rotation=100': the recipe is outside the search space: lr=5.0",
     )
     for rungs in (",", ""):

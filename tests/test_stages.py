@@ -202,7 +202,8 @@ def test_a_budget_screens_promotes_confirms_and_resumes(tmp_path, mnist_dir, sho
     # Transfer: the micro budget starts from the tiny study's confirmed design, re-fitted under its own cap.
     stages = ["--rungs", "1", "--screen", "2", "--confirm", "1", "--seeds", "2"]
     common = ["--logs", str(tmp_path), "--data-dir", str(mnist_dir), *TINY]
-    assert_one_error_line(call(search, "--transfer-from", "budget-tiny", *common), "only apply with --budget")
+    plain = call(search, "--single-stage", "--transfer-from", "budget-tiny", *common)
+    assert_one_error_line(plain, "--transfer-from belong to a staged one")
     assert_one_error_line(
         call(search, "--budget", "micro", "--transfer-from", "nosuch", *stages, *common), "no study storage"
     )

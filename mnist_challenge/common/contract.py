@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -35,6 +36,8 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (it normally prints the whole usage first)."""
 
     def error(self, message: str) -> NoReturn:
+        # argparse quotes what it could not read ("invalid int value: '999...'"): never thousands of characters
+        message = re.sub(r"\S{60,}", lambda m: f"{m[0][:20]}... ({len(m[0]):,} characters)", message)
         self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see --help)\n")
 
 

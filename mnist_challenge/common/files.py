@@ -26,6 +26,12 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def display_path(path: str | Path) -> str:
+    """A path as text that can be written anywhere (UTF-8 files, terminals): a byte that is not UTF-8 in a file
+    name (Linux allows any) is shown as ``\\xff`` instead of failing the write that quotes it."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

@@ -29,7 +29,7 @@ def require(condition: bool, message: str) -> None:
 def _interval(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
     left = "(" if lo_open or lo is None else "["
     right = ")" if hi_open or hi is None else "]"
-    return f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}{right}"
+    return f"{left}{'-inf' if lo is None else shown(lo)}, {'inf' if hi is None else shown(hi)}{right}"
 
 
 def _in_range(value: float, lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> bool:
@@ -38,10 +38,13 @@ def _in_range(value: float, lo: float | None, hi: float | None, lo_open: bool, h
     return above and below
 
 
-def _shown(value: Any) -> str:
-    """A value for an error line: exact (100.0001 stays 100.0001), but never thousands of digits long."""
+def shown(value: Any) -> str:
+    """A value for an error line: exact (100.0001 stays 100.0001, 2**32 - 1 stays 4294967295), but never thousands
+    of digits long."""
     try:
-        text = repr(value)
+        text = (
+            repr(int(value)) if isinstance(value, float) and value.is_integer() and abs(value) < 1e16 else repr(value)
+        )
     except ValueError:  # an int past Python's digit limit for printing
         return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
     return text if len(text) <= 40 else f"{text[:20]}... ({len(text):,} characters)"
@@ -49,10 +52,10 @@ def _shown(value: Any) -> str:
 
 def check_int(value: Any, what: str, lo: int | None = None, hi: int | None = None) -> int:
     """An integer (not a bool, not a float such as 1.0) in [lo, hi]."""
-    require(isinstance(value, int) and not isinstance(value, bool), f"{what} must be an integer, got {_shown(value)}")
+    require(isinstance(value, int) and not isinstance(value, bool), f"{what} must be an integer, got {shown(value)}")
     require(
         _in_range(value, lo, hi, False, False),
-        f"{what} must be an integer in {_interval(lo, hi, False, False)}, got {_shown(value)}",
+        f"{what} must be an integer in {_interval(lo, hi, False, False)}, got {shown(value)}",
     )
     return value
 
@@ -68,14 +71,25 @@ def check_float(
 ) -> float:
     """A finite real number (ints allowed, bools and NaN/inf not) in the interval."""
     require(
-        isinstance(value, (int, float)) and not isinstance(value, bool), f"{what} must be a number, got {_shown(value)}"
+        isinstance(value, (int, float)) and not isinstance(value, bool), f"{what} must be a number, got {shown(value)}"
     )
-    require(abs(value) < 1e308 and math.isfinite(value), f"{what} must be a finite number, got {_shown(value)}")
+    require(abs(value) < 1e308 and math.isfinite(value), f"{what} must be a finite number, got {shown(value)}")
     require(
         _in_range(value, lo, hi, lo_open, hi_open),
-        f"{what} must be in {_interval(lo, hi, lo_open, hi_open)}, got {_shown(value)}",
+        f"{what} must be in {_interval(lo, hi, lo_open, hi_open)}, got {shown(value)}",
     )
     return float(value)
+
+
+BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false/yes/no/1/0`` in any case, and nothing else (``bool("false")`` is True: never that)."""
+    value = BOOLEANS.get(text.strip().lower())
+    if value is None:
+        raise ValueError(f"expected one of true, false, yes, no, 1, 0, got {shown(text)}")
+    return value
 
 
 def check_choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
@@ -86,7 +100,7 @@ def check_choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
 def check_name(value: Any, what: str, limit: int = NAME_MAX) -> str:
     """A name that becomes one folder or file name: it cannot climb out of (or hide in) its parent, and it
     fits the file system (``limit`` characters and ``NAME_BYTES`` bytes, checked before any work starts)."""
-    require(isinstance(value, str), f"{what} must be a string, got {_shown(value)}")
+    require(isinstance(value, str), f"{what} must be a string, got {shown(value)}")
     require(0 < len(value) <= limit, f"{what} must be 1 to {limit} characters, got {len(value):,}")
     size = len(value.encode("utf-8", "surrogatepass"))
     require(size <= NAME_BYTES, f"{what} is {size} bytes in UTF-8; a file name holds at most {NAME_BYTES}")
@@ -169,7 +183,7 @@ def _flag(parse: Callable[[str], Any], check: Callable[[Any], Any], kind: str) -
         try:
             value = parse(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {shown(text)}") from None
         try:
             return check(value)
         except UserError as exc:  # argparse names the flag: "argument --lr: must be ..."

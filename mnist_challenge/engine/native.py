@@ -1,9 +1,14 @@
 """Build and load ``native.c``: CPU kernels for the memory-bound layers (see the comment at its top).
 
 The C file is compiled on first use with the system C compiler (``cc``, or ``$CC``) and cached under
-``~/.cache/mnist_challenge`` (``$MNIST_CHALLENGE_CACHE``), keyed by the source, the compiler, the flags
-and the CPU (it is built with -march=native). Without a compiler, ``load_kernels()`` returns None and
-``unavailable_reason()`` says why; every layer that uses the kernels then runs plain ATen ops instead.
+``$MNIST_CHALLENGE_CACHE``, else ``$XDG_CACHE_HOME/mnist_challenge``, else ``~/.cache/mnist_challenge`` (a
+per-user folder in the temporary directory when there is no usable home), keyed by the source, the compiler,
+the flags and the CPU (it is built with -march=native). Beside each kernel a stamp records its SHA-256: a cached
+file that does not match (another library under its name, a truncated or corrupted copy) is never loaded, and is
+rebuilt with one warning line. The compiler gets ``COMPILE_TIMEOUT`` seconds, and says so on stderr when it takes
+longer than a few; a compiler that fails, hangs or builds a library that will not load leaves a ``.failed`` note
+beside the kernel, so that later processes do not wait for it again. Without kernels, ``load_kernels()`` returns
+None and ``unavailable_reason()`` says why; every layer that uses them then runs plain ATen ops instead.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,6 +26,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("native.c")
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared"]
+COMPILE_TIMEOUT = 60.0  # seconds: the build takes about one; a compiler this slow is treated as broken
+COMPILE_NOTICE = 5.0  # seconds after which the build says on stderr what it is doing
 
 _kernels: ctypes.CDLL | None = None
 _unavailable: str | None = None  # why the kernel could not be built, once we know
@@ -37,25 +46,74 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build(compiler: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        out = Path(tmp) / target.name
-        subprocess.run(
-            [compiler, *CFLAGS, str(SOURCE), "-o", str(out), "-lm"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        out.replace(target)  # atomic: parallel search workers may build at the same time
+def cache_dir() -> Path:
+    """Where compiled kernels live; never the file system's root when ``HOME`` is empty or unset."""
+    if os.environ.get("MNIST_CHALLENGE_CACHE"):
+        return Path(os.environ["MNIST_CHALLENGE_CACHE"])
+    for base in (os.environ.get("XDG_CACHE_HOME", ""), os.path.join(os.environ.get("HOME", ""), ".cache")):
+        if os.path.isabs(base) and base not in ("/", "/.cache"):
+            return Path(base) / "mnist_challenge"
+    return Path(tempfile.gettempdir()) / f"mnist_challenge-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 
 def kernel_path(compiler: str) -> Path:
     """Where the compiled kernels are cached: one file per source, compiler, flags and CPU."""
     key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, *CFLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("MNIST_CHALLENGE_CACHE", Path.home() / ".cache" / "mnist_challenge"))
-    return cache / f"native-{key}.so"
+    return cache_dir() / f"native-{key}.so"
+
+
+def _stamp(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _failed(target: Path) -> Path:
+    return target.with_name(target.name + ".failed")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _verified(target: Path) -> bool:
+    """The cached kernel is the one this kit built: its bytes match the stamp written beside it."""
+    try:
+        return target.is_file() and _stamp(target).read_text().strip() == _digest(target)
+    except OSError:
+        return False
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile into a temporary folder beside the cache, then move the library and its stamp in (parallel search
+    workers may build at the same time); a slow compiler is announced, a hung one stopped."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        argv = [compiler, *CFLAGS, str(SOURCE), "-o", str(out), "-lm"]
+        popen = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        with popen as proc:
+            try:
+                _, err = proc.communicate(timeout=COMPILE_NOTICE)
+            except subprocess.TimeoutExpired:
+                print(
+                    f"compiling the engine's C kernels ({SOURCE.name}) with {compiler}, once per machine; waiting "
+                    f"up to {COMPILE_TIMEOUT:.0f} s, then training goes on without them",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                try:
+                    _, err = proc.communicate(timeout=COMPILE_TIMEOUT - COMPILE_NOTICE)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)  # the compiler and whatever it started (cc1, a wrapper's sleep)
+                    proc.communicate()
+                    raise subprocess.SubprocessError(f"{compiler} took longer than {COMPILE_TIMEOUT:.0f} s") from None
+        if proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, argv, stderr=err)
+        stamp = Path(tmp) / _stamp(target).name
+        stamp.write_text(_digest(out) + "\n")
+        out.replace(target)  # atomic, each
+        stamp.replace(_stamp(target))
 
 
 def load_kernels() -> ctypes.CDLL | None:
@@ -66,17 +124,28 @@ def load_kernels() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC", "cc")
     target = kernel_path(compiler)
     try:
-        if not target.is_file():
+        if _failed(target).is_file():  # an earlier process found this compiler broken: do not wait for it again
+            reason = _failed(target).read_text(errors="replace").strip()
+            _unavailable = f"{reason} (noted in {_failed(target)}; delete it to try again)"
+            return None
+        if not _verified(target):
+            if target.exists():
+                print(
+                    f"warning: the cached kernel {target} is not the one this kit built (no matching checksum); "
+                    f"rebuilding it",
+                    file=sys.stderr,
+                    flush=True,
+                )
             _build(compiler, target)
-        try:
-            lib = ctypes.CDLL(str(target))
-        except OSError:  # a cached file that will not load (truncated, foreign): build it afresh once
-            _build(compiler, target)
-            lib = ctypes.CDLL(str(target))
+        lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
         last_line = detail.strip().splitlines()[-1] if detail.strip() else exc
         _unavailable = f"could not build {SOURCE.name} with {compiler}: {last_line}"
+        try:
+            _failed(target).write_text(_unavailable + "\n")
+        except OSError:
+            pass
         return None
     ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     lib.tail_forward.argtypes = [ptr] * 7 + [i64, i64, i64, f32, ctypes.c_int, ctypes.c_uint32, f32, ctypes.c_uint64]

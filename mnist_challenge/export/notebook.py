@@ -27,6 +27,7 @@ from mnist_challenge.architecture.inspector import inspect_module
 from mnist_challenge.architecture.model import Block, Branches, build_model, count_params
 from mnist_challenge.architecture.spec import ArchSpec
 from mnist_challenge.common.errors import UserError
+from mnist_challenge.common.files import display_path, write_text_atomic
 from mnist_challenge.common.validate import check_writable_dir
 from mnist_challenge.engine.train import RECIPE_KEYS, TrainConfig
 from mnist_challenge.runs.checker import Limits, checkpoint_mismatch, read_json_object, require_file
@@ -198,7 +199,7 @@ def build_notebook(spec: ArchSpec, recipe: TrainConfig, limits: Limits, source: 
         f"{limits.last_k} epochs.\n\n"
         f"Trained for {recipe.epochs} epochs on all 60,000 training images; the 10,000 test images are "
         f"evaluated after every epoch. *Runtime > Run all* (a GPU runtime is faster; a CPU works). "
-        f"Exported from `{source}`."
+        f"Exported from `{display_path(source)}`."
     )
     cells = [
         new_markdown_cell(intro),
@@ -280,11 +281,10 @@ def export_notebook(run_dir: str | Path, out: Path, limits: Limits) -> Any:
 
 
 def write_notebook(nb: Any, out: Path) -> None:
+    """The notebook written whole or not at all (a full disk leaves the old file, or none, and no ``.tmp``)."""
     import nbformat
 
-    tmp = out.with_name(out.name + ".tmp")
-    nbformat.write(nb, str(tmp))
-    os.replace(tmp, out)  # a reader never sees half a notebook
+    write_text_atomic(out, nbformat.writes(nb) + "\n")
 
 
 def execute_notebook(nb: Any, out: Path, data_dir: Path | None, threads: int | None = None) -> None:

@@ -153,12 +153,18 @@ def mark_superseded_studies(designs: list[Design]) -> list[Design]:
 
 def frontier_designs(roots: list[Path]) -> list[Design]:
     designs: list[Design] = []
+    seen: set[Path] = set()  # a root given twice, or one inside another, counts each file once
     for root in roots:
         if not root.is_dir():
             raise UserError(f"not a directory: {root}")
         for summary in sorted(root.rglob("summary.json")):
-            designs += searched_designs(summary)
-        designs += retrained_designs(root)
+            if summary.resolve() not in seen:
+                seen.add(summary.resolve())
+                designs += searched_designs(summary)
+        for design in retrained_designs(root):
+            if Path(design.label).resolve() not in seen:
+                seen.add(Path(design.label).resolve())
+                designs.append(design)
     designs = mark_superseded_studies(designs)
     if not designs:
         raise UserError(

@@ -12,7 +12,6 @@ one row per budget, its current submission design, and the notebook made from it
 
 from __future__ import annotations
 
-import os
 import re
 import stat
 import statistics
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from mnist_challenge.common.errors import UserError
+from mnist_challenge.common.files import display_path, write_atomic
 from mnist_challenge.runs.budgets import BUDGETS
 from mnist_challenge.runs.checker import check_run, read_inspection
 from mnist_challenge.runs.runlog import read_epochs
@@ -39,7 +39,7 @@ class SeedRun(NamedTuple):
 
 def code_cell(path: Path) -> str:
     """A path as a table cell: ``|`` would end the cell, so it is escaped (GitHub honours ``\\|`` in code)."""
-    return "`" + str(path).replace("|", "\\|") + "`"
+    return "`" + display_path(path).replace("|", "\\|") + "`"
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -68,7 +68,12 @@ def results_table(roots: list[str | Path] | str | Path) -> str:
 def report(roots: list[str | Path] | str | Path) -> Report:
     """Every run under the roots, judged once; the journal's table and the seed runs of each design."""
     roots = [Path(r) for r in roots] if isinstance(roots, list) else [Path(roots)]
-    found = [(root, run) for root in roots for run in find_runs(root)]
+    found, seen = [], set()
+    for root in roots:  # a root given twice, or one inside another, counts each run once
+        for run in find_runs(root):
+            if run.resolve() not in seen:
+                seen.add(run.resolve())
+                found.append((root, run))
     if not found:
         raise UserError(f"no run directories (with epochs.csv) under {', '.join(map(str, roots))}")
     lines = [
@@ -165,6 +170,7 @@ def updated(path: str | Path, blocks: dict[tuple[str, str], str], command: str) 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--update {path}: no such file")
+    path = path.resolve() if path.is_symlink() else path  # a link stays a link: the file it points to is updated
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, ValueError) as exc:
@@ -186,11 +192,10 @@ def updated(path: str | Path, blocks: dict[tuple[str, str], str], command: str) 
 
 
 def write_update(update: Update) -> None:
-    tmp = update.path.with_name(f".{update.path.name}.tmp{os.getpid()}")
-    try:  # write beside it, then swap: a failed write never leaves a half file
+    """The new text beside the file, then swapped in: a failed write never leaves a half file or a ``.tmp``."""
+
+    def write(tmp: Path) -> None:
         tmp.write_text(update.text, encoding="utf-8")
         tmp.chmod(update.mode)  # the file keeps its permissions
-        tmp.replace(update.path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"--update {update.path}: cannot write it ({exc.strerror or exc})") from None
+
+    write_atomic(update.path, write)
