@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import statistics
 from pathlib import Path
@@ -29,10 +30,15 @@ RUNG_DIR = re.compile(r"e\d{1,4}")
 
 
 def stage_time(run_dirs: list[Path]) -> dict[str, Any]:
-    """Runs, epochs trained and hours spent (training + evaluation, as logged) over some run folders."""
+    """Runs, epochs trained and hours spent (training + evaluation, as logged) over some run folders. An epoch
+    whose time is not logged (an edited file: no ``seconds`` column, an empty cell) adds no hours and is
+    counted in ``epochs_without_time``: the figure is never NaN."""
     rows = [row for run in run_dirs if (run / "epochs.csv").is_file() for row in read_epochs(run)]
-    seconds = sum(r["seconds"] + r.get("eval_seconds", 0.0) for r in rows)
-    return {"runs": len(run_dirs), "epochs": len(rows), "hours": round(seconds / 3600, 2)}
+    timed = [r.get("seconds", math.nan) + r.get("eval_seconds", 0.0) for r in rows]
+    seconds = sum(t for t in timed if math.isfinite(t))
+    result = {"runs": len(run_dirs), "epochs": len(rows), "hours": round(seconds / 3600, 2)}
+    untimed = sum(not math.isfinite(t) for t in timed)
+    return result | ({"epochs_without_time": untimed} if untimed else {})
 
 
 def params_by_stage(spec: ArchSpec) -> dict[str, int]:
@@ -48,8 +54,21 @@ def transfer_effect(study_dir: Path) -> dict[str, Any] | None:
     path = study_dir / "trials.csv"
     if not path.is_file():
         return None
-    with path.open(newline="") as f:
+    try:
+        return _transfer_effect(path)
+    except (KeyError, ValueError, TypeError, csv.Error) as exc:  # an edited file: "n/a", bad JSON, a lost column
+        raise UserError(
+            f"{path} is malformed ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); rewrite it with "
+            f"mnist-search --budget <budget> --study {study_dir.name} --export-only"
+        ) from None
+
+
+def _transfer_effect(path: Path) -> dict[str, Any] | None:
+    with path.open(newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r.get("state") == "COMPLETE" and r.get("val_acc")]
+    for r in rows:
+        if not math.isfinite(float(r["val_acc"])):
+            raise ValueError(f"trial {r.get('number')}: val_acc {r['val_acc']!r}")
     moved = [r for r in rows if (r.get("origin") or "drawn") != "drawn"]
     drawn = [float(r["val_acc"]) for r in rows if (r.get("origin") or "drawn") == "drawn"]
     if not moved or not drawn:
@@ -139,14 +158,18 @@ def digest(study_dir: Path, stages: dict[str, Any] | None) -> dict[str, Any]:
             "batchnorm": spec.batchnorm,
             "dropout": spec.dropout,
         }
-    write_text_atomic(study_dir / "digest.json", json.dumps(result, indent=2) + "\n")
+    try:
+        write_text_atomic(study_dir / "digest.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
+    except UserError as exc:  # a study on read-only media: the digest is still printed
+        result["not_saved"] = str(exc)
     return result
 
 
 def format_digest(d: dict[str, Any]) -> str:
     lines = [f"study {d['study']}: {d['draws']} draws, {d['rejected_before_training']} rejected before training"]
     for stage, t in d["time"].items():
-        lines.append(f"  {stage:<18} {t['runs']:>4} runs {t['epochs']:>5} epochs {t['hours']:>6.2f} h")
+        untimed = f" ({t['epochs_without_time']} epochs without a logged time)" if t.get("epochs_without_time") else ""
+        lines.append(f"  {stage:<18} {t['runs']:>4} runs {t['epochs']:>5} epochs {t['hours']:>6.2f} h{untimed}")
     lines.append(f"  {'total':<18} {'':>35}{d['hours_total']:>6.2f} h (training + evaluation, summed over workers)")
     if d["screen_vs_full_spearman"] is not None:
         lines.append(
@@ -170,4 +193,6 @@ def format_digest(d: dict[str, Any]) -> str:
             f"RF {w['rf_head']} at the head, {w['macs']:,} MACs" + (f", {w['origin']}" if w.get("origin") else "")
         )
         lines.append("  params by stage: " + ", ".join(f"{k} {v:,}" for k, v in w["params_by_stage"].items()))
+    if d.get("not_saved"):
+        lines.append(f"(digest.json not saved: {d['not_saved']})")
     return "\n".join(lines)

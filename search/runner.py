@@ -98,6 +98,7 @@ def study_attrs(plan: RunPlan) -> dict:
         "min_rf": s.min_rf,
         "multi_objective": s.multi_objective,
         "space_version": s.space_version or SPACE_VERSION,
+        "pruner": plan.pruner,  # how its trials were stopped: a resume with another would mix two searches
     }
     return attrs | ({"budget": plan.budget} if plan.budget is not None else {})
 
@@ -147,6 +148,8 @@ def open_study(plan: RunPlan, worker: int = 0) -> optuna.Study:
                 differing.append("the budget's stages (--rungs, --screen, --confirm, --seeds)")
             if [d.name.lower() for d in study.directions] != directions:
                 differing.append("mode")
+            if stored.get("pruner", plan.pruner) != plan.pruner:  # studies made before it was recorded take any
+                differing.append(f"pruner (the study's is {stored['pruner']})")
             if s.space_version is not None and s.space_version != space_version_of(study):
                 differing.append(f"space (the study's is {space_version_of(study)})")
             if differing:
@@ -156,6 +159,8 @@ def open_study(plan: RunPlan, worker: int = 0) -> optuna.Study:
                 ) from None
             if plan.budget is not None and "budget" not in stored:  # a study staged before budgets were recorded
                 study.set_user_attr("budget", plan.budget)
+            if "pruner" not in stored:
+                study.set_user_attr("pruner", plan.pruner)
             return study
     for key, value in study_attrs(plan).items():
         study.set_user_attr(key, value)

@@ -39,7 +39,11 @@ def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 
 
 def default_storage_url(study_dir: Path) -> str:
-    return f"sqlite:///{study_dir / 'study.db'}"
+    """The study's SQLite file as a URL, quoted: a ``?`` or ``%41`` in a folder name stays part of the path
+    (unquoted, ``?`` would start the URL's query and put the database outside ``--logs``)."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(study_dir / "study.db")).render_as_string(hide_password=False)
 
 
 def parse_storage_url(url: str):
@@ -62,12 +66,26 @@ def parse_storage_url(url: str):
     return parsed
 
 
-def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180) -> RDBStorage:
-    """An RDBStorage for ``url`` with heartbeats and retries; ``UserError`` if it is unusable."""
+def make_storage(
+    url: str, heartbeat_interval: int = 60, grace_period: int = 180, read_only: bool = False
+) -> RDBStorage:
+    """An RDBStorage for ``url`` with heartbeats and retries; ``UserError`` if it is unusable. ``read_only``: an
+    existing SQLite file opened for reading alone (a study on read-only media, for the commands that only read)."""
     parsed = parse_storage_url(url)
     dialect = parsed.get_backend_name()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat API
     engine_kwargs: dict = {}
+    if dialect == "sqlite" and read_only:
+        import sqlite3
+        from urllib.parse import quote
+
+        uri = f"file:{quote(str(Path(parsed.database).resolve()))}?mode=ro"
+        engine_kwargs["creator"] = lambda: sqlite3.connect(uri, uri=True, timeout=120, check_same_thread=False)
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot read storage {parsed.database}: {first}") from None
     if dialect == "sqlite":
         make_dir(Path(parsed.database).parent, "--storage folder")
         # pysqlite's own transaction handling off (it would BEGIN only before a write, after the reads):
@@ -153,9 +171,23 @@ def open_existing_study(url: str, name: str) -> optuna.Study:
     """A study that must already exist (outputs, reproduce, digest): an SQLite file that is not there is
     an error, not a new empty database."""
     parsed = parse_storage_url(url)
-    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database).is_file():
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite and not Path(parsed.database).is_file():
         raise UserError(f"no study storage at {parsed.database}; run the search first or pass its --storage")
-    return load_study(make_storage(url), name)
+    # A study on read-only media (a mounted archive, a read-only share) is still read: reproduce and digest
+    # only read it.
+    read_only = sqlite and (not os.access(Path(parsed.database).parent, os.W_OK) or _read_only_mount(parsed.database))
+    return load_study(make_storage(url, read_only=read_only), name)
+
+
+def _read_only_mount(database: str | None) -> bool:
+    """Whether the file system holding ``database`` is mounted read-only (root may write anything else)."""
+    if not database:
+        return False
+    try:
+        return bool(os.statvfs(Path(database).parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def load_study(storage: RDBStorage, name: str) -> optuna.Study:

@@ -22,6 +22,8 @@ from typing import Any
 
 from mnist_challenge.runs.budgets import BUDGETS, RULES
 
+from .storage import default_storage_url
+
 NEAR_TIE = 0.05  # the kit's rule up to version 3: fewest parameters among designs within 0.05 of the best mean
 
 
@@ -89,7 +91,7 @@ def designs_of(study_dir: Path) -> list[Design]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{study_dir / 'study.db'}"
+    storage = default_storage_url(study_dir)
     study = optuna.load_study(study_name=study_dir.name, storage=storage)
     stages = study.user_attrs.get("stages") or {}
     budget = (stages.get("budget") or {}).get("name", "")
@@ -200,7 +202,7 @@ def reapply(study_dir: Path) -> tuple[int | None, int | None]:
     from .stages import WINNER_RULE, Entry, winner_of
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_dir.name, storage=f"sqlite:///{study_dir / 'study.db'}")
+    study = optuna.load_study(study_name=study_dir.name, storage=default_storage_url(study_dir))
     stages = dict(study.user_attrs.get("stages") or {})
     if not stages.get("confirmed"):
         return None, None

@@ -351,6 +351,7 @@ def test_bad_input_exits_2_and_leaves_the_study_alone(mnist_dir, tmp_path):
         (["--space", "1", "--enqueue", "nosuchpreset"], "no preset named"),
         (["--space", "1", "--enqueue", "compact:momentum=0.5"], "expected KEY=VALUE"),
         (["--space", "1"], "exists with different settings (space (the study's is 5))"),
+        (["--pruner", "median"], "exists with different settings (pruner (the study's is hyperband))"),
     ]
     for extra, fragment in cases:  # in this process: the same contract, without an interpreter start each
         assert_one_error_line(call(search, *base[1:], *extra), fragment)

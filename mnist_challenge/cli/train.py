@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     require_mnist_shape(spec)
     cfg = settings_from_args(TrainConfig, args)
     resolve_device(cfg.device)
-    name = args.name or check_name(f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", "the run name (spec name + time)")
+    # The default name: the spec, the time and the process, so that commands started in the same second differ.
+    stamp = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    name = args.name or check_name(stamp, "the run name (spec name + time + process id)")
     run_dir = check_new_run_dir(Path(check_writable_dir(args.out, "--out")) / name)
     data = load_data(cfg, args.data_dir, allow_download=args.download)
     print(f"run directory: {run_dir}")

@@ -4,6 +4,7 @@ the old file (or none), never a 0-byte or cut one, and no ``.tmp`` litter; a ref
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         os.replace(tmp, path)
     except BaseException as exc:  # KeyboardInterrupt too: the old file stays whole and the temporary goes
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only file system there is none to remove
+            tmp.unlink(missing_ok=True)
         fault = environment_fault(exc, path)
         if fault is not None:
             raise fault from None

@@ -15,9 +15,12 @@ a run's ``state_dict`` loads into it and gives the same outputs (tested for ever
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
+import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +290,38 @@ def write_notebook(nb: Any, out: Path) -> None:
     write_text_atomic(out, nbformat.writes(nb) + "\n")
 
 
+def _execute_stoppably(client: Any) -> None:
+    """``client.execute()`` in a thread, so that the kit's own Ctrl-C / SIGTERM handling stays in charge: nbclient
+    replaces the process's signal handlers when it runs in the main thread, and a stop then ended in a kernel
+    traceback and an internal error instead of ``interrupted``. On a stop the kernel is killed, and the stop goes
+    on as a KeyboardInterrupt."""
+    import subprocess
+    import threading
+
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            client.execute(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=work, name="notebook-kernel", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        pid = getattr(getattr(client.km, "provisioner", None), "pid", None) if client.km is not None else None
+        if pid:  # the kernel runs in a session of its own: its whole group goes
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+        worker.join(10)
+        raise
+    if failure:
+        raise failure[0]
+
+
 def execute_notebook(nb: Any, out: Path, data_dir: Path | None, threads: int | None = None) -> None:
     """Run every cell in ``out``'s folder, saving the outputs into ``out``; a failing cell is one ``UserError``
     naming it, the partial notebook saved. The notebook imports nothing of the kit (the tests run it where the
@@ -294,16 +329,25 @@ def execute_notebook(nb: Any, out: Path, data_dir: Path | None, threads: int | N
     ``OMP_NUM_THREADS``."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
+    from traitlets.config import Config
 
     settings = {"MNIST_DATA_DIR": str(data_dir.resolve()) if data_dir else None}
     settings["OMP_NUM_THREADS"] = str(threads) if threads else None
     saved = {key: os.environ.get(key) for key in settings}
     os.environ.update({key: value for key, value in settings.items() if value is not None})
     try:
-        client = NotebookClient(
-            nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(out.resolve().parent)}}
-        )
-        client.execute()
+        with tempfile.TemporaryDirectory(prefix="kit-kernel-") as sockets:
+            # The kernel talks over local sockets in a private folder, not TCP on localhost (which the kernel
+            # warns is unencrypted); its own process output goes nowhere (the cells' output is in the notebook).
+            config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+            client = NotebookClient(
+                nb,
+                timeout=None,
+                kernel_name="python3",
+                config=config,
+                resources={"metadata": {"path": str(out.resolve().parent)}},
+            )
+            _execute_stoppably(client)
     except CellExecutionError as exc:
         write_notebook(nb, out)
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
