@@ -34,7 +34,7 @@ from .objective import Objective, SearchSettings
 from .outputs import export, plot, summary_table
 from .progress import EpochBar, trial_epochs
 from .space import SPACE_VERSION
-from .storage import make_storage, retry_trial
+from .storage import make_storage, retry_interrupted, taken_over
 from .workers import Workers, watch
 
 PRUNERS = ("hyperband", "median", "sha", "none")
@@ -280,25 +280,6 @@ def optuna_log_into(path: Path) -> Iterator[None]:
         optuna.logging.enable_default_handler()
 
 
-def taken_over(exc: BaseException | None) -> bool:
-    """Whether ``exc`` (or what it was raised while handling) is Optuna saying that another process finished
-    this worker's trial: at a write to it (``UpdateFinishedTrialError``), or at the final tell ("Cannot
-    tell a FAIL trial.", which Optuna 5 may follow with an internal assertion)."""
-    while exc is not None:
-        if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or str(exc).startswith("Cannot tell a "):
-            return True
-        exc = exc.__context__
-    return False
-
-
-def retry_interrupted(study: optuna.Study, number: int) -> None:
-    """Queue a stopped trial again with the same parameters, as a heartbeat-stale one would be, so
-    that the next run retries it instead of losing it; ``failed_trial`` names the original."""
-    frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    if frozen is not None and frozen.state == TrialState.FAIL:
-        retry_trial(study, frozen)
-
-
 def search_log(s: SearchSettings) -> Path:
     """The study's log of internal errors (tracebacks), beside its outputs."""
     return s.study_dir / "search.log"
@@ -333,12 +314,9 @@ STALE_POLL = 5.0  # seconds between looks at a RUNNING trial that screening wait
 
 def fill_screening(plan: RunPlan, study: optuna.Study) -> bool:
     """Train until ``plan.fill_to`` designs are screened and no trial is left RUNNING; whether anything ran.
-
-    A trial whose command was killed (``kill -9``, a lost machine) stays RUNNING: it is not screened, and it is
-    not lost either. Once its heartbeat is older than the grace period it is failed and queued again with its
-    parameters, and trained here; a RUNNING trial of a live command elsewhere is waited for instead. Without
-    this wait a resumed screening that had enough new draws would end with the killed candidate still RUNNING,
-    never scored (the stages after screening read only finished trials)."""
+    A killed command's trial (``kill -9``, a lost machine) stays RUNNING: once its heartbeat is older than the
+    grace period it is failed, queued again and trained here (a live command's is waited for). Without this a
+    resumed screening could end with it still RUNNING, never scored: the stages read only finished trials."""
     ran, waiting_since = False, None
     while True:
         trials = study.get_trials(deepcopy=False)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from mnist_challenge import UserError
 from mnist_challenge.common.validate import make_dir
@@ -34,8 +35,27 @@ MAX_RETRIES = 2  # how often a lost trial is queued again with its parameters
 
 def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Queue a failed trial again with its parameters: for trials whose heartbeat went stale (the storage
-    calls this), and for trials stopped by Ctrl-C / SIGTERM (runner.retry_interrupted)."""
+    calls this), and for trials stopped by Ctrl-C / SIGTERM (``retry_interrupted``)."""
     RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, trial)
+
+
+def taken_over(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what it was raised while handling) is Optuna saying that another process finished
+    this worker's trial: at a write to it (``UpdateFinishedTrialError``), or at the final tell ("Cannot
+    tell a FAIL trial.", which Optuna 5 may follow with an internal assertion)."""
+    while exc is not None:
+        if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or str(exc).startswith("Cannot tell a "):
+            return True
+        exc = exc.__context__
+    return False
+
+
+def retry_interrupted(study: optuna.Study, number: int) -> None:
+    """Queue a stopped trial again with the same parameters, as a heartbeat-stale one would be, so
+    that the next run retries it instead of losing it; ``failed_trial`` names the original."""
+    frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if frozen is not None and frozen.state == TrialState.FAIL:
+        retry_trial(study, frozen)
 
 
 def default_storage_url(study_dir: Path) -> str:
