@@ -27,7 +27,6 @@ from mnist_challenge.runs.runlog import read_epochs
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
 SEED_DIR = re.compile(r"seed\d+")  # runs of one design with several seeds sit in .../seed<N>/ folders
-VERSION_DIR = re.compile(r"v\d+")  # logs/submission/<budget>/v1/: a superseded design, kept as history
 NOTEBOOK = "notebooks/submission_{budget}.ipynb"  # the notebook exported from a budget's current design
 
 
@@ -103,6 +102,13 @@ def report(roots: list[str | Path] | str | Path) -> Report:
     return Report("\n".join(lines), seeded)
 
 
+def over_seeds(runs: list[SeedRun]) -> str:
+    """Mean ± sample std over the seeds of each seed's last-3-epoch mean (no ± for one seed)."""
+    means = [statistics.fmean(r.last3) for r in runs]
+    spread = f" ± {statistics.stdev(means):.2f}" if len(means) > 1 else ""
+    return f"{statistics.fmean(means):.2f}{spread}"
+
+
 def seed_summary(seeded: dict[tuple[str, Path], list[SeedRun]]) -> list[str]:
     """Per design: mean ± sample std over seeds of each seed's mean test accuracy in its last 3 epochs,
     the worst single epoch among them (the rule is per epoch), and how many seeds pass. Every seed counts:
@@ -113,13 +119,12 @@ def seed_summary(seeded: dict[tuple[str, Path], list[SeedRun]]) -> list[str]:
         "| --- | --- | ---: | ---: | --- | ---: | ---: |",
     ]
     for (budget, design), runs in seeded.items():
-        means = [statistics.fmean(r.last3) for r in runs]
-        spread = f" ± {statistics.stdev(means):.2f}" if len(means) > 1 else ""
+        accuracy = over_seeds(runs)
         worst = min(a for r in runs for a in r.last3)
         passing = sum(r.passed for r in runs)
         lines.append(
             f"| {budget} | {code_cell(design)} | {runs[0].params:,} | {len(runs)} | "
-            f"{statistics.fmean(means):.2f}{spread} | {worst:.2f} | {passing} of {len(runs)} |"
+            f"{accuracy} | {worst:.2f} | {passing} of {len(runs)} |"
         )
     return lines
 
@@ -131,15 +136,14 @@ def headline_table(seeded: dict[tuple[str, Path], list[SeedRun]]) -> str:
         "| budget: rules | params | seeds passing | test acc, last 3 epochs: mean ± std over seeds | notebook |",
         "| --- | ---: | ---: | --- | --- |",
     ]
-    current = [(b, d, runs) for (b, d), runs in seeded.items() if d.name == b and not VERSION_DIR.fullmatch(d.name)]
+    current = [(b, d, runs) for (b, d), runs in seeded.items() if d.name == b]  # not <budget>/v1/: history
     for budget, design, runs in sorted(current, key=lambda c: -BUDGETS[c[0]].max_params):
-        means = [statistics.fmean(r.last3) for r in runs]
-        spread = f" ± {statistics.stdev(means):.2f}" if len(means) > 1 else ""
+        accuracy = over_seeds(runs)
         limits = BUDGETS[budget].limits
         link = notebook_link(budget, design)
         lines.append(
             f"| {budget}: < {limits.max_params:,} params, ≤ {limits.max_epochs} epochs | {runs[0].params:,} | "
-            f"{sum(r.passed for r in runs)} of {len(runs)} | {statistics.fmean(means):.2f}{spread} % | {link} |"
+            f"{sum(r.passed for r in runs)} of {len(runs)} | {accuracy} % | {link} |"
         )
     return "\n".join(lines)
 
