@@ -29,12 +29,10 @@ from mnist_challenge.common.files import write_atomic
 from mnist_challenge.runs.budgets import BUDGETS
 from mnist_challenge.runs.checker import read_inspection
 from mnist_challenge.runs.runlog import read_epochs
+from mnist_challenge.runs.seed_runs import found_runs, seed_groups, superseded
 
 TARGET = 99.4  # % test accuracy the assignment asks for in each of the last 3 epochs
 LAST = 3
-SEED_DIR = re.compile(r"seed(\d+)")
-CONFIRM_RUN = re.compile(r"trial_(\d+)-seed(\d+)")
-VERSION_DIR = re.compile(r"v\d+")  # logs/submission/<budget>/v1/: a superseded submission, kept as history
 STUDY_VERSION = re.compile(r"-v(\d+)$")  # budget-micro-v3; a study without the suffix is version 1
 
 
@@ -120,22 +118,15 @@ def in_study(folder: Path, recorded: str) -> Path:
     return Path(recorded)
 
 
-def retrained_designs(root: Path) -> list[Design]:
-    """Designs retrained with several seeds: run directories ``.../seed<N>/`` under a folder named after a
-    budget (``logs/submission/tiny/seed1``), grouped by their parent."""
-    groups: dict[Path, list[Path]] = {}
-    for csv in sorted(root.rglob("epochs.csv")):
-        run = csv.parent
-        if SEED_DIR.fullmatch(run.name) and any(part in BUDGETS for part in run.relative_to(root.parent).parts):
-            groups.setdefault(run.parent, []).append(run)
+def retrained_designs(roots: list[Path]) -> list[Design]:
+    """Designs retrained with several seeds: ``.../seed<N>/`` run directories under a folder named after a
+    budget (``logs/submission/tiny/seed1``), one design per folder that holds them."""
     designs = []
-    for parent, runs in groups.items():
-        parts = parent.relative_to(root.parent).parts
-        budget = next(part for part in reversed(parts) if part in BUDGETS)
+    for (budget, design), runs in seed_groups(found_runs(roots)).items():
         params = int(read_inspection(runs[0])["params"])
         seeds = tuple(last3_mean(run) for run in runs)
-        history = any(VERSION_DIR.fullmatch(part) for part in parts[parts.index(budget) + 1 :])
-        designs.append(Design(budget, str(parent), params, seeds, retrained=True, winner=True, history=history))
+        history = superseded(design, budget)
+        designs.append(Design(budget, str(design), params, seeds, retrained=True, winner=True, history=history))
     return designs
 
 
@@ -161,11 +152,7 @@ def frontier_designs(roots: list[Path]) -> list[Design]:
             if summary.resolve() not in seen:
                 seen.add(summary.resolve())
                 designs += searched_designs(summary)
-        for design in retrained_designs(root):
-            if Path(design.label).resolve() not in seen:
-                seen.add(Path(design.label).resolve())
-                designs.append(design)
-    designs = mark_superseded_studies(designs)
+    designs = mark_superseded_studies(designs + retrained_designs(roots))
     if not designs:
         raise UserError(
             f"no confirmed search designs (summary.json with stages) and no seed<N> runs under a budget folder "

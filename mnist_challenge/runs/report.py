@@ -23,10 +23,10 @@ from mnist_challenge.common.files import display_path, write_atomic
 from mnist_challenge.runs.budgets import BUDGETS
 from mnist_challenge.runs.checker import check_run, read_inspection
 from mnist_challenge.runs.runlog import read_epochs
+from mnist_challenge.runs.seed_runs import budget_folder, found_runs, seed_groups
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
-SEED_DIR = re.compile(r"seed\d+")  # runs of one design with several seeds sit in .../seed<N>/ folders
 NOTEBOOK = "notebooks/submission_{budget}.ipynb"  # the notebook exported from a budget's current design
 
 
@@ -39,19 +39,6 @@ class SeedRun(NamedTuple):
 def code_cell(path: Path) -> str:
     """A path as a table cell: ``|`` would end the cell, so it is escaped (GitHub honours ``\\|`` in code)."""
     return "`" + display_path(path).replace("|", "\\|") + "`"
-
-
-def find_runs(root: Path) -> list[Path]:
-    if not root.is_dir():
-        raise UserError(f"not a directory: {root}")
-    return sorted(p.parent for p in root.rglob("epochs.csv"))
-
-
-def budget_of(run: Path, root: Path) -> str:
-    for part in run.relative_to(root).parts if run != root else ():
-        if part in BUDGETS:
-            return part
-    return root.name if root.name in BUDGETS else "assignment"
 
 
 class Report(NamedTuple):
@@ -67,21 +54,16 @@ def results_table(roots: list[str | Path] | str | Path) -> str:
 def report(roots: list[str | Path] | str | Path) -> Report:
     """Every run under the roots, judged once; the journal's table and the seed runs of each design."""
     roots = [Path(r) for r in roots] if isinstance(roots, list) else [Path(roots)]
-    found, seen = [], set()
-    for root in roots:  # a root given twice, or one inside another, counts each run once
-        for run in find_runs(root):
-            if run.resolve() not in seen:
-                seen.add(run.resolve())
-                found.append((root, run))
+    found = found_runs(roots)
     if not found:
         raise UserError(f"no run directories (with epochs.csv) under {', '.join(map(str, roots))}")
     lines = [
         "| budget | run | params | RF (head) | MACs | epochs | test acc, last 3 epochs | verdict |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
-    seeded: dict[tuple[str, Path], list[SeedRun]] = {}
+    judged: dict[Path, SeedRun] = {}
     for root, run in found:
-        budget = budget_of(run, root)
+        budget = budget_folder(run, root) or "assignment"  # a run under no budget folder: the assignment's rules
         verdict = check_run(run, BUDGETS[budget].limits)  # validates the run's files first
         inspection = read_inspection(run)
         rows = read_epochs(run)
@@ -93,10 +75,8 @@ def report(roots: list[str | Path] | str | Path) -> Report:
             f"{len(rows)} | {', '.join(f'{a:.2f}' for a in last3)} | "
             f"{'PASS' if verdict.passed else 'FAIL: ' + '; '.join(failed)} |"
         )
-        if SEED_DIR.fullmatch(run.name):
-            seeded.setdefault((budget, run.parent), []).append(
-                SeedRun(inspection.get("params", 0), last3, verdict.passed)
-            )
+        judged[run] = SeedRun(inspection.get("params", 0), last3, verdict.passed)
+    seeded = {key: [judged[run] for run in runs] for key, runs in seed_groups(found, "assignment").items()}
     if seeded:
         lines += ["", *seed_summary(seeded)]
     return Report("\n".join(lines), seeded)
