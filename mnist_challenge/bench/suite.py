@@ -39,6 +39,7 @@ SUITE_SPECS = {
     "compact": "compact",
     "tiny-winner": str(ROOT / "logs" / "search" / "budget-tiny" / "best_spec.json"),
     "micro-winner": str(ROOT / "logs" / "search" / "budget-micro-v3" / "best_spec.json"),
+    "nano-winner": str(ROOT / "logs" / "search" / "budget-nano-v5" / "best_spec.json"),
 }
 THREADS = (1, 2)
 
